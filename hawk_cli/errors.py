@@ -1,0 +1,48 @@
+"""Typed errors. The engine raises them; only the CLI layer renders them (one line, an exit code)."""
+
+from __future__ import annotations
+
+
+class HawkError(Exception):
+    """A failure the user can act on: `message` names the problem, `fix` says what to do."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message.rstrip(".")
+        self.fix = fix
+
+    def render(self) -> str:
+        text = f"{self.message}."
+        return f"{text} {self.fix}" if self.fix else text
+
+
+class UsageError(HawkError):
+    """A flag or argument value is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class InputError(HawkError):
+    """An input file or request is missing, unreadable or malformed (exit 2)."""
+
+    exit_code = 2
+
+
+class ModelError(HawkError):
+    """The model cannot be loaded or is not supported (exit 1)."""
+
+    exit_code = 1
+
+
+class ResourceError(HawkError):
+    """The machine cannot do it: no CUDA, out of memory, unwritable output (exit 1)."""
+
+    exit_code = 1
+
+
+class Interrupted(HawkError):
+    """Ctrl-C: nothing partial was left behind (exit 130)."""
+
+    exit_code = 130

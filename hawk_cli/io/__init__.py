@@ -1,0 +1,1 @@
+"""Files and formats: images, prompts, head-weight files, atomic writes, model loading."""
