@@ -1,0 +1,109 @@
+"""What the engine needs from a model family. Everything family-specific lives behind this interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids that give prompt tokens their roles; read from the config and tokenizer, never hard-coded."""
+
+    image: int
+    video: int
+    vision_start: int
+    vision_end: int
+    im_start: int
+    im_end: int
+    pad: int
+
+
+@dataclass
+class Prefill:
+    """The decoder input of the whole, unpruned prompt, as the stock model would build it."""
+
+    input_ids: Tensor  # [B, L]
+    inputs_embeds: Tensor  # [B, L, D]
+    position_ids: Tensor  # [P, B, L] original rotary ids (P = 3 for mRoPE)
+    attention_mask: Tensor  # [B, L] long, 1 = real token (left padding)
+    visual_mask: Tensor  # [B, L] bool, image and video placeholder tokens
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class ModelAdapter(ABC):
+    """One model family. The engine calls only these methods; they call only the model's public modules."""
+
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model: torch.nn.Module, tokens: SpecialTokens) -> None:
+        self.model = model
+        self.tokens = tokens
+
+    # --- shape -----------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def num_query_heads(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_kv_heads(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int: ...
+
+    # --- prefill ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_vision(self, inputs) -> dict[str, Tensor]:
+        """Visual features per kind ("image", "video"), each [n_tokens, D] in placeholder order."""
+
+    @abstractmethod
+    def build_prefill(self, inputs, features: dict[str, Tensor]) -> Prefill:
+        """Embeddings with features scattered in, and the original position ids of every token."""
+
+    @abstractmethod
+    def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`."""
+
+    @abstractmethod
+    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
+        """Hidden states after the first `n_layers` decoder layers on the full prompt (for deeper scoring)."""
+
+    # --- decoding --------------------------------------------------------------------------------------
+    @abstractmethod
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache) -> Tensor:
+        """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]."""
+
+    @abstractmethod
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits for hidden states [..., D]."""
+
+    @abstractmethod
+    def embed(self, token_ids: Tensor) -> Tensor:
+        """Input embeddings of token ids [B, T] -> [B, T, D]."""
+
+    @abstractmethod
+    def new_cache(self, kind: str, max_length: int):
+        """A fresh KV cache: "dynamic", or "static" holding `max_length` positions."""
+
+    @abstractmethod
+    def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """The masked oracle through the model's OWN `generate`: the whole prompt, dropped tokens masked out
+        of attention, original positions. Greedy; returns the per-step logits [B, V] (float32)."""
+
+    @staticmethod
+    def next_positions(prefill_positions: Tensor, attention_mask: Tensor) -> Tensor:
+        """[B] rotary id of the first generated token: the largest original id of a real token, plus one.
+
+        This is what an unpruned run uses (`rope_deltas` = max id + 1 - length), so decode positions of a
+        pruned run equal the unpruned run's whatever was removed.
+        """
+        masked = prefill_positions.masked_fill(attention_mask[None] == 0, torch.iinfo(prefill_positions.dtype).min)
+        return masked.amax(dim=(0, 2)) + 1

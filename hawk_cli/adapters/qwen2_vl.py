@@ -1,0 +1,154 @@
+"""Qwen2-VL and Qwen2.5-VL (transformers 5.17+): one adapter, since both share the decoder and mRoPE seams.
+
+Only public methods and submodules are used: `get_input_embeddings`, `get_image_features`,
+`get_video_features`, `get_placeholder_mask`, `get_rope_index` (with `mm_token_type_ids`), the text model
+`language_model`, its `layers[i].input_layernorm / self_attn.q_proj / k_proj`, and `lm_head`.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from hawk_cli.adapters.base import ModelAdapter, Prefill
+
+
+class _StopAfterLayer(Exception):
+    """Raised by a per-call forward hook to end a partial decoder pass early, carrying the hidden state."""
+
+    def __init__(self, hidden: Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+
+class QwenVLAdapter(ModelAdapter):
+    model_types = ("qwen2_5_vl", "qwen2_vl")
+
+    def __init__(self, model, tokens) -> None:
+        super().__init__(model, tokens)
+        self.inner = model.model
+        self.language_model = self.inner.language_model
+        self.text_config = model.config.get_text_config()
+        decoder_params = inspect.signature(type(self.language_model).forward).parameters
+        # transformers 5.24 renamed `past_key_values` to `cache`; the old name warns there.
+        self._cache_keyword = "cache" if "cache" in decoder_params else "past_key_values"
+        self._rope_params = set(inspect.signature(self.inner.get_rope_index).parameters)
+        self.vision_encoder = None  # optional fast path: callable(visual, pixel_values, grid_thw) -> Tensor
+
+    @property
+    def num_query_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.text_config.num_key_value_heads)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    # --- prefill ---------------------------------------------------------------------------------------
+    def _features(self, pixels: Tensor, grid: Tensor, stock) -> Tensor:
+        pixels = pixels.to(self.inner.visual.dtype)
+        if self.vision_encoder is not None:
+            return self.vision_encoder(self.inner.visual, pixels, grid)
+        output = stock(pixels, grid)
+        pooled = output.pooler_output if hasattr(output, "pooler_output") else output[0]
+        return torch.cat(list(pooled)) if isinstance(pooled, (tuple, list)) else pooled
+
+    def encode_vision(self, inputs) -> dict[str, Tensor]:
+        features = {}
+        if inputs.pixel_values is not None:
+            features["image"] = self._features(inputs.pixel_values, inputs.image_grid_thw,
+                                               self.inner.get_image_features)
+        if inputs.pixel_values_videos is not None:
+            features["video"] = self._features(inputs.pixel_values_videos, inputs.video_grid_thw,
+                                               self.inner.get_video_features)
+        return features
+
+    def build_prefill(self, inputs, features: dict[str, Tensor]) -> Prefill:
+        input_ids = inputs.input_ids
+        embeds = self.embed(input_ids)
+        image, video = features.get("image"), features.get("video")
+        image_mask, video_mask = self.inner.get_placeholder_mask(
+            input_ids, inputs_embeds=embeds, image_features=image, video_features=video)
+        if image is not None:
+            embeds = embeds.masked_scatter(image_mask, image.to(embeds.dtype))
+        if video is not None:
+            embeds = embeds.masked_scatter(video_mask, video.to(embeds.dtype))
+        rope_args = dict(image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw,
+                         attention_mask=inputs.attention_mask)
+        if "second_per_grid_ts" in self._rope_params:
+            rope_args["second_per_grid_ts"] = inputs.second_per_grid_ts
+        positions, _ = self.inner.get_rope_index(input_ids, inputs.mm_token_type_ids, **rope_args)
+        visual = ((input_ids == self.tokens.image) | (input_ids == self.tokens.video)) & (inputs.attention_mask == 1)
+        return Prefill(input_ids=input_ids, inputs_embeds=embeds, position_ids=positions,
+                       attention_mask=inputs.attention_mask, visual_mask=visual)
+
+    def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        block = self.language_model.layers[layer]
+        attention = block.self_attn
+        normed = block.input_layernorm(hidden)
+        batch, length, _ = normed.shape
+        q = attention.q_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
+        k = attention.k_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
+        return q, k
+
+    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
+        if n_layers == 0:
+            return embeds
+
+        def stop(_module, _args, output):
+            raise _StopAfterLayer(output[0] if isinstance(output, tuple) else output)
+
+        handle = self.language_model.layers[n_layers - 1].register_forward_hook(stop)
+        try:
+            self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
+                                use_cache=False)
+        except _StopAfterLayer as stopped:
+            return stopped.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError("the decoder finished without reaching the requested layer")
+
+    def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        # Explicit (4, B, L) ids: row 0 text positions, rows 1-3 the stock mRoPE ids of the UNMASKED prompt;
+        # generate then extends them by last + 1 itself, independently of hawk's decode bookkeeping.
+        rope_args = dict(image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw,
+                         attention_mask=inputs.attention_mask)
+        if "second_per_grid_ts" in self._rope_params:
+            rope_args["second_per_grid_ts"] = inputs.second_per_grid_ts
+        positions, _ = self.inner.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids, **rope_args)
+        text_positions = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        pixels = {name: getattr(inputs, name) for name in
+                  ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+                  if getattr(inputs, name) is not None}
+        if "second_per_grid_ts" in self._rope_params and inputs.second_per_grid_ts is not None:
+            pixels["second_per_grid_ts"] = inputs.second_per_grid_ts
+        output = self.model.generate(
+            input_ids=inputs.input_ids, attention_mask=(inputs.attention_mask.bool() & keep).long(),
+            position_ids=torch.cat([text_positions[None], positions]), mm_token_type_ids=inputs.mm_token_type_ids,
+            max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            pad_token_id=self.tokens.pad, eos_token_id=sorted(eos_ids), **pixels)
+        return [step.float() for step in output.logits]
+
+    # --- decoding --------------------------------------------------------------------------------------
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache) -> Tensor:
+        output = self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
+                                     use_cache=True, **{self._cache_keyword: cache})
+        return output.last_hidden_state
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def embed(self, token_ids: Tensor) -> Tensor:
+        return self.inner.get_input_embeddings()(token_ids)
+
+    def new_cache(self, kind: str, max_length: int):
+        from transformers.cache_utils import DynamicCache, StaticCache
+
+        if kind == "static":
+            return StaticCache(config=self.model.config, max_cache_len=max_length)
+        return DynamicCache(config=self.model.config)

@@ -1,0 +1,1 @@
+"""The pruning engine: token roles, scoring inputs, selection, compaction and the generation loop. Never prints."""

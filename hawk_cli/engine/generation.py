@@ -1,0 +1,135 @@
+"""The engine's own greedy prefill + decode loop (gpt-fast style): pruned or not, dynamic or static cache.
+
+Decode positions are the unpruned run's (largest original rotary id + 1 + step), the decode mask is the
+compacted prompt mask plus ones, and a static cache is sized AFTER pruning, so the KV saving is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hawk_cli.adapters.base import ModelAdapter
+from hawk_cli.engine.pruning import PrunedPrefill, prune_prefill
+from hawk_cli.engine.results import GenerationResult, RowStats
+from hawk_cli.engine.selection import validate_ratio
+from hawk_cli.engine.timing import PhaseTimer
+from hawk_cli.errors import UsageError
+from hawk_cli.scorers.base import Scorer
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    ratio: float = 0.8
+    max_new_tokens: int = 16
+    cache: str = "dynamic"  # "dynamic" | "static"
+    compile: bool = False  # compile the static-cache decode step (CUDA)
+    record_logits: bool = False
+
+    def __post_init__(self) -> None:
+        validate_ratio(self.ratio)
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
+                             "Use e.g. --max-new-tokens 16")
+        if self.cache not in ("dynamic", "static"):
+            raise UsageError(f"unknown cache kind '{self.cache}'", "Use dynamic or static")
+        if self.compile and self.cache != "static":
+            raise UsageError("a compiled decode step needs the static cache", "Add --cache static")
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of all key/value tensors the cache holds (allocated size for a static cache)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def row_stats(pruned: PrunedPrefill) -> list[RowStats]:
+    roles, valid, keep = pruned.roles, pruned.prefill.attention_mask.bool(), pruned.keep
+    return [RowStats(visual_tokens=int(roles.visual[r].sum()), visual_tokens_kept=int((keep & roles.visual)[r].sum()),
+                     prompt_tokens=int(valid[r].sum()), prompt_tokens_kept=int(keep[r].sum()),
+                     query_tokens=int(roles.query[r].sum()), query_fallback=roles.fallback[r])
+            for r in range(keep.shape[0])]
+
+
+class DecodeStep:
+    """One greedy step: embed the last tokens, run the decoder at their positions, return next-token logits."""
+
+    def __init__(self, adapter: ModelAdapter, compiled: bool) -> None:
+        self.adapter = adapter
+        self._call = torch.compile(self._step, mode="reduce-overhead", dynamic=False) if compiled else self._step
+
+    def _step(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache) -> Tensor:
+        hidden = self.adapter.decode(self.adapter.embed(tokens), positions, mask, cache)
+        return self.adapter.logits(hidden[:, -1]).float()
+
+    def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache) -> Tensor:
+        return self._call(tokens, positions, mask, cache)
+
+
+def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: GenerationSettings,
+             eos_ids: set[int], target_mask: Tensor | None = None,
+             decode_step: DecodeStep | None = None) -> GenerationResult:
+    """Greedy generation with HAWK pruning before decoder layer 0. `inputs` is a left-padded ModelInputs."""
+    device = inputs.input_ids.device
+    timer = PhaseTimer(device)
+    with torch.inference_mode():
+        pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
+        embeds, positions, mask = pruned.decoder_inputs()
+        batch, length = mask.shape
+        capacity = length + settings.max_new_tokens
+        mask_buffer = torch.zeros(batch, capacity, dtype=mask.dtype, device=device)
+        mask_buffer[:, :length] = mask
+        next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
+        with timer.phase("prefill_s"):
+            cache = adapter.new_cache(settings.cache, capacity)
+            hidden = adapter.decode(embeds, positions, mask, cache)
+            logits = adapter.logits(hidden[:, -1]).float()
+        kv_bytes = cache_bytes(cache)
+        step = decode_step or DecodeStep(adapter, settings.compile)
+        tokens, step_logits = _greedy_loop(step, logits, next_position, mask_buffer, length, cache, eos_ids,
+                                           adapter.tokens.pad, settings, timer)
+    timings = dict(timer.seconds)
+    timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
+    timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
+    return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
+                            keep_mask=pruned.keep.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
+                            step_logits=step_logits)
+
+
+def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_buffer: Tensor, length: int,
+                 cache, eos_ids: set[int], pad_id: int, settings: GenerationSettings,
+                 timer: PhaseTimer) -> tuple[list[list[int]], list[Tensor]]:
+    batch, rope_rows = logits.shape[0], 3
+    eos = torch.tensor(sorted(eos_ids), device=logits.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    generated, step_logits = [], []
+    with timer.phase("decode_s"):
+        for t in range(settings.max_new_tokens):
+            if settings.record_logits:
+                step_logits.append(logits.cpu())
+            token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(-1))
+            generated.append(token)
+            finished |= torch.isin(token, eos)
+            if t == settings.max_new_tokens - 1 or bool(finished.all()):
+                break
+            mask_buffer[:, length + t] = 1
+            positions = (next_position + t).view(1, batch, 1).expand(rope_rows, batch, 1)
+            mask = mask_buffer if settings.cache == "static" else mask_buffer[:, : length + t + 1]
+            logits = step(token[:, None], positions, mask, cache)
+    return _trim(torch.stack(generated, dim=1).tolist(), eos_ids), step_logits
+
+
+def _trim(rows: list[list[int]], eos_ids: set[int]) -> list[list[int]]:
+    """Cut each row after its first end-of-sequence id."""
+    trimmed = []
+    for row in rows:
+        end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
+        trimmed.append(row[:end])
+    return trimmed

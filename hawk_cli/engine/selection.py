@@ -1,0 +1,44 @@
+"""How many visual tokens to keep and which: exact arithmetic, stable order, padding never selected."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+from hawk_cli.errors import UsageError
+
+
+def validate_ratio(ratio: float) -> float:
+    """`ratio` is the fraction of visual tokens removed; it must lie in [0, 1)."""
+    if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 <= ratio < 1:
+        raise UsageError(f"--ratio must be in [0, 1), got {ratio}",
+                         "Use e.g. --ratio 0.8 to remove 80% of visual tokens (0 disables pruning)")
+    return float(ratio)
+
+
+def keep_count(n_visual: int, ratio: float) -> int:
+    """ceil(n * (1 - ratio)), at least 1 when there are visual tokens, computed exactly.
+
+    Floats get it wrong: ceil(10 * (1 - 0.7)) == 4. The ratio is read as the decimal the user wrote.
+    """
+    if n_visual <= 0:
+        return 0
+    kept = Fraction(n_visual) * (1 - Fraction(str(float(ratio))))
+    return min(n_visual, max(1, math.ceil(kept)))
+
+
+def select_keep(scores: Tensor, visual: Tensor, valid: Tensor, ratio: float) -> Tensor:
+    """[B, L] bool: every valid non-visual token, plus each row's top `keep_count` visual tokens.
+
+    Ties go to the earlier token (stable sort), so the choice does not depend on the backend's topk.
+    """
+    keep = valid.bool() & ~visual
+    ranked = scores.float().masked_fill(~visual, float("-inf"))
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
+    for row in range(scores.shape[0]):
+        k = keep_count(int(visual[row].sum()), ratio)
+        keep[row, order[row, :k]] = True
+    return keep

@@ -1,0 +1,56 @@
+"""Tiny random Qwen2-VL / Qwen2.5-VL models built from configs in code (no downloads), with their inputs.
+
+initializer_range 0.1 (not 0.02) keeps logits peaky, so a positional or head-mapping bug moves them visibly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                          Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil)
+
+from hawk_cli.synthetic.tokenizer import build_word_tokenizer
+
+TEXT = dict(vocab_size=68, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "mrope_section": [2, 3, 3]},
+            initializer_range=0.1, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+IDS = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10)
+
+
+def tiny_config(family: str = "qwen2_5_vl", attn: str = "sdpa"):
+    if family == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      window_size=56, fullatt_block_indexes=[1], patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, initializer_range=0.1)
+        config = Qwen2_5_VLConfig(text_config=TEXT, vision_config=vision, **IDS)
+    else:
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.1)
+        config = Qwen2VLConfig(text_config=TEXT, vision_config=vision, **IDS)
+    config._attn_implementation = attn
+    config.initializer_range = 0.1
+    return config
+
+
+def tiny_model(family: str = "qwen2_5_vl", attn: str = "sdpa", seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model_class = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+    config = tiny_config(family, attn)
+    model = model_class._from_config(config, attn_implementation=attn, dtype=dtype)
+    return model.eval()
+
+
+def tiny_tokenizer():
+    return build_word_tokenizer()
+
+
+def tiny_image_processor(max_pixels: int = 224 * 224):
+    return Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": max_pixels})
+
+
+def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
