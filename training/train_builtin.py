@@ -532,6 +532,7 @@ def main(argv=None) -> int:
     history = []
     t_train = time.time()
     step = 0
+    t_100 = 0.0
     amp = device.type == "cuda"
     running = {"loss": 0.0, "ans": 0.0, "aux": 0.0, "acc": 0.0, "n": 0}
     while step < total_steps:
@@ -574,11 +575,14 @@ def main(argv=None) -> int:
             running["n"] += 1
         step += 1
         elapsed = time.time() - t_train
+        if step == 100:
+            t_100 = elapsed
         if args.max_train_seconds and step == 300 and total_steps > 300:
-            projected = elapsed / step * total_steps
+            pace = (elapsed - t_100) / 200
+            projected = elapsed + pace * (total_steps - step)
             if projected > args.max_train_seconds:
-                new_total = int(args.max_train_seconds / (elapsed / step))
-                log(f"pace {elapsed / step:.3f} s/step: schedule shortened {total_steps} -> {new_total} steps")
+                new_total = step + int((args.max_train_seconds - elapsed) / pace)
+                log(f"pace {pace:.3f} s/step: schedule shortened {total_steps} -> {new_total} steps")
                 total_steps = new_total
         if args.max_train_seconds and elapsed > 1.06 * args.max_train_seconds and step < total_steps:
             log(f"hard stop at step {step}: {elapsed:.0f}s is past the time budget")
