@@ -58,6 +58,7 @@ class SceneObject:
     color: str
     digit: int | None
     coverage: np.ndarray  # (16, 16) float32 share of each token covered by this object
+    glyph: int | None = None  # optdigits row drawn in a box
 
 
 @dataclass
@@ -197,7 +198,7 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
         y0 = cy * CELL_PX + int(rng.integers(3, CELL_PX - size - 3 + 1))
         rgb = _jitter(rng, COLOR_RGB[colour])
         _draw_shape(draw, kind, x0, y0, size, rgb)
-        digit = None
+        digit = row = None
         if kind == "box":
             frame = max(4, int(round(0.09 * size)))
             inner = size - 2 * frame
@@ -213,7 +214,8 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
             offset = (inner - side) // 2
             image.paste((dark, dark, dark), (x0 + frame + offset, y0 + frame + offset,
                                              x0 + frame + offset + side, y0 + frame + offset + side), ink_mask)
-        objects.append(SceneObject(kind=kind, color=colour, digit=digit, coverage=_coverage(kind, x0, y0, size)))
+        objects.append(SceneObject(kind=kind, color=colour, digit=digit, coverage=_coverage(kind, x0, y0, size),
+                                   glyph=row))
 
     labels = np.zeros((3, GRID, GRID), dtype=np.int64)
     labels[2] = -100
