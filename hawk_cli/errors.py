@@ -15,7 +15,10 @@ class HawkError(Exception):
 
     def render(self) -> str:
         text = f"{self.message}."
-        return f"{text} {self.fix}" if self.fix else text
+        if not self.fix:
+            return text
+        fix = self.fix if self.fix.endswith((".", "?", "!")) else f"{self.fix}."
+        return f"{text} {fix}"
 
 
 class UsageError(HawkError):

@@ -1,0 +1,1 @@
+"""The command line: arguments, rendering and error mapping. No tensor code lives here."""

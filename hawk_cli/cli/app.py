@@ -1,0 +1,76 @@
+"""The `hawk` Typer app and the one error boundary: every failure becomes one line and an exit code.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad invocation or input, 130 interrupted. `--debug` or
+HAWK_DEBUG=1 adds the traceback after the line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from hawk_cli.cli.run import run_command
+from hawk_cli.errors import HawkError, ResourceError
+
+app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command("run")(run_command)
+
+
+@app.callback()
+def _root() -> None:
+    """hawk: training-free visual-token pruning for Qwen2-VL / Qwen2.5-VL. Results on stdout, logs on stderr."""
+
+
+def _error_line(message: str) -> None:
+    sys.stderr.write(f"hawk: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _debug(argv: list[str]) -> bool:
+    return os.environ.get("HAWK_DEBUG", "") not in ("", "0") or "--debug" in argv
+
+
+def _as_hawk_error(error: BaseException) -> HawkError | None:
+    """Known library failures, mapped to actionable errors."""
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return ResourceError("the device ran out of memory",
+                             "Use a smaller --batch-size, a higher --ratio, or smaller images")
+    return None
+
+
+def _exit_code_for(error: BaseException) -> int:
+    if isinstance(error, HawkError):
+        _error_line(error.render())
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Abort":
+        _error_line("interrupted")
+        return 130
+    if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # the argument parser's usage errors
+        command = getattr(getattr(error, "ctx", None), "command_path", None) or "hawk"
+        _error_line(f"{error.format_message().strip().rstrip('.')}. Run '{command} --help' for usage.")
+        return int(error.exit_code)
+    mapped = _as_hawk_error(error)
+    if mapped is not None:
+        return _exit_code_for(mapped)
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    _error_line(f"internal error ({type(error).__name__}: {first_line}). "
+                "Please report it; set HAWK_DEBUG=1 for the traceback.")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    try:
+        code = app(args=[a for a in argv if a != "--debug"], prog_name="hawk", standalone_mode=False)
+    except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI
+        if isinstance(error, SystemExit):
+            raise
+        code = _exit_code_for(error)
+        if debug:
+            traceback.print_exception(error)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,23 @@
+"""Options shared by the commands, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="'builtin' (default), a hub id or a local "
+                                                 "folder of a Qwen2-VL / Qwen2.5-VL checkpoint.")]
+RatioOpt = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, 1); "
+                                         "0.8 keeps 20%. 0 disables pruning.")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Head-importance file from 'hawk calibrate'.")]
+ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="Scoring method (default: hawk; see "
+                                                  "'hawk scorers').")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, "
+                                       "float16.")]
+AttnOpt = Annotated[str, typer.Option("--attn", help="Attention backend: sdpa, eager or flash_attention_2.")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or progress on stderr.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]

@@ -1,0 +1,52 @@
+"""Where output goes: results on stdout (text or one JSON object per line), everything else on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Output:
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    # --- stdout: results only ----------------------------------------------------------------------
+    def result(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def record(self, data: dict) -> None:
+        """One JSON object on one line; values are never rounded."""
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def table(self, renderable) -> None:
+        Console(highlight=False, soft_wrap=True).print(renderable)
+
+    # --- stderr ------------------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.stderr.print(message, markup=False)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.stderr.print(f"hawk: note: {message}", markup=False)
+
+    def warn(self, message: str) -> None:
+        self.stderr.print(f"hawk: warning: {message}", markup=False)
+
+    @contextmanager
+    def progress(self, description: str, total: int):
+        """A progress bar with ETA on stderr (shown only on a terminal); yields an `advance(n=1)` callable."""
+        visible = self.stderr.is_terminal and not self.quiet
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=self.stderr, transient=True, disable=not visible)
+        with bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)

@@ -1,0 +1,86 @@
+"""A loaded model with its adapter, ready to answer requests: what `run`, `bench`, `calibrate` and `eval` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hawk_cli.adapters import ADAPTERS, adapter_for
+from hawk_cli.engine.generation import GenerationSettings, generate
+from hawk_cli.engine.head_weights import resolve_head_weights
+from hawk_cli.engine.results import GenerationResult, RowStats
+from hawk_cli.io.models import LoadedModel, load_model
+from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: list[int]
+    stats: RowStats
+
+
+@dataclass
+class BatchOutput:
+    answers: list[Answer]
+    result: GenerationResult
+    notices: list[str] = field(default_factory=list)
+
+
+class HawkSession:
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.adapter = adapter_for(loaded.model, loaded.tokenizer)
+        self.eos_ids = self._eos_ids()
+
+    @classmethod
+    def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa") -> "HawkSession":
+        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn))
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.adapter.tokens.im_end}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if configured is not None:
+            ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+    def make_scorer(self, name: str = "hawk", weights_path: str | None = None,
+                    layer: int = 0) -> tuple[Scorer, list[str]]:
+        """The scorer with its head weights resolved and validated; notices go to the user's stderr."""
+        scorer_class = get_scorer_class(name)
+        if issubclass(scorer_class, HawkScorer):
+            weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
+                                                    self.loaded.is_builtin)
+            if name != "hawk":
+                notices = []
+            return scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source), notices
+        return scorer_class(), []
+
+    def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings) -> BatchOutput:
+        inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests).to(self.loaded.device)
+        result = generate(self.adapter, inputs, scorer, settings, self.eos_ids)
+        answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats)
+                   for tokens, stats in zip(result.tokens, result.rows)]
+        return BatchOutput(answers=answers, result=result)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def describe(self) -> dict:
+        return {"model": self.loaded.name, "device": str(self.loaded.device),
+                "dtype": str(self.loaded.dtype).replace("torch.", ""), "attn": self.loaded.attn,
+                "model_type": self.model.config.model_type}
+
+
+def versions() -> dict:
+    import transformers
+
+    from hawk_cli import __version__
+
+    return {"hawk": __version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,113 @@
+"""Load a checkpoint (hub id or local folder, or the built-in model) the standard way, with clear failures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hawk_cli.errors import ModelError, ResourceError, UsageError
+
+BUILTIN_NAMES = ("builtin",)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    name: str  # as the user gave it ("builtin", a hub id, a folder)
+    path: str  # where it was loaded from
+    device: torch.device
+    dtype: torch.dtype
+    attn: str
+    is_builtin: bool
+
+
+def builtin_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "builtin"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ResourceError("--device cuda was asked for but no CUDA GPU is available",
+                                "Use --device cpu (or auto)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UsageError(f"unknown device '{name}'", "Use auto, cpu or cuda")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on CUDA, float32 on CPU (CPU bf16 is slow and changes greedy output)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype '{name}'", f"Use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _locate(spec: str) -> tuple[str, bool]:
+    """(path or hub id, is_builtin). A spec that looks like a path must exist."""
+    if spec in BUILTIN_NAMES:
+        folder = builtin_dir()
+        if not (folder / "model.safetensors").is_file():
+            raise ModelError("the built-in model is not installed with this copy of hawk",
+                             "Reinstall hawk-vlm, or pass --model with a Qwen2-VL / Qwen2.5-VL checkpoint")
+        return str(folder), True
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"'{spec}' is not a model folder (no config.json)",
+                             "Pass a folder saved with save_pretrained, or a hub id")
+        return str(path), False
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelError(f"model path '{spec}' does not exist", "Check the path, or use --model builtin")
+    return spec, False
+
+
+def read_model_type(location: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return str(AutoConfig.from_pretrained(location).model_type)
+    except (OSError, ValueError, json.JSONDecodeError, KeyError) as error:
+        raise ModelError(f"cannot load model '{location}': {str(error).splitlines()[0][:200]}",
+                         "Pass a local checkpoint folder (no hub downloads happen offline)")
+
+
+def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
+               attn: str = "sdpa") -> LoadedModel:
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    if attn not in ATTENTION_BACKENDS:
+        raise UsageError(f"unknown attention backend '{attn}'", f"Use one of: {', '.join(ATTENTION_BACKENDS)}")
+    name = spec or "builtin"
+    location, is_builtin = _locate(name)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model_type = read_model_type(location)
+    if model_type not in supported:
+        raise ModelError(f"model type '{model_type}' is not supported", f"Supported: {', '.join(sorted(supported))}")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn)
+        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
+        # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
+        image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")
+    except ImportError as error:
+        raise ModelError(f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
+                         "Use --attn sdpa, or install the missing package")
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load model '{name}': {str(error).splitlines()[0][:200]}",
+                         "Check that the folder holds a complete checkpoint (config, weights, tokenizer)")
+    model = model.to(torch_device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
+                       path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
