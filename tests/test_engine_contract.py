@@ -16,11 +16,11 @@ from hawk_cli.engine.oracle import check_against_oracle
 from hawk_cli.io.prompts import Request, build_inputs
 from hawk_cli.scorers import HawkScorer
 from hawk_cli.scorers.base import Scorer
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.contract
 EOS = {2}
-TOL = 1e-5
+TOL = TOLERANCE
 FAMILIES = ["qwen2_5_vl", "qwen2_vl"]
 
 
@@ -34,7 +34,7 @@ class RandomScores(Scorer):
 
     def score(self, inputs):
         generator = torch.Generator().manual_seed(self.seed)
-        scores = torch.rand(inputs.visual_mask.shape, generator=generator)
+        scores = torch.rand(inputs.visual_mask.shape, generator=generator).to(inputs.visual_mask.device)
         return scores.masked_fill(~inputs.visual_mask, float("-inf"))
 
 
@@ -44,14 +44,14 @@ class RenumberingAdapter(QwenVLAdapter):
     def decode(self, embeds, position_ids, attention_mask, cache):
         batch, length = embeds.shape[:2]
         past = cache.get_seq_length()
-        contiguous = torch.arange(past, past + length).view(1, 1, length).expand(3, batch, length)
+        contiguous = torch.arange(past, past + length, device=embeds.device).view(1, 1, length).expand(3, batch, length)
         return super().decode(embeds, contiguous, attention_mask, cache)
 
 
 def _setup(family="qwen2_5_vl", attn="sdpa", requests=None):
     model, tokenizer = tiny_model(family, attn), tiny_tokenizer()
     requests = requests or [Request("what color is the circle ?", (random_image(224, 224, 1),))]
-    return model, tokenizer, build_inputs(tokenizer, tiny_image_processor(), requests)
+    return model, tokenizer, build_inputs(tokenizer, tiny_image_processor(), requests).to(DEVICE)
 
 
 def _batch_requests():
@@ -76,7 +76,7 @@ def test_ratio_zero_is_identical_to_stock_generate(family, attn, cache):
         assert tokens == stock_tokens[row, : len(tokens)].tolist()
     assert len(ours.step_logits) == len(stock.logits)
     for step, (mine, theirs) in enumerate(zip(ours.step_logits, stock.logits)):
-        assert (mine - theirs).abs().max() <= TOL, f"step {step}"
+        assert (mine - theirs.float().cpu()).abs().max() <= TOL, f"step {step}"
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -91,7 +91,7 @@ def test_pruned_logits_match_unpruned_with_dropped_tokens_masked(family, attn, c
     assert all(row.visual_tokens_kept < row.visual_tokens for row in pruned.rows)  # pruning happened
     assert len(pruned.step_logits) == len(oracle)
     for step, (mine, theirs) in enumerate(zip(pruned.step_logits, oracle)):
-        assert (mine - theirs).abs().max() <= TOL, f"step {step}"
+        assert (mine - theirs.float().cpu()).abs().max() <= TOL, f"step {step}"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -119,11 +119,11 @@ def test_batch_rows_equal_single_rows(family):
     adapter, processor = adapter_for(model, tokenizer), tiny_image_processor()
     requests = _batch_requests()
     settings = GenerationSettings(ratio=0.8, max_new_tokens=6, record_logits=True)
-    batched = generate(adapter, build_inputs(tokenizer, processor, requests), HawkScorer(), settings, EOS)
+    batched = generate(adapter, build_inputs(tokenizer, processor, requests).to(DEVICE), HawkScorer(), settings, EOS)
     kept_counts = {row.visual_tokens_kept for row in batched.rows}
     assert len(kept_counts) > 1  # rows really differ in kept count
     for index, request in enumerate(requests):
-        alone = generate(adapter, build_inputs(tokenizer, processor, [request]), HawkScorer(), settings, EOS)
+        alone = generate(adapter, build_inputs(tokenizer, processor, [request]).to(DEVICE), HawkScorer(), settings, EOS)
         assert alone.tokens[0] == batched.tokens[index]
         assert alone.rows[0] == batched.rows[index]
         for mine, theirs in zip(alone.step_logits, batched.step_logits):
@@ -147,5 +147,5 @@ def test_decode_positions_equal_unpruned_run():
     _, rope_deltas = model.model.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
                                                 image_grid_thw=inputs.image_grid_thw,
                                                 attention_mask=inputs.attention_mask)
-    stock_next = inputs.attention_mask.sum(-1) + rope_deltas.view(-1)  # unpadded length + rope_deltas
+    stock_next = inputs.attention_mask.sum(-1) + rope_deltas.view(-1).to(DEVICE)  # unpadded length + rope_deltas
     assert torch.equal(adapter.next_positions(prefill.position_ids, prefill.attention_mask), stock_next)

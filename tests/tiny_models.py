@@ -5,6 +5,8 @@ initializer_range 0.1 (not 0.02) keeps logits peaky, so a positional or head-map
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from PIL import Image
@@ -17,6 +19,12 @@ TEXT = dict(vocab_size=68, hidden_size=64, intermediate_size=128, num_hidden_lay
             num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                     "mrope_section": [2, 3, 3]},
             initializer_range=0.1, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+# The contract tests also run on a GPU: HAWK_TEST_DEVICE=cuda HAWK_TEST_DTYPE=bfloat16 python -m pytest -m contract
+DEVICE = torch.device(os.environ.get("HAWK_TEST_DEVICE", "cpu"))
+DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16}[os.environ.get("HAWK_TEST_DTYPE", "float32")]
+# fp32 on CPU is exact to rounding; CUDA kernels differ more; bf16 logits carry ~3 significant digits.
+TOLERANCE = 1e-5 if (DEVICE.type == "cpu" and DTYPE == torch.float32) else (2e-4 if DTYPE == torch.float32 else 1e-1)
+
 IDS = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10)
 
 
@@ -35,12 +43,13 @@ def tiny_config(family: str = "qwen2_5_vl", attn: str = "sdpa"):
     return config
 
 
-def tiny_model(family: str = "qwen2_5_vl", attn: str = "sdpa", seed: int = 0, dtype=torch.float32):
+def tiny_model(family: str = "qwen2_5_vl", attn: str = "sdpa", seed: int = 0, dtype=None, device=None):
+    """A seeded tiny model on the test device and dtype (CPU float32 unless the environment says otherwise)."""
     torch.manual_seed(seed)
     model_class = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
     config = tiny_config(family, attn)
-    model = model_class._from_config(config, attn_implementation=attn, dtype=dtype)
-    return model.eval()
+    model = model_class._from_config(config, attn_implementation=attn, dtype=torch.float32)
+    return model.to(device or DEVICE, dtype or DTYPE).eval()
 
 
 def tiny_tokenizer():
