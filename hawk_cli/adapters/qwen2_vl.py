@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter, Prefill
+from hawk_cli.adapters.qwen_vision import encode_images_batched
 
 
 class _StopAfterLayer(Exception):
@@ -35,7 +36,8 @@ class QwenVLAdapter(ModelAdapter):
         # transformers 5.24 renamed `past_key_values` to `cache`; the old name warns there.
         self._cache_keyword = "cache" if "cache" in decoder_params else "past_key_values"
         self._rope_params = set(inspect.signature(self.inner.get_rope_index).parameters)
-        self.vision_encoder = None  # optional fast path: callable(visual, pixel_values, grid_thw) -> Tensor
+        # One attention call per window size instead of one per window: equal to stock, several times faster.
+        self.fast_vision = True
 
     @property
     def num_query_heads(self) -> int:
@@ -52,8 +54,8 @@ class QwenVLAdapter(ModelAdapter):
     # --- prefill ---------------------------------------------------------------------------------------
     def _features(self, pixels: Tensor, grid: Tensor, stock) -> Tensor:
         pixels = pixels.to(self.inner.visual.dtype)
-        if self.vision_encoder is not None:
-            return self.vision_encoder(self.inner.visual, pixels, grid)
+        if self.fast_vision:
+            return encode_images_batched(self.inner.visual, pixels, grid)  # videos are grids with t > 1
         output = stock(pixels, grid)
         pooled = output.pooler_output if hasattr(output, "pooler_output") else output[0]
         return torch.cat(list(pooled)) if isinstance(pooled, (tuple, list)) else pooled
