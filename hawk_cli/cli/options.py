@@ -11,8 +11,8 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="'builtin
 RatioOpt = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, 1); "
                                          "0.8 keeps 20%. 0 disables pruning.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Head-importance file from 'hawk calibrate'.")]
-ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="Scoring method (default: hawk; see "
-                                                  "'hawk scorers').")]
+ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="Scoring method (default: hawk, the published "
+                                                  "method; the built-in model may recommend another).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, "
                                        "float16.")]

@@ -64,7 +64,7 @@ def run_command(
     settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
     images = tuple(load_image(path) for path in image_paths)
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
-    method, notices = session.make_scorer(scorer or "hawk", weights)
+    method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)
     batch = session.run([Request(question=question, images=images)], method, settings)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -13,6 +15,8 @@ from hawk_cli.engine.results import GenerationResult, RowStats
 from hawk_cli.io.models import LoadedModel, load_model
 from hawk_cli.io.prompts import Request, build_inputs
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
+
+RECOMMENDED_SETTINGS_FILE = "hawk_settings.json"
 
 
 @dataclass(frozen=True)
@@ -50,17 +54,31 @@ class HawkSession:
             ids.add(int(self.tokenizer.eos_token_id))
         return ids
 
-    def make_scorer(self, name: str = "hawk", weights_path: str | None = None,
-                    layer: int = 0) -> tuple[Scorer, list[str]]:
+    def recommended_settings(self) -> dict:
+        """Pruning settings a model ships beside its weights (`hawk_settings.json`), used only when the user
+        gives none; the published HAWK stays the default for every other model."""
+        path = Path(self.loaded.path) / RECOMMENDED_SETTINGS_FILE
+        return json.loads(path.read_text()) if self.loaded.is_builtin and path.is_file() else {}
+
+    def make_scorer(self, name: str | None = None, weights_path: str | None = None,
+                    layer: int | None = None) -> tuple[Scorer, list[str]]:
         """The scorer with its head weights resolved and validated; notices go to the user's stderr."""
+        recommended = self.recommended_settings() if name is None and weights_path is None else {}
+        name = name or recommended.get("scorer", "hawk")
+        layer = layer if layer is not None else int(recommended.get("layer", 0))
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
                                                     self.loaded.is_builtin)
             if name != "hawk":
                 notices = []
-            return scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source), notices
-        return scorer_class(), []
+            scorer = scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source)
+        else:
+            scorer, notices = scorer_class(), []
+        if recommended:
+            notices.append(f"using the model's recommended pruning settings ({name}, layer {layer}); "
+                           "pass --scorer to choose")
+        return scorer, notices
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings) -> BatchOutput:
         inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests).to(self.loaded.device)
