@@ -49,3 +49,7 @@ class Interrupted(HawkError):
     """Ctrl-C: nothing partial was left behind (exit 130)."""
 
     exit_code = 130
+
+
+class HawkWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one stderr line."""

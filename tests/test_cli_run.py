@@ -132,3 +132,12 @@ def test_cuda_asked_for_without_a_gpu(capsys, model_dir, image_path):
         pytest.skip("this machine has a GPU")
     code, _, err = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--device", "cuda")
     assert code == 1 and "no CUDA GPU is available" in err
+
+
+def test_transformers_outside_tested_range_warns_on_one_line(capsys, monkeypatch, model_dir, image_path):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    code, _, err = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--max-new-tokens", "1")
+    assert code == 0
+    assert "hawk: warning: transformers 5.99.0 is outside hawk's tested range 5.17.0-5.24.x" in err

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import typer
 
 from hawk_cli.cli.run import run_command
-from hawk_cli.errors import HawkError, ResourceError
+from hawk_cli.errors import HawkError, HawkWarning, ResourceError
 
 app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -62,9 +63,19 @@ def _exit_code_for(error: BaseException) -> int:
     return 1
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """hawk's own warnings become one stderr line; library warnings keep their usual form."""
+    if issubclass(category, HawkWarning):
+        sys.stderr.write(f"hawk: warning: {message}\n")
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(argv)
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", HawkWarning)
     try:
         code = app(args=[a for a in argv if a != "--debug"], prog_name="hawk", standalone_mode=False)
     except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hawk_cli.adapters import ADAPTERS, adapter_for
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
+from hawk_cli.errors import HawkWarning
 from hawk_cli.io.models import LoadedModel, load_model
 from hawk_cli.io.prompts import Request, build_inputs
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
@@ -43,6 +45,7 @@ class HawkSession:
 
     @classmethod
     def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa") -> "HawkSession":
+        warn_if_untested_transformers()
         return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn))
 
     def _eos_ids(self) -> set[int]:
@@ -94,6 +97,20 @@ class HawkSession:
         return {"model": self.loaded.name, "device": str(self.loaded.device),
                 "dtype": str(self.loaded.dtype).replace("torch.", ""), "attn": self.loaded.attn,
                 "model_type": self.model.config.model_type}
+
+
+TESTED_TRANSFORMERS = ("5.17.0", "5.24")  # keep in step with pyproject.toml
+
+
+def warn_if_untested_transformers() -> None:
+    """The adapters rely on Qwen-VL internals that move between releases: say so outside the tested range."""
+    import transformers
+
+    installed = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
+    if not (5, 17) <= installed <= (5, 24):
+        warnings.warn(f"transformers {transformers.__version__} is outside hawk's tested range "
+                      f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check results with 'hawk bench --check'",
+                      HawkWarning, stacklevel=2)
 
 
 def versions() -> dict:
