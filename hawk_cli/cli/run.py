@@ -1,24 +1,35 @@
-"""`hawk run IMAGE... QUESTION`: answer a question about images, pruning visual tokens first."""
+"""`hawk run`: answer questions about images or video frames, pruning visual tokens first.
+
+Two modes:
+* one prompt: `hawk run IMAGE... QUESTION` (and/or `--video PATH`); the answer on stdout, stats on stderr;
+* JSONL: `hawk run --input FILE.jsonl` or `hawk run -` (stdin): one request per line, one JSON result per line
+  on stdout in input order, run in batches of `--batch-size`. A bad request gives an error record and the
+  stream goes on; the exit code is then 1.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
-from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, QuietOpt,
-                                  RatioOpt, ScorerOpt, WeightsOpt)
+from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
+                                  QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
-from hawk_cli.errors import InputError, UsageError
+from hawk_cli.errors import HawkError, InputError, ResourceError, UsageError
 
 DEFAULT_RATIO = 0.8
+DEFAULT_FPS = 2.0  # the stock Qwen2.5-VL processor's default (second_per_grid_ts = 2 / fps = 1.0)
 
 
-def split_arguments(arguments: list[str]) -> tuple[list[str], str]:
-    """IMAGE... QUESTION -> (images, question); QUESTION '-' is read from stdin."""
-    if len(arguments) < 2:
-        raise UsageError("hawk run needs at least one image and a question",
+def split_arguments(arguments: list[str], need_image: bool = True) -> tuple[list[str], str]:
+    """IMAGE... QUESTION -> (images, question); QUESTION '-' is read from stdin. With a video, images are optional."""
+    if len(arguments) < (2 if need_image else 1):
+        raise UsageError("hawk run needs at least one image and a question" if need_image else
+                         "hawk run needs a question",
                          "Example: hawk run photo.jpg \"what is in the picture?\"")
     *images, question = arguments
     if question == "-":
@@ -35,9 +46,69 @@ def stats_line(stats, ratio: float, seconds: float) -> str:
             + (" (no instruction after the image: scored with the user's text)" if stats.query_fallback else ""))
 
 
+def error_text(error: BaseException) -> str:
+    """One line for a failed request, as the CLI's error boundary would word it."""
+    if isinstance(error, HawkError):
+        return error.render()
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return ResourceError("the device ran out of memory",
+                             "Use a smaller --batch-size, a higher --ratio, or smaller images").render()
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"internal error ({type(error).__name__}: {first_line}). Please report it."
+
+
+class _Sink:
+    """Where results go: stdout (flushed per line), or a temp file moved over --output at the end."""
+
+    def __init__(self, out: Output, handle: TextIO | None) -> None:
+        self.out, self.handle = out, handle
+
+    def record(self, data: dict) -> None:
+        if self.handle is None:
+            self.out.record(data)
+        else:
+            import json
+
+            self.handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            self.handle.flush()
+
+    def text(self, line: str) -> None:
+        if self.handle is None:
+            self.out.result(line)
+        else:
+            self.handle.write(line + "\n")
+
+
+def _open_sink(stack: ExitStack, out: Output, output: str | None, force: bool) -> _Sink:
+    if output is None:
+        return _Sink(out, None)
+    from hawk_cli.io.atomic import atomic_path, check_writable
+
+    temporary = stack.enter_context(atomic_path(check_writable(Path(output), force)))
+    return _Sink(out, stack.enter_context(open(temporary, "w", encoding="utf-8")))
+
+
 def run_command(
-    arguments: Annotated[list[str], typer.Argument(metavar="IMAGE... QUESTION",
-                                                   help="One or more images, then the question ('-': stdin).")],
+    arguments: Annotated[Optional[list[str]], typer.Argument(
+        metavar="IMAGE... QUESTION", help="Images, then the question ('-': stdin). '-' alone: JSONL requests on "
+                                          "stdin.")] = None,
+    input_file: Annotated[Optional[str], typer.Option(
+        "--input", "-i", help="JSONL requests, one per line: {\"id\", \"images\" or \"video\", \"question\", "
+                              "\"ratio\"?, \"max_new_tokens\"?, \"fps\"?}.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="JSONL mode: requests per padded "
+                                                                       "batch.")] = 1,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the results to FILE "
+                                                  "(atomically) instead of stdout.")] = None,
+    force: ForceOpt = False,
+    video: Annotated[Optional[list[str]], typer.Option(
+        "--video", help="A folder of frames, an animated GIF / multi-frame image, or a frame file (repeat the "
+                        "option for several frames).")] = None,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate the video frames were sampled at; sets their "
+                                                     "time positions (default 2).")] = DEFAULT_FPS,
+    overlay: Annotated[Optional[str], typer.Option(
+        "--overlay", help="Picture of the kept tokens (a PNG file; a folder in JSONL mode, one file per id).")] = None,
+    overlay_scores: Annotated[bool, typer.Option("--overlay-scores", help="Colour kept cells by score rank "
+                                                                          "(blue low, red high).")] = False,
     model: ModelOpt = None,
     ratio: RatioOpt = DEFAULT_RATIO,
     weights: WeightsOpt = None,
@@ -48,31 +119,217 @@ def run_command(
     attn: AttnOpt = "sdpa",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
-) -> None:
-    """Answer QUESTION about IMAGE(s) with HAWK pruning. The answer goes to stdout, stats to stderr.
+) -> int:
+    """Answer QUESTION about IMAGE(s) or a video with HAWK pruning. The answer goes to stdout, stats to stderr.
 
-    Examples: hawk run scene.png "what color is the circle ?" | hawk run a.jpg b.jpg "what changed?" --ratio 0.9
-    | echo "how many stars are there ?" | hawk run scene.png - --json
+    Examples: hawk run a.jpg b.jpg "what changed?" --ratio 0.9
+    | hawk run --video frames/ "what happens?" --fps 2 --overlay kept.png
+    | cat requests.jsonl | hawk run - --batch-size 8 > results.jsonl
     """
     from hawk_cli.engine.generation import GenerationSettings
-    from hawk_cli.engine.session import HawkSession, versions
-    from hawk_cli.io.images import load_image
-    from hawk_cli.io.prompts import Request
+    from hawk_cli.io.video import validate_fps
 
     out = Output(json_mode=json_output, quiet=quiet)
-    image_paths, question = split_arguments(arguments)
-    settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
-    images = tuple(load_image(path) for path in image_paths)
+    arguments = list(arguments or [])
+    jsonl = input_file is not None or arguments == ["-"]
+    if input_file is not None and arguments:
+        raise UsageError("--input takes no IMAGE or QUESTION arguments", "Put them in the JSONL lines")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}", "Use e.g. --batch-size 8")
+    try:
+        validate_fps(fps)
+    except InputError as error:
+        raise UsageError(error.message, error.fix)
+    GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)  # validates the flags before loading
+    if jsonl:
+        if video:
+            raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
+                             'Write e.g. {"video": "clip.gif", "question": "..."}')
+        return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
+                          weights, scorer, max_new_tokens, device, dtype, attn)
+    return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, ratio, weights,
+                    scorer, max_new_tokens, device, dtype, attn, json_output)
+
+
+def _open_session(out: Output, model, device, dtype, attn, scorer, weights):
+    from hawk_cli.engine.session import HawkSession
+
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)
-    batch = session.run([Request(question=question, images=images)], method, settings)
+    return session, method
+
+
+def _overlay_picture(session, request, answer, by_score: bool):
+    from hawk_cli.io.overlay import panels_for, render_overlay
+
+    processor = session.loaded.image_processor
+    panels = panels_for(request.images, request.video, list(answer.visual_grids),
+                        int(processor.temporal_patch_size))
+    merge = int(processor.merge_size)
+    return render_overlay(panels, answer.visual_keep, answer.visual_scores, merge_size=merge,
+                          cell_pixels=int(processor.patch_size) * merge, by_score=by_score)
+
+
+def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, ratio, weights,
+             scorer, max_new_tokens, device, dtype, attn, json_output) -> int:
+    from hawk_cli.engine.generation import GenerationSettings
+    from hawk_cli.engine.session import versions
+    from hawk_cli.io.atomic import check_writable
+    from hawk_cli.io.images import load_image
+    from hawk_cli.io.overlay import save_overlay
+    from hawk_cli.io.prompts import Request
+    from hawk_cli.io.video import read_frames
+
+    image_paths, question = split_arguments(arguments, need_image=not video)
+    settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
+    if output is not None:
+        check_writable(Path(output), force)
+    if overlay is not None:
+        check_writable(Path(overlay), force)
+    images = tuple(load_image(path) for path in image_paths)
+    frames = tuple(read_frames(video)) if video else ()
+    request = Request(question=question, images=images, video=frames, fps=fps)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
-    if json_output:
-        out.record({"answer": answer.text, "ratio": ratio, **method.describe(), **session.describe(),
-                    **answer.stats.to_dict(), "generated_tokens": len(answer.tokens),
-                    "timings": timings, "kv_cache_bytes": batch.result.kv_cache_bytes, "versions": versions()})
-    else:
-        out.result(answer.text)
+    if overlay is not None:
+        save_overlay(Path(overlay), _overlay_picture(session, request, answer, overlay_scores))
+    with ExitStack() as stack:
+        sink = _open_sink(stack, out, output, force)
+        if json_output:
+            record = {"answer": answer.text, "ratio": ratio, **method.describe(), **session.describe(),
+                      **answer.stats.to_dict(), "generated_tokens": len(answer.tokens), "timings": timings,
+                      "kv_cache_bytes": batch.result.kv_cache_bytes, "versions": versions()}
+            if frames:
+                record.update(video_frames=len(frames), fps=fps)
+            if overlay is not None:
+                record["overlay"] = str(overlay)
+            sink.record(record)
+        else:
+            sink.text(answer.text)
+    if not json_output:
         out.info(stats_line(answer.stats, ratio, timings["total_s"]))
+    return 0
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
+    stack = ExitStack()
+    if input_file is None or input_file == "-":
+        return iter(sys.stdin.readline, ""), Path.cwd(), stack
+    path = Path(input_file)
+    if not path.is_file():
+        raise InputError(f"input file '{path}' does not exist" if not path.exists() else f"'{path}' is not a file",
+                         "Give a JSONL file, or '-' to read requests from stdin")
+    handle = stack.enter_context(open(path, encoding="utf-8", errors="replace"))
+    return iter(handle), path.resolve().parent, stack
+
+
+def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
+               weights, scorer, max_new_tokens, device, dtype, attn) -> int:
+    from hawk_cli.engine.session import versions
+    from hawk_cli.io.requests import BadLine, load_request, read_requests
+
+    overlay_dir = None
+    if overlay is not None:
+        overlay_dir = Path(overlay)
+        if overlay_dir.exists() and not overlay_dir.is_dir():
+            raise UsageError(f"--overlay '{overlay_dir}' is a file; in JSONL mode it is a folder",
+                             "Give a folder (created if missing)")
+    lines, base, input_stack = _lines(input_file)
+    total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    if overlay_dir is not None:
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+    context = {**method.describe(), **session.describe(), "versions": versions()}
+    counts = {"done": 0, "failed": 0}
+    with input_stack, ExitStack() as stack, out.progress("requests", total or 0) as advance:
+        sink = _open_sink(stack, out, output, force)
+
+        def emit(rows: list[_Row]) -> None:
+            for row, outcome in zip(rows, _run_window(session, method, rows, ratio, max_new_tokens)):
+                if isinstance(outcome, str):
+                    counts["failed"] += 1
+                    out.warn(f"line {row.line} (id {row.id!r}): {outcome}")
+                    sink.record({"id": row.id, "line": row.line, "error": outcome})
+                else:
+                    answer = outcome.pop("_answer")
+                    record = {"id": row.id, "line": row.line, **outcome, **context}
+                    if overlay_dir is not None:
+                        record["overlay"] = _write_row_overlay(out, session, overlay_dir, row, answer,
+                                                               overlay_scores, force)
+                    sink.record(record)
+                counts["done"] += 1
+                advance()
+
+        window, runnable = [], 0
+        for item in read_requests(lines, base):
+            row = _Row(item.line, item.id)
+            if isinstance(item, BadLine):
+                row.error = item.error
+            else:
+                try:
+                    row.spec, row.request = item, load_request(item, fps)
+                    runnable += 1
+                except HawkError as error:
+                    row.error = error
+            window.append(row)
+            if runnable >= batch_size:
+                emit(window)
+                window, runnable = [], 0
+        if window:
+            emit(window)
+    if counts["done"] == 0:
+        out.warn("no requests in the input")
+    out.info(f"{counts['done']} requests, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
+class _Row:
+    """A window entry: line number and id, with the parsed spec and loaded request, or the error."""
+
+    def __init__(self, line: int, request_id: object) -> None:
+        self.line, self.id = line, request_id
+        self.spec = self.request = self.error = None
+
+
+def _run_window(session, method, rows: list[_Row], default_ratio: float, default_tokens: int) -> list:
+    """Run the window's good rows in batches of equal ratio; per row a result dict or an error string."""
+    from hawk_cli.engine.generation import GenerationSettings
+
+    outcomes: list = [error_text(row.error) if row.error is not None else None for row in rows]
+    groups: dict[float, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row.request is not None:
+            row_ratio = row.spec.ratio if row.spec.ratio is not None else default_ratio
+            groups.setdefault(row_ratio, []).append(index)
+    for group_ratio, indices in groups.items():
+        limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
+        settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits))
+        results = session.run_isolated([rows[i].request for i in indices], method, settings)
+        for index, limit, (answer, timings) in zip(indices, limits, results):
+            if isinstance(answer, BaseException):
+                outcomes[index] = error_text(answer)
+                continue
+            tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
+            outcomes[index] = {"answer": session.decode(tokens), "ratio": group_ratio, **answer.stats.to_dict(),
+                               "generated_tokens": len(tokens), "batch_size": len(indices), "timings": timings,
+                               "_answer": answer}
+    return outcomes
+
+
+def _write_row_overlay(out: Output, session, folder: Path, row: _Row, answer, by_score: bool, force: bool):
+    from hawk_cli.io.overlay import overlay_name, save_overlay
+
+    path = folder / overlay_name(row.id, row.line)
+    if path.exists() and not force:
+        out.warn(f"line {row.line}: overlay '{path}' exists; not overwritten (pass --force)")
+        return None
+    save_overlay(path, _overlay_picture(session, row.request, answer, by_score))
+    return str(path)

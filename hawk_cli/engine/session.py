@@ -26,6 +26,9 @@ class Answer:
     text: str
     tokens: list[int]
     stats: RowStats
+    visual_keep: torch.Tensor | None = None  # [n_visual] bool: the row's visual tokens, prompt order
+    visual_scores: torch.Tensor | None = None  # [n_visual] float32 scores (None at ratio 0)
+    visual_grids: tuple[tuple[int, int, int], ...] = ()  # (t, h, w) in patches: the row's images, then its video
 
 
 @dataclass
@@ -86,9 +89,31 @@ class HawkSession:
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings) -> BatchOutput:
         inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests).to(self.loaded.device)
         result = generate(self.adapter, inputs, scorer, settings, self.eos_ids)
-        answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats)
-                   for tokens, stats in zip(result.tokens, result.rows)]
+        visual = (inputs.mm_token_type_ids > 0).cpu() & inputs.attention_mask.bool().cpu()
+        answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
+                          visual_keep=result.keep_mask[row][visual[row]],
+                          visual_scores=None if result.scores is None else result.scores[row][visual[row]],
+                          visual_grids=grids)
+                   for row, (tokens, stats, grids) in enumerate(zip(result.tokens, result.rows,
+                                                                    _row_grids(inputs, requests)))]
         return BatchOutput(answers=answers, result=result)
+
+    def run_isolated(self, requests: list[Request], scorer: Scorer | None,
+                     settings: GenerationSettings) -> list[tuple[Answer | Exception, dict]]:
+        """Run `requests` as one batch; if the batch fails, run each alone, so one bad row cannot sink the rest.
+
+        Returns per row (answer or the exception it raised, timings of the batch that produced it).
+        """
+        try:
+            batch = self.run(requests, scorer, settings)
+            return [(answer, batch.result.timings) for answer in batch.answers]
+        except Exception as error:  # noqa: BLE001 - isolated per row below
+            if len(requests) == 1:
+                return [(error, {})]
+        outcomes = []
+        for request in requests:
+            outcomes.extend(self.run_isolated([request], scorer, settings))
+        return outcomes
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -111,6 +136,14 @@ def warn_if_untested_transformers() -> None:
         warnings.warn(f"transformers {transformers.__version__} is outside hawk's tested range "
                       f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check results with 'hawk bench --check'",
                       HawkWarning, stacklevel=2)
+
+
+def _row_grids(inputs, requests: list[Request]) -> list[tuple[tuple[int, int, int], ...]]:
+    """Split the batch's flat image / video grids back into rows (images in order, then the row's video)."""
+    images = iter([] if inputs.image_grid_thw is None else inputs.image_grid_thw.tolist())
+    videos = iter([] if inputs.video_grid_thw is None else inputs.video_grid_thw.tolist())
+    return [tuple(tuple(next(images)) for _ in request.images) + ((tuple(next(videos)),) if request.video else ())
+            for request in requests]
 
 
 def versions() -> dict:

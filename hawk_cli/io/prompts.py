@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from hawk_cli.errors import InputError
+from hawk_cli.io.video import DEFAULT_FPS, build_video
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -20,11 +21,16 @@ VIDEO_PAD = "<|video_pad|>"
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt: images shown before the question (or after, with `question_first`), and video frames."""
+    """One prompt: images shown before the question (or after, with `question_first`), and video frames.
+
+    `video` holds the frames of one video (shown after the images), sampled at `fps` frames per second.
+    """
 
     question: str
     images: tuple[Image.Image, ...] = ()
     question_first: bool = False
+    video: tuple[Image.Image, ...] = ()
+    fps: float = DEFAULT_FPS
 
 
 @dataclass
@@ -51,7 +57,7 @@ class ModelInputs:
 
 
 def _messages(request: Request) -> list[dict]:
-    visual = [{"type": "image"} for _ in request.images]
+    visual = [{"type": "image"} for _ in request.images] + ([{"type": "video"}] if request.video else [])
     text = [{"type": "text", "text": request.question}]
     return [{"role": "user", "content": text + visual if request.question_first else visual + text}]
 
@@ -62,6 +68,7 @@ def build_inputs(tokenizer, image_processor, requests: list[Request]) -> ModelIn
         raise InputError("no requests to run", "Give at least one image and a question")
     merge = int(image_processor.merge_size) ** 2
     texts, all_images, image_grids = [], [], []
+    all_videos, video_grids, seconds_per_grid = [], [], []
     for request in requests:
         text = tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
         if request.images:
@@ -70,7 +77,13 @@ def build_inputs(tokenizer, image_processor, requests: list[Request]) -> ModelIn
             for grid in processed["image_grid_thw"]:
                 image_grids.append(grid)
                 text = text.replace(IMAGE_PAD, "\0" * (int(grid.prod()) // merge), 1)
-        texts.append(text.replace("\0", IMAGE_PAD))
+        if request.video:
+            video = build_video(image_processor, request.video, request.fps)
+            all_videos.append(video.pixel_values_videos)
+            video_grids.append(video.video_grid_thw)
+            seconds_per_grid.append(video.second_per_grid_t)
+            text = text.replace(VIDEO_PAD, "\1" * (int(video.video_grid_thw.prod()) // merge), 1)
+        texts.append(text.replace("\0", IMAGE_PAD).replace("\1", VIDEO_PAD))
     encoded = tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
     input_ids = encoded["input_ids"]
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -82,4 +95,7 @@ def build_inputs(tokenizer, image_processor, requests: list[Request]) -> ModelIn
         mm_token_type_ids=mm_types,
         pixel_values=torch.cat(all_images) if all_images else None,
         image_grid_thw=torch.stack(image_grids) if image_grids else None,
+        pixel_values_videos=torch.cat(all_videos) if all_videos else None,
+        video_grid_thw=torch.stack(video_grids) if video_grids else None,
+        second_per_grid_ts=torch.tensor(seconds_per_grid, dtype=torch.float32) if video_grids else None,
     )
