@@ -75,7 +75,7 @@ def test_pipe_round_trip_through_a_subprocess(model_dir, files):
     assert [r["id"] for r in records] == [0, 1, 2]
     assert [r["batch_size"] for r in records] == [2, 2, 1]
     assert all(isinstance(r["answer"], str) and r["visual_tokens_kept"] < r["visual_tokens"] for r in records)
-    assert "3 requests, 0 failed" in done.stderr
+    assert "3 requests, 0 failed," in done.stderr
 
 
 def test_batched_rows_equal_rows_alone_in_input_order(capsys, tmp_path, model_dir, files):
@@ -123,7 +123,7 @@ def test_bad_requests_become_error_records_and_the_stream_goes_on(capsys, model_
     assert "not valid JSON" in errors[2] and "missing.png' does not exist" in errors[3]
     assert "must be a JSON object" in errors[5] and "'question' is missing" in errors[6]
     assert "'ratio' must be in [0, 1)" in errors[7] and "not an image Pillow can read" in errors[8]
-    assert "9 requests" not in err and "8 requests, 6 failed" in err
+    assert "9 requests" not in err and "8 requests, 6 failed," in err
     assert "hawk: warning: line 3 (id 'gone')" in err
 
 

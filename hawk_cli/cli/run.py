@@ -10,6 +10,7 @@ Two modes:
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Iterator, Optional, TextIO
@@ -227,7 +228,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
     if not path.is_file():
         raise InputError(f"input file '{path}' does not exist" if not path.exists() else f"'{path}' is not a file",
                          "Give a JSONL file, or '-' to read requests from stdin")
-    handle = stack.enter_context(open(path, encoding="utf-8", errors="replace"))
+    handle = stack.enter_context(open(path, encoding="utf-8-sig", errors="replace"))
     return iter(handle), path.resolve().parent, stack
 
 
@@ -249,7 +250,8 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         overlay_dir.mkdir(parents=True, exist_ok=True)
     context = {**method.describe(), **session.describe(), "versions": versions()}
     counts = {"done": 0, "failed": 0}
-    with input_stack, ExitStack() as stack, out.progress("requests", total or 0) as advance:
+    started = time.perf_counter()
+    with input_stack, ExitStack() as stack, out.progress("requests", total) as advance:
         sink = _open_sink(stack, out, output, force)
 
         def emit(rows: list[_Row]) -> None:
@@ -287,7 +289,9 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
             emit(window)
     if counts["done"] == 0:
         out.warn("no requests in the input")
-    out.info(f"{counts['done']} requests, {counts['failed']} failed")
+    seconds = time.perf_counter() - started
+    out.info(f"{counts['done']} requests, {counts['failed']} failed, {seconds:.2f} s after loading "
+             f"({counts['done'] / max(seconds, 1e-9):.2f} requests/s, batch size {batch_size})")
     return 1 if counts["failed"] else 0
 
 
@@ -319,7 +323,7 @@ def _run_window(session, method, rows: list[_Row], default_ratio: float, default
                 continue
             tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
             outcomes[index] = {"answer": session.decode(tokens), "ratio": group_ratio, **answer.stats.to_dict(),
-                               "generated_tokens": len(tokens), "batch_size": len(indices), "timings": timings,
+                               "generated_tokens": len(tokens), "batch_size": len(indices), "batch_timings": timings,
                                "_answer": answer}
     return outcomes
 
