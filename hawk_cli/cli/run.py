@@ -95,7 +95,8 @@ def run_command(
                                           "stdin.")] = None,
     input_file: Annotated[Optional[str], typer.Option(
         "--input", "-i", help="JSONL requests, one per line: {\"id\", \"images\" or \"video\", \"question\", "
-                              "\"ratio\"?, \"max_new_tokens\"?, \"fps\"?}.")] = None,
+                              "\"ratio\"?, \"max_new_tokens\"?, \"fps\"?}. Exit code 1 when any request "
+                              "failed.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="JSONL mode: requests per padded "
                                                                        "batch.")] = 1,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the results to FILE "
@@ -105,7 +106,7 @@ def run_command(
         "--video", help="A folder of frames, an animated GIF / multi-frame image, or a frame file (repeat the "
                         "option for several frames).")] = None,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate the video frames were sampled at; sets their "
-                                                     "time positions (default 2).")] = DEFAULT_FPS,
+                                                     "time positions.")] = DEFAULT_FPS,
     overlay: Annotated[Optional[str], typer.Option(
         "--overlay", help="Picture of the kept tokens (a PNG file; a folder in JSONL mode, one file per id).")] = None,
     overlay_scores: Annotated[bool, typer.Option("--overlay-scores", help="Colour kept cells by score rank "
