@@ -5,8 +5,12 @@ from __future__ import annotations
 from hawk_cli.errors import UsageError
 from hawk_cli.scorers.base import Scorer, ScoringInputs
 from hawk_cli.scorers.hawk import HawkScorer, UniformHawkScorer
+from hawk_cli.scorers.norm import NormScorer
+from hawk_cli.scorers.oracle import OracleScorer
+from hawk_cli.scorers.random import RandomScorer
 
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (HawkScorer, UniformHawkScorer)}
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (HawkScorer, UniformHawkScorer, RandomScorer, NormScorer,
+                                                              OracleScorer)}
 
 
 def get_scorer_class(name: str) -> type[Scorer]:
@@ -15,4 +19,5 @@ def get_scorer_class(name: str) -> type[Scorer]:
     return SCORERS[name]
 
 
-__all__ = ["SCORERS", "Scorer", "ScoringInputs", "get_scorer_class", "HawkScorer", "UniformHawkScorer"]
+__all__ = ["SCORERS", "Scorer", "ScoringInputs", "get_scorer_class", "HawkScorer", "UniformHawkScorer",
+           "RandomScorer", "NormScorer", "OracleScorer"]
