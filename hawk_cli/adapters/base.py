@@ -76,6 +76,11 @@ class ModelAdapter(ABC):
     def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
         """Hidden states after the first `n_layers` decoder layers on the full prompt (for deeper scoring)."""
 
+    def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
+        """The module of decoder layer `layer` whose input is the per-head attention outputs, concatenated
+        [B, L, H*d] in head order (for head ablation in `hawk calibrate`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its attention output projection")
+
     # --- decoding --------------------------------------------------------------------------------------
     @abstractmethod
     def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache) -> Tensor:

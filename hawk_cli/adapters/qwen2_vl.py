@@ -98,6 +98,9 @@ class QwenVLAdapter(ModelAdapter):
         k = attention.k_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
         return q, k
 
+    def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
+        return self.language_model.layers[layer].self_attn.o_proj
+
     def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
         if n_layers == 0:
             return embeds
