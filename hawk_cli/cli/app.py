@@ -13,6 +13,7 @@ import warnings
 
 import typer
 
+from hawk_cli.cli.bench import bench_command
 from hawk_cli.cli.calibrate import calibrate_command
 from hawk_cli.cli.eval import eval_command
 from hawk_cli.cli.run import run_command
@@ -22,6 +23,7 @@ from hawk_cli.errors import HawkError, HawkWarning, ResourceError
 app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.command("run")(run_command)
+app.command("bench")(bench_command)
 app.command("eval")(eval_command)
 app.command("calibrate")(calibrate_command)
 app.add_typer(weights_app, name="weights")

@@ -59,11 +59,19 @@ def row_stats(pruned: PrunedPrefill) -> list[RowStats]:
 
 
 class DecodeStep:
-    """One greedy step: embed the last tokens, run the decoder at their positions, return next-token logits."""
+    """One greedy step: embed the last tokens, run the decoder at their positions, return next-token logits.
+
+    Compiled (CUDA): `torch.compile` with CUDA graphs ("reduce-overhead") over a static cache and the fixed-size
+    mask buffer. Shapes are dynamic, so one graph per batch size serves every prompt length, and the step keeps
+    one static cache per (batch, capacity): a CUDA graph replays on fixed addresses, and a fresh cache would
+    force a re-capture inside the timed decode.
+    """
 
     def __init__(self, adapter: ModelAdapter, compiled: bool) -> None:
         self.adapter = adapter
-        self._call = torch.compile(self._step, mode="reduce-overhead", dynamic=False) if compiled else self._step
+        self.compiled = compiled
+        self._caches: dict[tuple[int, int], object] = {}
+        self._call = torch.compile(self._step, mode="reduce-overhead", dynamic=True) if compiled else self._step
 
     def _step(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache) -> Tensor:
         hidden = self.adapter.decode(self.adapter.embed(tokens), positions, mask, cache)
@@ -72,13 +80,28 @@ class DecodeStep:
     def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache) -> Tensor:
         return self._call(tokens, positions, mask, cache)
 
+    def new_cache(self, kind: str, batch: int, capacity: int):
+        """A cache for one generation; a compiled step reuses its static cache of that shape (reset)."""
+        if not self.compiled:
+            return self.adapter.new_cache(kind, capacity)
+        cache = self._caches.get((batch, capacity))
+        if cache is None:
+            cache = self._caches[(batch, capacity)] = self.adapter.new_cache("static", capacity)
+        else:
+            cache.reset()
+        return cache
+
 
 def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: GenerationSettings,
              eos_ids: set[int], target_mask: Tensor | None = None,
-             decode_step: DecodeStep | None = None) -> GenerationResult:
-    """Greedy generation with HAWK pruning before decoder layer 0. `inputs` is a left-padded ModelInputs."""
+             decode_step: DecodeStep | None = None, timer: PhaseTimer | None = None) -> GenerationResult:
+    """Greedy generation with HAWK pruning before decoder layer 0. `inputs` is a left-padded ModelInputs.
+
+    Pass a `decode_step` to reuse its compiled graphs across calls, and a `timer` to observe the phases.
+    An empty `eos_ids` forces `max_new_tokens` and keeps the decode loop free of host synchronisation.
+    """
     device = inputs.input_ids.device
-    timer = PhaseTimer(device)
+    timer = timer or PhaseTimer(device)
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()
@@ -87,12 +110,12 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
         mask_buffer = torch.zeros(batch, capacity, dtype=mask.dtype, device=device)
         mask_buffer[:, :length] = mask
         next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
+        step = decode_step or DecodeStep(adapter, settings.compile)
         with timer.phase("prefill_s"):
-            cache = adapter.new_cache(settings.cache, capacity)
+            cache = step.new_cache(settings.cache, batch, capacity)
             hidden = adapter.decode(embeds, positions, mask, cache)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(cache)
-        step = decode_step or DecodeStep(adapter, settings.compile)
         tokens, step_logits = _greedy_loop(step, logits, next_position, mask_buffer, length, cache, eos_ids,
                                            adapter.tokens.pad, settings, timer)
     timings = dict(timer.seconds)
@@ -117,7 +140,7 @@ def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_b
             token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(-1))
             generated.append(token)
             finished |= torch.isin(token, eos)
-            if t == settings.max_new_tokens - 1 or bool(finished.all()):
+            if t == settings.max_new_tokens - 1 or (eos_ids and bool(finished.all())):
                 break
             mask_buffer[:, length + t] = 1
             positions = (next_position + t).view(1, batch, 1).expand(rope_rows, batch, 1)

@@ -1,0 +1,479 @@
+"""`hawk bench` as data: pruned vs unpruned through the same engine loop, with stock `generate` and a downscaled
+image beside them. Never prints; returns records (one per variant) that the CLI renders.
+
+Variants, per batch size and ratio, run interleaved in one process on the same inputs:
+  unpruned        hawk's loop at ratio 0 (the baseline every ratio is taken against)
+  pruned          hawk's loop at the ratio (HAWK scoring, compaction, post-pruning static cache)
+  downscaled      hawk's loop at ratio 0 on the image shrunk (max_pixels) to the pruned run's visual-token count
+  stock_generate  the model's own `generate` on the unpruned prompt (what users run today)
+Times are host clocks around device work with synchronisation at every phase boundary; memory is the CUDA
+allocator's peak (or the process's resident-set high-water mark on CPU) above what was allocated before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
+from hawk_cli.engine.oracle import OracleReport, check_against_oracle
+from hawk_cli.engine.selection import keep_count, validate_ratio
+from hawk_cli.engine.session import HawkSession, versions
+from hawk_cli.engine.timing import PhaseTimer
+from hawk_cli.errors import InputError, UsageError
+from hawk_cli.io.models import LoadedModel, resolve_device, resolve_dtype
+from hawk_cli.io.prompts import Request, build_inputs
+
+SCHEMA = "hawk.bench/1"
+RANDOM_WEIGHTS_NOTE = "random weights: speed and memory only"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
+DEFAULT_QUESTION = "what color is the circle ?"
+VARIANTS = ("unpruned", "pruned", "downscaled", "stock_generate")
+# Qwen2.5-VL's published preprocessor bounds (28x28 merged patches): a 1008x1008 image is 36x36 = 1296 tokens.
+PUBLISHED_MIN_PIXELS, PUBLISHED_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
+# Metrics kept per run; each becomes {median, min, max} and a ratio to the unpruned baseline.
+TIME_METRICS = ("vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms", "tokens_per_s")
+MEMORY_METRICS = ("peak_prefill_bytes", "peak_run_bytes")
+
+
+def named_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    ratios: tuple[float, ...] = (0.8,)
+    batches: tuple[int, ...] = (1, 8)
+    size: int = 1008  # side of the synthetic square image when no --image is given
+    max_new_tokens: int = 16
+    warmup: int = 2
+    repeats: int = 5
+    compile: bool | None = None  # None: compiled decode on CUDA, eager elsewhere
+    question: str = DEFAULT_QUESTION
+    stock: bool = True
+    downscaled: bool = True
+
+    def __post_init__(self) -> None:
+        for ratio in self.ratios:
+            validate_ratio(ratio)
+        if not self.ratios or any(r == 0 for r in self.ratios):
+            raise UsageError("bench needs ratios above 0 (the unpruned baseline always runs)", "Use e.g. --ratio 0.8")
+        if not self.batches or min(self.batches) < 1:
+            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. --batch 1,8")
+        if self.max_new_tokens < 2:
+            raise UsageError("bench needs --max-new-tokens of at least 2 (one decode step)", "Use e.g. 16")
+        if self.repeats < 1 or self.warmup < 0:
+            raise UsageError("--repeats must be at least 1 and --warmup at least 0", "Use e.g. --repeats 5")
+        if not 56 <= self.size <= 4096:
+            raise UsageError(f"--size must be in [56, 4096], got {self.size}", "Use e.g. --size 1008")
+
+
+# --- model sources -----------------------------------------------------------------------------------------
+def resolve_config(spec: str) -> Path:
+    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b), a config.json file, or a model folder."""
+    named = CONFIG_DIR / f"{spec}.json"
+    if named.is_file():
+        return named
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path / "config.json"
+    if path.is_file():
+        return path
+    raise UsageError(f"unknown config '{spec}'", f"Use one of {', '.join(named_configs())} or a config.json file")
+
+
+def qwen_id_tokenizer():
+    """Word-level tokenizer whose special tokens carry Qwen's real ids (151643...), for models built from a
+    published config without a checkpoint: prompts then have the released layout and vision ids."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from hawk_cli.synthetic import tokenizer as words
+
+    plain = dict.fromkeys((words.UNKNOWN_TOKEN,) + words.VOCABULARY[len(words.QWEN_SPECIAL_TOKENS):])
+    vocab = {word: index for index, word in enumerate(plain)}
+    vocab.update({token: 151643 + index for index, token in enumerate(words.QWEN_SPECIAL_TOKENS)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=words.UNKNOWN_TOKEN))
+    backend.normalizer, backend.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token=words.UNKNOWN_TOKEN, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        additional_special_tokens=[t for t in words.QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+        padding_side="left")
+    tokenizer.chat_template = words.QWEN_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def random_weight_session(config_spec: str, device: str, dtype: str, attn: str) -> HawkSession:
+    """A model built from a config with random weights, directly on the device (speed and memory only)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    config_path = resolve_config(config_spec)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    config = AutoConfig.from_pretrained(str(config_path))
+    folder = config_path.parent
+    if (folder / "tokenizer_config.json").is_file():  # a checkpoint folder: its own tokenizer and processor
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+        processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+    else:
+        tokenizer = qwen_id_tokenizer()
+        processor = Qwen2VLImageProcessorPil(size={"shortest_edge": PUBLISHED_MIN_PIXELS,
+                                                   "longest_edge": PUBLISHED_MAX_PIXELS})
+    torch.manual_seed(0)
+    with torch.device(torch_device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype, attn_implementation=attn)
+    loaded = LoadedModel(model=model.eval(), tokenizer=tokenizer, image_processor=processor,
+                         name=f"{config_spec} (random weights)", path=str(folder), device=torch_device,
+                         dtype=torch_dtype, attn=attn, is_builtin=False)
+    return HawkSession(loaded)
+
+
+# --- inputs --------------------------------------------------------------------------------------------------
+def synthetic_image(size: int) -> Image.Image:
+    """Deterministic noise: every patch differs, so scores and kept sets are not degenerate."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def downscaled(image: Image.Image, processor, visual_tokens: int) -> Image.Image:
+    """The image resized the way a user would (max_pixels) so that it yields at most `visual_tokens` tokens."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    factor = int(processor.patch_size) * int(processor.merge_size)
+    min_pixels = int(getattr(processor.size, "shortest_edge", None) or PUBLISHED_MIN_PIXELS)
+    height, width = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
+                                 max_pixels=visual_tokens * factor * factor)
+    return image.resize((width, height), Image.BICUBIC)
+
+
+def visual_tokens(image: Image.Image, processor) -> int:
+    """Visual tokens the processor makes of `image` (merged patches)."""
+    grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
+    return int(grid.prod()) // int(processor.merge_size) ** 2
+
+
+def batch_inputs(session: HawkSession, images: list[Image.Image], batch: int, question: str):
+    requests = [Request(question, (images[row % len(images)],)) for row in range(batch)]
+    return build_inputs(session.tokenizer, session.loaded.image_processor, requests).to(session.loaded.device)
+
+
+# --- measurement ---------------------------------------------------------------------------------------------
+class MemoryProbe:
+    """Allocated bytes and a resettable peak: the CUDA allocator, or the process's RSS high-water mark on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+            except OSError:
+                pass
+
+    def current(self) -> int:
+        return torch.cuda.memory_allocated(self.device) if self.cuda else _proc_status_kb("VmRSS") * 1024
+
+    def peak(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device) if self.cuda else _proc_status_kb("VmHWM") * 1024
+
+
+def _proc_status_kb(key: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MeasuringTimer(PhaseTimer):
+    """The engine's phase timer, also recording each phase's memory peak (absolute bytes)."""
+
+    def __init__(self, device: torch.device, probe: MemoryProbe) -> None:
+        super().__init__(device)
+        self.probe = probe
+        self.peaks: dict[str, int] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        self._sync()
+        self.probe.reset_peak()
+        try:
+            with super().phase(name):
+                yield
+        finally:
+            self.peaks[name] = max(self.peaks.get(name, 0), self.probe.peak())
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + written), measured now."""
+    numel = (1 << 28) if device.type == "cuda" else (1 << 23)  # 1 GiB on a GPU, 32 MiB on a CPU
+    source = torch.rand(numel, device=device)
+    target = torch.empty_like(source)
+    copies = 20 if device.type == "cuda" else 5
+    target.copy_(source)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(copies):
+        target.copy_(source)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    del source, target
+    return 2 * numel * 4 * copies / seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decoder_weight_bytes(model) -> int:
+    """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table is
+    only gathered (a few rows), so it is left out unless tied to the head."""
+    language_model = model.model.language_model
+    embed = language_model.get_input_embeddings().weight
+    seen, total = set(), 0
+    for parameter in list(language_model.parameters()) + list(model.lm_head.parameters()):
+        if id(parameter) in seen or (parameter is embed and parameter is not model.lm_head.weight):
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel() * parameter.element_size()
+    return total
+
+
+@dataclass
+class Runs:
+    """Repeated measurements of one variant."""
+
+    samples: list[dict] = field(default_factory=list)
+    first_call_s: float | None = None
+    facts: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        names = sorted({k for s in self.samples for k, v in s.items() if v is not None})
+        return {name: {"median": statistics.median(s[name] for s in self.samples if s.get(name) is not None),
+                       "min": min(s[name] for s in self.samples if s.get(name) is not None),
+                       "max": max(s[name] for s in self.samples if s.get(name) is not None)} for name in names}
+
+
+class _StepClock:
+    """A logits processor that notes when each new token's logits exist (after a device sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids, scores):
+        _sync(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+class Bench:
+    """Runs the variants of one model; `run()` returns the records."""
+
+    def __init__(self, session: HawkSession, scorer, settings: BenchSettings, images: list[Image.Image],
+                 random_weights: bool, progress: Callable[[str], None] = lambda _: None) -> None:
+        self.session, self.scorer, self.settings, self.images = session, scorer, settings, images
+        self.random_weights, self.progress = random_weights, progress
+        self.device = session.loaded.device
+        self.probe = MemoryProbe(self.device)
+        self.compiled = settings.compile if settings.compile is not None else self.device.type == "cuda"
+        if self.compiled and self.device.type != "cuda":
+            raise UsageError("--compile needs a CUDA device", "Use --no-compile on CPU")
+        self.step = DecodeStep(session.adapter, self.compiled)
+
+    # one run of each kind -> a flat sample of metrics
+    def _engine_run(self, inputs, ratio: float) -> tuple[dict, object]:
+        settings = GenerationSettings(ratio=ratio, max_new_tokens=self.settings.max_new_tokens, cache="static",
+                                      compile=self.compiled)
+        scorer = self.scorer if ratio > 0 else None
+        _sync(self.device)
+        start_bytes = self.probe.current()
+        timer = MeasuringTimer(self.device, self.probe)
+        start = time.perf_counter()
+        result = generate(self.session.adapter, inputs, scorer, settings, set(), decode_step=self.step, timer=timer)
+        wall = time.perf_counter() - start
+        t, n, batch = result.timings, self.settings.max_new_tokens, inputs.batch_size
+        kept_length = max(row.prompt_tokens_kept for row in result.rows)
+        # A compiled step keeps its static cache between runs (CUDA graphs need fixed addresses): count it here.
+        pooled = result.kv_cache_bytes if self.compiled else 0
+        sample = {"vision_ms": 1e3 * t["vision_s"], "scoring_ms": 1e3 * t["scoring_s"],
+                  "prefill_ms": 1e3 * t["prefill_s"], "ttft_ms": 1e3 * t["ttft_s"],
+                  "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1), "total_ms": 1e3 * wall,
+                  "tokens_per_s": batch * n / wall,
+                  "peak_prefill_bytes": timer.peaks["prefill_s"] - start_bytes + pooled,
+                  "peak_run_bytes": max(timer.peaks.values()) - start_bytes + pooled}
+        facts = {"prompt_tokens": max(row.prompt_tokens for row in result.rows),
+                 "prompt_tokens_kept": kept_length,
+                 "visual_tokens": [row.visual_tokens for row in result.rows],
+                 "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
+                 "kv_cache_allocated_bytes": result.kv_cache_bytes,
+                 # what the cache holds after prefill: the allocated static buffer less the decode slots
+                 "kv_cache_bytes": result.kv_cache_bytes * kept_length // (kept_length + n),
+                 "generated_tokens": len(result.tokens[0])}
+        return sample, facts
+
+    def _stock_run(self, inputs) -> tuple[dict, dict]:
+        from transformers import LogitsProcessorList
+
+        model, n = self.session.model, self.settings.max_new_tokens
+        clock = _StepClock(self.device)
+        kwargs = {name: getattr(inputs, name) for name in ("input_ids", "attention_mask", "mm_token_type_ids",
+                                                           "pixel_values", "image_grid_thw")}
+        _sync(self.device)
+        start_bytes = self.probe.current()
+        self.probe.reset_peak()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                    pad_token_id=self.session.adapter.tokens.pad,
+                                    logits_processor=LogitsProcessorList([clock]))
+        _sync(self.device)
+        wall = time.perf_counter() - start
+        peak = self.probe.peak() - start_bytes
+        with torch.inference_mode():  # the stock tower alone, for the vision column
+            _sync(self.device)
+            vision_start = time.perf_counter()
+            model.model.get_image_features(inputs.pixel_values.to(model.model.visual.dtype), inputs.image_grid_thw)
+            _sync(self.device)
+            vision = time.perf_counter() - vision_start
+        times = clock.times
+        sample = {"vision_ms": 1e3 * vision, "ttft_ms": 1e3 * (times[0] - start),
+                  "decode_ms_per_token": 1e3 * (times[-1] - times[0]) / max(1, len(times) - 1),
+                  "total_ms": 1e3 * wall, "tokens_per_s": inputs.batch_size * n / wall, "peak_run_bytes": peak}
+        facts = {"prompt_tokens": int(inputs.attention_mask.sum(-1).max()),
+                 "generated_tokens": int(output.shape[1] - inputs.input_ids.shape[1])}
+        return sample, facts
+
+    def _plan(self, batch: int) -> list[tuple[str, float, Callable[[], tuple[dict, dict]]]]:
+        """(variant, ratio, run) for one batch size: the baseline, then each ratio's variants."""
+        question, processor = self.settings.question, self.session.loaded.image_processor
+        full = batch_inputs(self.session, self.images, batch, question)
+        plan = [("unpruned", 0.0, lambda: self._engine_run(full, 0.0))]
+        if self.settings.stock:
+            plan.append(("stock_generate", 0.0, lambda: self._stock_run(full)))
+        for ratio in self.settings.ratios:
+            plan.append(("pruned", ratio, lambda r=ratio: self._engine_run(full, r)))
+            if self.settings.downscaled:
+                small = [downscaled(im, processor, keep_count(visual_tokens(im, processor), ratio))
+                         for im in self.images]
+                shrunk = batch_inputs(self.session, small, batch, question)
+                plan.append(("downscaled", ratio, lambda inputs=shrunk: self._engine_run(inputs, 0.0)))
+        return plan
+
+    def run(self) -> list[dict]:
+        return list(self.iter_records())
+
+    def iter_records(self):
+        """Records of each batch size as soon as its rounds are done (so a long run leaves partial results)."""
+        environment = self.environment()
+        for batch in self.settings.batches:
+            plan = self._plan(batch)
+            runs = {(name, ratio): Runs() for name, ratio, _ in plan}
+            for index in range(self.settings.warmup + self.settings.repeats):
+                warm = index < self.settings.warmup
+                for name, ratio, call in plan:  # interleaved: every variant once per round
+                    self.progress(f"batch {batch}: {name} ratio {ratio:g} "
+                                  f"({'warm-up' if warm else 'repeat'} {index + 1})")
+                    start = time.perf_counter()
+                    sample, facts = call()
+                    entry = runs[(name, ratio)]
+                    if entry.first_call_s is None:
+                        entry.first_call_s = time.perf_counter() - start
+                    entry.facts = facts
+                    if not warm:
+                        entry.samples.append(sample)
+            yield from self._records(batch, runs, environment)
+
+    def _records(self, batch: int, runs: dict, environment: dict) -> list[dict]:
+        baseline = runs[("unpruned", 0.0)].summary()
+        stock = runs.get(("stock_generate", 0.0))
+        stock_summary = stock.summary() if stock else {}
+        records = []
+        for (name, ratio), entry in runs.items():
+            metrics = entry.summary()
+            compile_s = None
+            if self.settings.warmup and "total_ms" in metrics:
+                compile_s = max(0.0, entry.first_call_s - metrics["total_ms"]["median"] / 1e3)
+            record = {
+                "schema": SCHEMA, "variant": name, "batch": batch, "ratio": ratio,
+                "max_new_tokens": self.settings.max_new_tokens, "warmup": self.settings.warmup,
+                "repeats": self.settings.repeats, **entry.facts,
+                "metrics": metrics,
+                "ratio_to_unpruned": {k: v["median"] / baseline[k]["median"] for k, v in metrics.items()
+                                      if k in baseline and baseline[k]["median"]},
+                "ratio_to_stock_generate": {k: v["median"] / stock_summary[k]["median"] for k, v in metrics.items()
+                                            if k in stock_summary and stock_summary[k]["median"]},
+                "first_call_s": entry.first_call_s, "compile_s": compile_s,
+                "compiled_decode": self.compiled and name != "stock_generate",
+                **self._floor(entry, metrics, environment),
+                "environment": environment,
+            }
+            if self.random_weights:
+                record["note"] = RANDOM_WEIGHTS_NOTE
+            records.append(record)
+        return records
+
+    def _floor(self, entry: Runs, metrics: dict, environment: dict) -> dict:
+        """Weight-streaming floor of one decode step: bytes it must read over the copy bandwidth measured now."""
+        weights, bandwidth = environment["decoder_weight_bytes"], environment["copy_bandwidth_bytes_per_s"]
+        kv = entry.facts.get("kv_cache_allocated_bytes", 0)
+        floor_ms = 1e3 * (weights + kv) / bandwidth
+        decode = metrics.get("decode_ms_per_token", {}).get("median")
+        return {"decode_floor_ms": floor_ms, "weights_floor_ms": 1e3 * weights / bandwidth,
+                "decode_vs_floor": decode / floor_ms if decode else None}
+
+    def environment(self) -> dict:
+        loaded = self.session.loaded
+        device = self.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+        return {"device": str(device), "device_name": name, **versions(), "python": platform.python_version(),
+                "dtype": str(loaded.dtype).replace("torch.", ""), "attn": loaded.attn, "model": loaded.name,
+                "scorer": self.scorer.describe() if self.scorer else None, "random_weights": self.random_weights,
+                "images": [f"{im.width}x{im.height}" for im in self.images],
+                "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
+                "decoder_weight_bytes": decoder_weight_bytes(self.session.model),
+                "weight_bytes": sum(p.numel() * p.element_size() for p in self.session.model.parameters()),
+                "cuda_graphs": self.compiled, "torch_threads": torch.get_num_threads()}
+
+
+# --- the correctness check -----------------------------------------------------------------------------------
+def oracle_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
+    """Allowed max |Δlogit| against the masked oracle, relative to the logits' scale (16-bit: ~3 digits)."""
+    relative = 1e-4 if dtype == torch.float32 else 5e-2
+    return relative * max(1.0, logit_scale)
+
+
+def run_check(session: HawkSession, scorer, images: list[Image.Image], batch: int, ratio: float, steps: int,
+              question: str = DEFAULT_QUESTION) -> OracleReport:
+    """Prune at `ratio` and compare every step's logits and tokens with the masked oracle (stock generate on the
+    whole prompt, dropped tokens masked out, original positions)."""
+    import dataclasses
+
+    inputs = batch_inputs(session, images, batch, question)
+    if not bool((inputs.input_ids == session.adapter.tokens.image).any()):
+        raise InputError("the check needs an image in the prompt", "Give --image or --size")
+    report = check_against_oracle(session.adapter, inputs, scorer, ratio, steps, session.eos_ids, math.inf)
+    return dataclasses.replace(report, tolerance=oracle_tolerance(session.loaded.dtype, report.max_abs_logit))
+
+
+def to_jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)

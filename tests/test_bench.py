@@ -1,0 +1,159 @@
+"""`hawk bench` end to end on CPU: JSONL records match the documented schema, the table renders, the shipped
+configs carry the published shapes, and `--check` passes on an honest engine and FAILS on a broken one."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from hawk_cli.cli.app import main
+from hawk_cli.engine.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
+from hawk_cli.io.models import builtin_dir
+from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+QUICK = ["--size", "112", "--max-new-tokens", "3", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
+HAS_BUILTIN = (builtin_dir() / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bench-model")
+    tiny_model(device="cpu", dtype=torch.float32).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    tiny_image_processor().save_pretrained(folder)
+    return folder
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def documented_fields() -> set[str]:
+    """Field names listed in the schema table of docs/benchmarks.md (first column, in backticks)."""
+    section = DOCS.read_text().split("## JSONL schema", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z_]+)`", section, flags=re.M))
+
+
+def check_record(record: dict) -> None:
+    documented = documented_fields()
+    assert set(record) <= documented, f"undocumented fields: {set(record) - documented}"
+    assert record["schema"] == SCHEMA and record["variant"] in VARIANTS
+    assert isinstance(record["batch"], int) and 0 <= record["ratio"] < 1
+    for name, summary in record["metrics"].items():
+        assert summary["min"] <= summary["median"] <= summary["max"], name
+    environment = record["environment"]
+    for key in ("device", "device_name", "torch", "transformers", "dtype", "attn", "copy_bandwidth_bytes_per_s"):
+        assert key in environment
+    if record["variant"] != "stock_generate":
+        assert {"vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms",
+                "tokens_per_s", "peak_prefill_bytes", "peak_run_bytes"} <= set(record["metrics"])
+        assert record["kv_cache_bytes"] > 0 and record["decode_floor_ms"] > 0
+    assert not any("accuracy" in key for key in record)
+
+
+def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--batch", "1,2", "--json", *QUICK)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["batch"], r["variant"]) for r in records] == [(b, v) for b in (1, 2) for v in
+                                                             ("unpruned", "stock_generate", "pruned", "downscaled")]
+    for record in records:
+        check_record(record)
+    pruned = next(r for r in records if r["variant"] == "pruned" and r["batch"] == 2)
+    unpruned = next(r for r in records if r["variant"] == "unpruned" and r["batch"] == 2)
+    kept_fraction = pruned["prompt_tokens_kept"] / unpruned["prompt_tokens"]
+    assert pruned["ratio_to_unpruned"] and abs(pruned["kv_cache_bytes"] / unpruned["kv_cache_bytes"]
+                                               - kept_fraction) < 0.01
+    downscaled = next(r for r in records if r["variant"] == "downscaled" and r["batch"] == 2)
+    assert max(downscaled["visual_tokens"]) <= max(pruned["visual_tokens_kept"])  # same token budget, or fewer
+    assert "note" not in pruned  # a real checkpoint: no random-weights note
+
+
+@pytest.mark.skipif(not HAS_BUILTIN, reason="the built-in model is not installed")
+def test_table_on_the_builtin_model(capsys):
+    code, out, err = run_cli(capsys, "bench", "--batch", "1", *QUICK)
+    assert code == 0, err
+    assert "pruned r=0.8" in out and "unpruned" in out and "decode ms/token" in out
+    assert "random weights" not in out
+
+
+def test_random_weights_from_a_config_say_so(capsys, tmp_path):
+    config = json.loads((CONFIG_DIR / "qwen2.5-vl-7b.json").read_text())
+    config["text_config"].update(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                                         "mrope_section": [2, 3, 3]})
+    config["vision_config"].update(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                                   fullatt_block_indexes=[1])
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(config))
+    code, out, err = run_cli(capsys, "bench", "--config", str(path), "--random-weights", "--batch", "1", "--json",
+                             "--no-stock", *QUICK)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {r["variant"] for r in records} == {"unpruned", "pruned", "downscaled"}
+    for record in records:
+        check_record(record)
+        assert record["note"] == RANDOM_WEIGHTS_NOTE and record["environment"]["random_weights"]
+    assert "random weights" in err
+
+
+def test_config_without_random_weights_is_refused(capsys):
+    code, _, err = run_cli(capsys, "bench", "--config", "qwen2.5-vl-7b")
+    assert code == 2 and "--random-weights" in err
+
+
+@pytest.mark.parametrize("name, text, vision_out, tied", [
+    ("qwen2.5-vl-7b", dict(num_hidden_layers=28, hidden_size=3584, num_attention_heads=28, num_key_value_heads=4,
+                           intermediate_size=18944, vocab_size=152064), 3584, False),
+    ("qwen2.5-vl-3b", dict(num_hidden_layers=36, hidden_size=2048, num_attention_heads=16, num_key_value_heads=2,
+                           intermediate_size=11008, vocab_size=151936), 2048, True)])
+def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, tied):
+    from transformers import Qwen2_5_VLConfig
+
+    config = Qwen2_5_VLConfig.from_json_file(str(CONFIG_DIR / f"{name}.json"))
+    text_config, vision = config.get_text_config(), config.vision_config
+    assert {key: getattr(text_config, key) for key in text} == text
+    assert text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert text_config.rope_parameters["rope_theta"] == 1e6
+    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size, vision.window_size,
+            list(vision.fullatt_block_indexes), vision.out_hidden_size) == (32, 1280, 16, 3420, 112, [7, 15, 23, 31],
+                                                                            vision_out)
+    assert (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id,
+            config.video_token_id) == (151652, 151653, 151655, 151656)
+    assert config.tie_word_embeddings is tied
+
+
+def test_check_passes_on_an_honest_engine(capsys, model_dir):
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch", "2", *QUICK)
+    assert code == 0, err
+    assert out.startswith("PASS") and "tokens equal" in out
+
+
+def test_check_fails_when_the_engine_renumbers_positions(capsys, model_dir, monkeypatch):
+    from hawk_cli.engine import session as session_module
+    from test_engine_contract import RenumberingAdapter
+
+    honest = session_module.adapter_for
+    monkeypatch.setattr(session_module, "adapter_for",
+                        lambda model, tokenizer: RenumberingAdapter(model, honest(model, tokenizer).tokens))
+    code, out, _ = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch", "2", "--json", *QUICK)
+    assert code == 1
+    record = json.loads(out)
+    assert record["check"] == "FAIL" and max(record["step_max_abs_logit_diff"]) > record["tolerance"]
+
+
+def test_images_are_read_from_files(capsys, model_dir, tmp_path):
+    path = tmp_path / "a.png"
+    random_image(140, 112, 3).save(path)
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--image", str(path), "--batch", "1",
+                             "--json", "--no-stock", *QUICK)
+    assert code == 0, err
+    assert {json.loads(line)["environment"]["images"][0] for line in out.splitlines()} == {"140x112"}
