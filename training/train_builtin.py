@@ -353,8 +353,8 @@ class DataPipe:
             self.stop.set()
         for q in self.free_qs:
             q.put(None)
-        for p in self.workers:
-            p.join(timeout=2)
+        for p in self.workers:  # workers may sit blocked on a full queue: do not wait for them
+            p.join(timeout=0.05)
             if p.is_alive():
                 p.terminate()
 
