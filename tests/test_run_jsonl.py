@@ -73,7 +73,7 @@ def test_pipe_round_trip_through_a_subprocess(model_dir, files):
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["id"] for r in records] == [0, 1, 2]
-    assert [r["batch_size"] for r in records] == [2, 2, 1]
+    assert all(1 <= r["batch_size"] <= 2 for r in records)  # a stream runs what has arrived, up to 2 rows
     assert all(isinstance(r["answer"], str) and r["visual_tokens_kept"] < r["visual_tokens"] for r in records)
     assert "3 requests, 0 failed," in done.stderr
 
@@ -132,10 +132,10 @@ def test_a_row_failing_inside_a_batch_does_not_sink_the_others(capsys, monkeypat
 
     real_run = HawkSession.run
 
-    def flaky_run(self, requests, scorer, settings):
+    def flaky_run(self, requests, scorer, settings, encoded=None):
         if any("boom" in r.question for r in requests):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real_run(self, requests, scorer, settings)
+        return real_run(self, requests, scorer, settings, encoded)
 
     monkeypatch.setattr(HawkSession, "run", flaky_run)
     requests = write_jsonl(files / "boom.jsonl", [
@@ -147,6 +147,7 @@ def test_a_row_failing_inside_a_batch_does_not_sink_the_others(capsys, monkeypat
     records = [json.loads(line) for line in out.splitlines()]
     assert code == 1
     assert [r["id"] for r in records] == [1, 2, 3]
+    assert [r.get("batch_size") for r in records] == [1, None, 1]  # the batch of 3 failed, rows re-ran alone
     assert "answer" in records[0] and "answer" in records[2]
     assert records[1]["error"].startswith("the device ran out of memory")
 

@@ -9,6 +9,7 @@ Two modes:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -236,7 +237,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
                weights, scorer, max_new_tokens, device, dtype, attn) -> int:
     from hawk_cli.engine.session import versions
-    from hawk_cli.io.requests import BadLine, load_request, read_requests
+    from hawk_cli.io.requests import read_requests
 
     overlay_dir = None
     if overlay is not None:
@@ -271,22 +272,11 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
                 counts["done"] += 1
                 advance()
 
-        window, runnable = [], 0
-        for item in read_requests(lines, base):
-            row = _Row(item.line, item.id)
-            if isinstance(item, BadLine):
-                row.error = item.error
-            else:
-                try:
-                    row.spec, row.request = item, load_request(item, fps)
-                    runnable += 1
-                except HawkError as error:
-                    row.error = error
-            window.append(row)
-            if runnable >= batch_size:
-                emit(window)
-                window, runnable = [], 0
-        if window:
+        reader = _Prefetcher(read_requests(lines, base), lambda spec: _prepare(session, spec, fps),
+                             lookahead=max(2 * batch_size, 16), workers=_worker_count(session))
+        stack.callback(reader.close)
+        # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
+        for window in reader.windows(batch_size, wait_for_full=input_file not in (None, "-")):
             emit(window)
     if counts["done"] == 0:
         out.warn("no requests in the input")
@@ -301,7 +291,107 @@ class _Row:
 
     def __init__(self, line: int, request_id: object) -> None:
         self.line, self.id = line, request_id
-        self.spec = self.request = self.error = None
+        self.spec = self.request = self.encoded = self.error = self.future = None
+
+    def resolve(self) -> "_Row":
+        if self.future is not None:
+            try:
+                self.request, self.encoded = self.future.result()
+            except Exception as error:  # noqa: BLE001 - becomes this row's error record
+                self.error = error
+            self.future = None
+        return self
+
+
+def _worker_count(session) -> int:
+    """Threads preparing requests while a GPU runs; none on CPU, where they would compete with torch."""
+    if session.loaded.device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 2))
+
+
+def _prepare(session, spec, fps: float):
+    """Worker thread: open the files and encode pixels and chat text (no tokenizer call, no device work)."""
+    from hawk_cli.io.prompts import encode_request
+    from hawk_cli.io.requests import load_request
+
+    request = load_request(spec, fps)
+    return request, encode_request(session.tokenizer, session.loaded.image_processor, request)
+
+
+class _Prefetcher:
+    """Reads requests on a thread and prepares them in a pool while the model runs earlier batches.
+
+    Rows come out in input order. At most `lookahead` rows are read ahead of the batch being run.
+    """
+
+    _END = object()
+
+    def __init__(self, items, prepare, lookahead: int, workers: int) -> None:
+        import queue
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._queue: queue.Queue = queue.Queue(maxsize=lookahead)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare") if workers else None
+        self._items, self._prepare, self._failure = items, prepare, None
+        self._thread = threading.Thread(target=self._read, name="hawk-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        from hawk_cli.io.requests import BadLine
+
+        try:
+            for item in self._items:
+                row = _Row(item.line, item.id)
+                if isinstance(item, BadLine):
+                    row.error = item.error
+                else:
+                    row.spec = item
+                    row.future = self._pool.submit(self._prepare, item) if self._pool else _Later(self._prepare, item)
+                self._queue.put(row)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+            self._failure = error
+        finally:
+            self._queue.put(self._END)
+
+    def windows(self, batch_size: int, wait_for_full: bool) -> Iterator[list[_Row]]:
+        import queue
+
+        finished = False
+        while not finished:
+            first = self._queue.get()
+            if first is self._END:
+                break
+            window = [first]
+            runnable = int(first.spec is not None)
+            while runnable < batch_size:
+                try:
+                    row = self._queue.get() if wait_for_full else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if row is self._END:
+                    finished = True
+                    break
+                window.append(row)
+                runnable += int(row.spec is not None)
+            yield [row.resolve() for row in window]
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Later:
+    """Prepared in the main thread when asked for (no workers: on a CPU device torch already uses every core)."""
+
+    def __init__(self, function, argument) -> None:
+        self.function, self.argument = function, argument
+
+    def result(self):
+        return self.function(self.argument)
 
 
 def _run_window(session, method, rows: list[_Row], default_ratio: float, default_tokens: int) -> list:
@@ -311,20 +401,21 @@ def _run_window(session, method, rows: list[_Row], default_ratio: float, default
     outcomes: list = [error_text(row.error) if row.error is not None else None for row in rows]
     groups: dict[float, list[int]] = {}
     for index, row in enumerate(rows):
-        if row.request is not None:
+        if row.request is not None and row.error is None:
             row_ratio = row.spec.ratio if row.spec.ratio is not None else default_ratio
             groups.setdefault(row_ratio, []).append(index)
     for group_ratio, indices in groups.items():
         limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
         settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits))
-        results = session.run_isolated([rows[i].request for i in indices], method, settings)
-        for index, limit, (answer, timings) in zip(indices, limits, results):
+        results = session.run_isolated([rows[i].request for i in indices], method, settings,
+                                       [rows[i].encoded for i in indices])
+        for index, limit, (answer, timings, rows_run) in zip(indices, limits, results):
             if isinstance(answer, BaseException):
                 outcomes[index] = error_text(answer)
                 continue
             tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
             outcomes[index] = {"answer": session.decode(tokens), "ratio": group_ratio, **answer.stats.to_dict(),
-                               "generated_tokens": len(tokens), "batch_size": len(indices), "batch_timings": timings,
+                               "generated_tokens": len(tokens), "batch_size": rows_run, "batch_timings": timings,
                                "_answer": answer}
     return outcomes
 

@@ -86,8 +86,10 @@ class HawkSession:
                            "pass --scorer to choose")
         return scorer, notices
 
-    def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings) -> BatchOutput:
-        inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests).to(self.loaded.device)
+    def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
+            encoded: list | None = None) -> BatchOutput:
+        """`encoded`: the rows' `io.prompts.encode_request` output when already computed (e.g. in a worker)."""
+        inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests, encoded).to(self.loaded.device)
         result = generate(self.adapter, inputs, scorer, settings, self.eos_ids)
         visual = (inputs.mm_token_type_ids > 0).cpu() & inputs.attention_mask.bool().cpu()
         answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
@@ -98,21 +100,22 @@ class HawkSession:
                                                                     _row_grids(inputs, requests)))]
         return BatchOutput(answers=answers, result=result)
 
-    def run_isolated(self, requests: list[Request], scorer: Scorer | None,
-                     settings: GenerationSettings) -> list[tuple[Answer | Exception, dict]]:
+    def run_isolated(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
+                     encoded: list | None = None) -> list[tuple[Answer | Exception, dict, int]]:
         """Run `requests` as one batch; if the batch fails, run each alone, so one bad row cannot sink the rest.
 
-        Returns per row (answer or the exception it raised, timings of the batch that produced it).
+        Returns per row (answer or the exception it raised, timings and row count of the batch that ran it).
         """
+        encoded = encoded or [None] * len(requests)
         try:
-            batch = self.run(requests, scorer, settings)
-            return [(answer, batch.result.timings) for answer in batch.answers]
+            batch = self.run(requests, scorer, settings, encoded)
+            return [(answer, batch.result.timings, len(requests)) for answer in batch.answers]
         except Exception as error:  # noqa: BLE001 - isolated per row below
             if len(requests) == 1:
-                return [(error, {})]
+                return [(error, {}, 1)]
         outcomes = []
-        for request in requests:
-            outcomes.extend(self.run_isolated([request], scorer, settings))
+        for request, done in zip(requests, encoded):
+            outcomes.extend(self.run_isolated([request], scorer, settings, [done]))
         return outcomes
 
     def decode(self, tokens: list[int]) -> str:

@@ -62,40 +62,63 @@ def _messages(request: Request) -> list[dict]:
     return [{"role": "user", "content": text + visual if request.question_first else visual + text}]
 
 
-def build_inputs(tokenizer, image_processor, requests: list[Request]) -> ModelInputs:
-    """Tokenise and preprocess `requests` into one left-padded batch."""
+@dataclass(frozen=True)
+class EncodedRequest:
+    """One request's chat text (placeholders expanded) and pixels: the per-request half of `build_inputs`,
+    safe to compute in a worker thread (no tokenizer call)."""
+
+    text: str
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None  # [n_images, 3]
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None  # [1, 3]
+    second_per_grid_t: float | None = None
+
+
+def encode_request(tokenizer, image_processor, request: Request) -> EncodedRequest:
+    merge = int(image_processor.merge_size) ** 2
+    text = tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
+    pixels = grids = video = None
+    if request.images:
+        processed = image_processor(images=[im.convert("RGB") for im in request.images], return_tensors="pt")
+        pixels, grids = processed["pixel_values"], processed["image_grid_thw"]
+        for grid in grids:
+            text = text.replace(IMAGE_PAD, "\0" * (int(grid.prod()) // merge), 1)
+    if request.video:
+        video = build_video(image_processor, request.video, request.fps)
+        text = text.replace(VIDEO_PAD, "\1" * (int(video.video_grid_thw.prod()) // merge), 1)
+    return EncodedRequest(text=text.replace("\0", IMAGE_PAD).replace("\1", VIDEO_PAD), pixel_values=pixels,
+                          image_grid_thw=grids,
+                          pixel_values_videos=None if video is None else video.pixel_values_videos,
+                          video_grid_thw=None if video is None else video.video_grid_thw[None],
+                          second_per_grid_t=None if video is None else video.second_per_grid_t)
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    return None if not tensors else tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def build_inputs(tokenizer, image_processor, requests: list[Request],
+                 encoded: list[EncodedRequest | None] | None = None) -> ModelInputs:
+    """Tokenise and preprocess `requests` into one left-padded batch (`encoded`: rows already encoded)."""
     if not requests:
         raise InputError("no requests to run", "Give at least one image and a question")
-    merge = int(image_processor.merge_size) ** 2
-    texts, all_images, image_grids = [], [], []
-    all_videos, video_grids, seconds_per_grid = [], [], []
-    for request in requests:
-        text = tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
-        if request.images:
-            processed = image_processor(images=[im.convert("RGB") for im in request.images], return_tensors="pt")
-            all_images.append(processed["pixel_values"])
-            for grid in processed["image_grid_thw"]:
-                image_grids.append(grid)
-                text = text.replace(IMAGE_PAD, "\0" * (int(grid.prod()) // merge), 1)
-        if request.video:
-            video = build_video(image_processor, request.video, request.fps)
-            all_videos.append(video.pixel_values_videos)
-            video_grids.append(video.video_grid_thw)
-            seconds_per_grid.append(video.second_per_grid_t)
-            text = text.replace(VIDEO_PAD, "\1" * (int(video.video_grid_thw.prod()) // merge), 1)
-        texts.append(text.replace("\0", IMAGE_PAD).replace("\1", VIDEO_PAD))
-    encoded = tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
-    input_ids = encoded["input_ids"]
+    rows = [done or encode_request(tokenizer, image_processor, request)
+            for request, done in zip(requests, encoded or [None] * len(requests))]
+    tokens = tokenizer([row.text for row in rows], padding=True, return_tensors="pt", padding_side="left")
+    input_ids = tokens["input_ids"]
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
     mm_types = (input_ids == image_id).long() + 2 * (input_ids == video_id).long()
+    videos = [row for row in rows if row.pixel_values_videos is not None]
     return ModelInputs(
         input_ids=input_ids,
-        attention_mask=encoded["attention_mask"],
+        attention_mask=tokens["attention_mask"],
         mm_token_type_ids=mm_types,
-        pixel_values=torch.cat(all_images) if all_images else None,
-        image_grid_thw=torch.stack(image_grids) if image_grids else None,
-        pixel_values_videos=torch.cat(all_videos) if all_videos else None,
-        video_grid_thw=torch.stack(video_grids) if video_grids else None,
-        second_per_grid_ts=torch.tensor(seconds_per_grid, dtype=torch.float32) if video_grids else None,
+        pixel_values=_cat([row.pixel_values for row in rows if row.pixel_values is not None]),
+        image_grid_thw=_cat([row.image_grid_thw for row in rows if row.image_grid_thw is not None]),
+        pixel_values_videos=_cat([row.pixel_values_videos for row in videos]),
+        video_grid_thw=_cat([row.video_grid_thw for row in videos]),
+        second_per_grid_ts=torch.tensor([row.second_per_grid_t for row in videos], dtype=torch.float32)
+        if videos else None,
     )
