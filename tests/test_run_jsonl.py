@@ -78,12 +78,14 @@ def test_pipe_round_trip_through_a_subprocess(model_dir, files):
     assert "3 requests, 0 failed," in done.stderr
 
 
-def test_batched_rows_equal_rows_alone_in_input_order(capsys, tmp_path, model_dir, files):
+def test_batched_rows_equal_rows_alone_in_input_order(capsys, monkeypatch, tmp_path, model_dir, files):
+    monkeypatch.setenv("HAWK_PREPARE_WORKERS", "2")  # the batched run prepares requests on threads (GPU path)
     requests = write_jsonl(files / "requests.jsonl", REQUESTS)
     code, out, _ = run_cli(capsys, "run", "--input", requests, "--model", model_dir, "--batch-size", "8",
                            "--max-new-tokens", "4", "--overlay", tmp_path / "overlays")
     assert code == 0
     batched = [json.loads(line) for line in out.splitlines()]
+    monkeypatch.setenv("HAWK_PREPARE_WORKERS", "0")
     code, out, _ = run_cli(capsys, "run", "--input", requests, "--model", model_dir, "--batch-size", "1",
                            "--max-new-tokens", "4")
     alone = [json.loads(line) for line in out.splitlines()]
@@ -100,7 +102,9 @@ def test_batched_rows_equal_rows_alone_in_input_order(capsys, tmp_path, model_di
         assert corners == record["visual_tokens_kept"], record["id"]
 
 
-def test_bad_requests_become_error_records_and_the_stream_goes_on(capsys, model_dir, files):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_bad_requests_become_error_records_and_the_stream_goes_on(capsys, monkeypatch, model_dir, files, workers):
+    monkeypatch.setenv("HAWK_PREPARE_WORKERS", workers)
     requests = write_jsonl(files / "mixed.jsonl", [
         {"id": "ok1", "images": ["a.png"], "question": "what color is the circle ?"},
         "{not json",

@@ -251,8 +251,9 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     context = {**method.describe(), **session.describe(), "versions": versions()}
-    counts = {"done": 0, "failed": 0}
+    counts = {"done": 0, "failed": 0, "first_batch": 0}
     started = time.perf_counter()
+    first_batch_end = None
     with input_stack, ExitStack() as stack, out.progress("requests", total) as advance:
         sink = _open_sink(stack, out, output, force)
 
@@ -278,11 +279,18 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
         for window in reader.windows(batch_size, wait_for_full=input_file not in (None, "-")):
             emit(window)
+            if first_batch_end is None:
+                first_batch_end, counts["first_batch"] = time.perf_counter(), counts["done"]
     if counts["done"] == 0:
         out.warn("no requests in the input")
-    seconds = time.perf_counter() - started
-    out.info(f"{counts['done']} requests, {counts['failed']} failed, {seconds:.2f} s after loading "
-             f"({counts['done'] / max(seconds, 1e-9):.2f} requests/s, batch size {batch_size})")
+    ended = time.perf_counter()
+    seconds = ended - started
+    summary = (f"{counts['done']} requests, {counts['failed']} failed, {seconds:.2f} s after loading "
+               f"({counts['done'] / max(seconds, 1e-9):.2f} requests/s, batch size {batch_size}")
+    steady = counts["done"] - counts["first_batch"]
+    if first_batch_end is not None and steady > 0:  # the first batch carries the device's warm-up
+        summary += f"; after the first batch: {steady / max(ended - first_batch_end, 1e-9):.2f} requests/s"
+    out.info(summary + ")")
     return 1 if counts["failed"] else 0
 
 
@@ -304,7 +312,11 @@ class _Row:
 
 
 def _worker_count(session) -> int:
-    """Threads preparing requests while a GPU runs; none on CPU, where they would compete with torch."""
+    """Threads preparing requests while a GPU runs; none on CPU, where they would compete with torch.
+    HAWK_PREPARE_WORKERS overrides (0: prepare in the main thread)."""
+    configured = os.environ.get("HAWK_PREPARE_WORKERS", "").strip()
+    if configured.isdigit():
+        return int(configured)
     if session.loaded.device.type == "cpu":
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 2))
