@@ -115,3 +115,30 @@ def test_oracle_without_target_masks_is_a_usage_error(setup):
     inputs, _ = _inputs(setup, REQUESTS, with_targets=False)
     with pytest.raises(UsageError, match="hawk eval"):
         _score(OracleScorer(), inputs)
+
+
+def test_attention_mass_matches_a_loop_over_heads_and_instruction_tokens(batch):
+    """hawk-attn by hand: per query head h (key head h // G), per instruction token i, softmax over the row's
+    visual tokens of q_i·k_j/sqrt(d); mean over i; weighted sum over heads."""
+    import math
+
+    from hawk_cli.scorers import AttentionMassScorer
+
+    inputs, roles = batch
+    weights = torch.tensor([0.1, 0.5, 0.15, 0.25])
+    scores = _score(AttentionMassScorer(head_weights=weights), inputs)
+    with torch.no_grad():
+        q, k = inputs.query_key(0)
+    heads, groups, dim = q.shape[1], q.shape[1] // k.shape[1], q.shape[-1]
+    for row in range(q.shape[0]):
+        visual = roles.visual[row].nonzero().flatten().tolist()
+        queries = roles.query[row].nonzero().flatten().tolist()
+        expected = torch.zeros(len(visual), dtype=torch.float64)
+        for h in range(heads):
+            per_head = torch.zeros(len(visual), dtype=torch.float64)
+            for i in queries:
+                logits = torch.tensor([float(q[row, h, i].double() @ k[row, h // groups, j].double()) / math.sqrt(dim)
+                                       for j in visual], dtype=torch.float64)
+                per_head += torch.softmax(logits, dim=0) / len(queries)
+            expected += float(weights[h]) * per_head
+        torch.testing.assert_close(scores[row, visual].double(), expected, atol=1e-6, rtol=1e-5)
