@@ -113,7 +113,7 @@ def test_bad_requests_become_error_records_and_the_stream_goes_on(capsys, monkey
         [1, 2],
         {"id": "noq", "images": ["a.png"]},
         {"id": "badratio", "images": ["a.png"], "question": "what ?", "ratio": 1.5},
-        {"id": "notimg", "images": ["requests.jsonl"], "question": "what ?"},
+        {"id": "notimg", "images": ["mixed.jsonl"], "question": "what ?"},
         {"id": "ok2", "images": ["b.png"], "question": "how many stars are there ?"},
     ])
     code, out, err = run_cli(capsys, "run", "--input", requests, "--model", model_dir, "--batch-size", "4",
