@@ -13,7 +13,7 @@ import torch
 from hawk_cli.cli.app import main
 from hawk_cli.engine.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
 from hawk_cli.io.models import builtin_dir
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import DEVICE, DTYPE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 QUICK = ["--size", "112", "--max-new-tokens", "3", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
@@ -157,3 +157,31 @@ def test_images_are_read_from_files(capsys, model_dir, tmp_path):
                              "--json", "--no-stock", *QUICK)
     assert code == 0, err
     assert {json.loads(line)["environment"]["images"][0] for line in out.splitlines()} == {"140x112"}
+
+
+@pytest.mark.contract
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the compiled decode step (CUDA graphs) runs on CUDA only")
+def test_compiled_decode_equals_eager_on_cuda():
+    """The compiled static-cache step (CUDA graphs, dynamic shapes, pooled caches) gives the eager loop's logits,
+    across prompt lengths and repeated calls (cache reuse)."""
+    from hawk_cli.adapters import adapter_for
+    from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
+    from hawk_cli.io.prompts import Request, build_inputs
+    from hawk_cli.scorers import HawkScorer
+
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    adapter = adapter_for(model, tokenizer)
+    requests = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
+                Request("how many stars are there ?", (random_image(112, 168, 2),))]
+    inputs = build_inputs(tokenizer, tiny_image_processor(), requests).to(DEVICE)
+    step = DecodeStep(adapter, compiled=True)
+    for _ in range(2):
+        for ratio in (0.0, 0.8):
+            settings = dict(ratio=ratio, max_new_tokens=6, cache="static", record_logits=True)
+            eager = generate(adapter, inputs, HawkScorer(), GenerationSettings(**settings), set())
+            compiled = generate(adapter, inputs, HawkScorer(), GenerationSettings(**settings, compile=True), set(),
+                                decode_step=step)
+            for mine, theirs in zip(compiled.step_logits, eager.step_logits):
+                assert (mine - theirs).abs().max() <= TOLERANCE
+            if DTYPE == torch.float32:
+                assert compiled.tokens == eager.tokens

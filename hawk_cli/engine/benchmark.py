@@ -319,8 +319,8 @@ class Bench:
                   "prefill_ms": 1e3 * t["prefill_s"], "ttft_ms": 1e3 * t["ttft_s"],
                   "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1), "total_ms": 1e3 * wall,
                   "tokens_per_s": batch * n / wall,
-                  "peak_prefill_bytes": timer.peaks["prefill_s"] - start_bytes + pooled,
-                  "peak_run_bytes": max(timer.peaks.values()) - start_bytes + pooled}
+                  "peak_prefill_bytes": max(0, timer.peaks["prefill_s"] - start_bytes) + pooled,
+                  "peak_run_bytes": max(0, max(timer.peaks.values()) - start_bytes) + pooled}
         facts = {"prompt_tokens": max(row.prompt_tokens for row in result.rows),
                  "prompt_tokens_kept": kept_length,
                  "visual_tokens": [row.visual_tokens for row in result.rows],
@@ -348,7 +348,7 @@ class Bench:
                                     logits_processor=LogitsProcessorList([clock]))
         _sync(self.device)
         wall = time.perf_counter() - start
-        peak = self.probe.peak() - start_bytes
+        peak = max(0, self.probe.peak() - start_bytes)
         with torch.inference_mode():  # the stock tower alone, for the vision column
             _sync(self.device)
             vision_start = time.perf_counter()
