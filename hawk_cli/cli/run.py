@@ -245,6 +245,10 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise UsageError(f"--overlay '{overlay_dir}' is a file; in JSONL mode it is a folder",
                              "Give a folder (created if missing)")
+    if output is not None:
+        from hawk_cli.io.atomic import check_writable
+
+        check_writable(Path(output), force)  # before the model loads
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
