@@ -117,10 +117,9 @@ def test_bad_settings_are_usage_errors(kwargs, fragment):
     assert fragment in raised.value.render()
 
 
-def test_json_records_one_per_method_and_ratio_with_the_environment(capsys, model_dir, tmp_path):
-    plot = tmp_path / "retention.png"
+def test_json_records_one_per_method_and_ratio_with_the_environment(capsys, model_dir):
     code, out, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "4", "--ratios", "0.5,0.8",
-                             "--methods", "random,oracle", "--json", "--plot", str(plot), "--batch-size", "4")
+                             "--methods", "random,oracle", "--json", "--batch-size", "4")
     assert code == 0, err
     records = [json.loads(line) for line in out.strip().splitlines()]
     assert [(r["method"], r["ratio"]) for r in records] == [("random", 0.5), ("random", 0.8), ("oracle", 0.5),
@@ -135,8 +134,25 @@ def test_json_records_one_per_method_and_ratio_with_the_environment(capsys, mode
         assert "proxy" in record["benchmark"]
     assert records[0]["bound"] == "lower bound" and records[2]["bound"] == "upper bound"
     assert records[0]["seed"] == 0
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Traceback" not in err
+
+
+def test_plot_is_a_png_written_atomically(capsys, model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "retention.png"
+    code, _, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "2", "--ratios", "0.5,0.8",
+                           "--methods", "random", "--plot", str(plot), "-q")
+    assert code == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["retention.png"]  # no temporary file left behind
+
+
+def test_plot_without_matplotlib_fails_before_any_work(capsys, monkeypatch, model_dir, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run_cli(capsys, "eval", "--model", str(model_dir), "--plot", str(tmp_path / "r.png"))
+    assert code == 1 and out == "" and "pip install 'hawk-vlm[plot]'" in err
 
 
 def test_table_on_stdout(capsys, model_dir):

@@ -79,13 +79,20 @@ def render(table) -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def plot_retention(report, path: Path) -> None:
-    """Retention against ratio, one line per method, with ±1 SE bars; written atomically as PNG."""
+def require_matplotlib() -> None:
+    """Fail before any work when --plot cannot be honoured."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ResourceError("--plot needs matplotlib, which is not installed",
-                            "Install it with: pip install 'hawk-vlm[plot]'") from None
+                            "Install it with: pip install 'hawk-vlm[plot]', or leave out --plot") from None
+
+
+def plot_retention(report, path: Path) -> None:
+    """Retention against ratio, one line per method, with ±1 SE bars; written atomically as PNG."""
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -146,6 +153,7 @@ def eval_command(
         if plot.suffix.lower() != ".png":
             raise UsageError(f"--plot writes a PNG, got '{plot}'", "Give a path ending in .png")
         check_writable(plot, force)
+        require_matplotlib()
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
     with out.progress(f"evaluating {len(settings.methods)} methods x {len(settings.ratios)} ratios",
                       total=settings.n) as advance:
