@@ -24,9 +24,8 @@ from hawk_cli.synthetic import scenes as S  # noqa: E402
 def setup():
     torch.manual_seed(0)
     model = T.build_model(seed=0).eval()
-    # A random init makes the vision tower's features tiny; scale them so the comparisons mean something.
     layout = T.Layout()
-    questions = S.heldout_set(6)[:2] + S.calibration_set(4)[:2]
+    questions = S.heldout_set(4)[:1] + S.calibration_set(2)[:1]
     return model, layout, questions
 
 
