@@ -206,3 +206,18 @@ def test_adapter_exposes_the_output_projection_of_every_layer():
     model = tiny_model("qwen2_vl")
     adapter = adapter_for(model, tiny_tokenizer())
     assert adapter.head_output_projection(1) is model.model.language_model.layers[1].self_attn.o_proj
+
+
+def test_shared_image_prefixes_give_the_same_drops(dominant):
+    """builtin data asks 2 questions per scene: the shared-prefix path must equal running every prompt whole."""
+    session, _, greedy, prefill = dominant
+    from hawk_cli.engine.calibration import shared_prefixes
+
+    plan = shared_prefixes(prefill, session.adapter.tokens.vision_end)
+    assert plan is not None and plan.group.tolist() == [0, 0, 1, 1]
+    for method, targets in (("ablation", greedy.tokens), ("kl", None)):
+        with torch.inference_mode():
+            shared, _ = sample_drops(session.adapter, prefill, 0, method, targets, session.eos_ids, 3)
+            whole, _ = sample_drops(session.adapter, prefill, 0, method, targets, session.eos_ids, 3,
+                                    share_prefixes=False)
+        assert torch.allclose(shared, whole, atol=1e-4), method

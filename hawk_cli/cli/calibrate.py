@@ -82,7 +82,8 @@ def calibrate_command(
             result = calibrate(session, dataset, settings, progress=advance)
         version = versions()
         metadata = {
-            "model": session.loaded.name, "model_path": session.loaded.path, **shape, "layer": layer,
+            "model": session.loaded.name,
+            "model_path": "builtin" if session.loaded.is_builtin else session.loaded.path, **shape, "layer": layer,
             "method": method, "measure": MEASURES[method], "ablation": ABLATION, "reduction": "eq3",
             "subsets": result.subsets, "samples_per_subset": result.counts, "num_samples": len(dataset.samples),
             "data": data, "data_fingerprint": dataset.fingerprint, "baseline_log_likelihood": result.baseline,

@@ -16,6 +16,11 @@ L1-normalise per subset, average over subsets.
 
 Answer tokens are appended after the generation prompt at rotary ids continuing from the prompt's largest
 original id + 1, exactly as greedy decoding places them, with a KV cache (prefill, then one step per token).
+
+Work is shared where it is provably identical: each distinct image is preprocessed and encoded once
+(`VisionCache`), and when several questions of a batch start with the same image, the prompt up to the image's
+end token is run once per replica and its KV cache fanned out to those questions (causal attention: that prefix
+does not see the question). Both only change speed; tests pin the drops against the unshared computation.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class CalibrationSettings:
     batch_size: int = 4  # samples per forward pass; each is replicated (heads per pass + 1) times
     max_new_tokens: int = 16  # kl: longest greedy answer measured
     heads_per_pass: int | None = None  # None: every head in one pass
+    share_prefixes: bool = True  # compute a prompt prefix shared by several questions (same image) once
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -115,28 +121,111 @@ def answer_tokens(tokenizer, answer: str, end_id: int) -> list[int]:
     return list(tokenizer(answer, add_special_tokens=False)["input_ids"]) + [end_id]
 
 
+def _head_keep(rows_per_replica: int, heads: list[int], num_heads: int, device) -> Tensor:
+    """[R * n, H] bool: replica 0 keeps every head, replica r drops heads[r - 1]."""
+    keep = torch.ones((len(heads) + 1) * rows_per_replica, num_heads, dtype=torch.bool, device=device)
+    for replica, head in enumerate(heads, start=1):
+        keep[replica * rows_per_replica:(replica + 1) * rows_per_replica, head] = False
+    return keep
+
+
+def _left_padded(prefill, picks: list[tuple[int, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Embeddings [N, W, D], rotary ids [P, N, W] and mask [N, W] of the chosen (row, columns) of `prefill`,
+    each right-aligned in a block of width W (padding first, masked out)."""
+    width = max(len(cols) for _, cols in picks)
+    embeds = prefill.inputs_embeds.new_zeros(len(picks), width, prefill.inputs_embeds.shape[-1])
+    positions = prefill.position_ids.new_zeros(prefill.position_ids.shape[0], len(picks), width)
+    mask = prefill.attention_mask.new_zeros(len(picks), width)
+    for index, (row, cols) in enumerate(picks):
+        n = len(cols)
+        embeds[index, width - n:] = prefill.inputs_embeds[row, cols]
+        positions[:, index, width - n:] = prefill.position_ids[:, row, cols]
+        mask[index, width - n:] = 1
+    return embeds, positions, mask
+
+
+@dataclass
+class SharedPrefixes:
+    """Rows whose prompts start with the same image (and template): the prefix up to the last vision-end token
+    is computed once per distinct prefix, since causal attention makes it independent of the question."""
+
+    prefixes: list[tuple[int, Tensor]]  # (representative row, its prefix columns)
+    suffixes: list[tuple[int, Tensor]]  # (row, columns after the prefix), one per row
+    group: Tensor  # [B] index into `prefixes`
+
+
+def shared_prefixes(prefill, vision_end: int) -> SharedPrefixes | None:
+    """The sharing plan of a batch, or None when no two rows share a prefix (or a row has no image first)."""
+    spans = []
+    for row in range(prefill.batch_size):
+        cols = prefill.attention_mask[row].nonzero().flatten()
+        ends = (prefill.input_ids[row, cols] == vision_end).nonzero().flatten()
+        if len(ends) == 0 or int(ends[-1]) + 1 >= len(cols):
+            return None
+        cut = int(ends[-1]) + 1
+        spans.append((cols[:cut], cols[cut:]))
+    representatives: list[int] = []
+    group = []
+    for row, (prefix, _) in enumerate(spans):
+        for index, other in enumerate(representatives):
+            theirs = spans[other][0]
+            if (len(theirs) == len(prefix) and torch.equal(prefill.input_ids[other, theirs], prefill.input_ids[row, prefix])
+                    and torch.equal(prefill.position_ids[:, other, theirs], prefill.position_ids[:, row, prefix])
+                    and torch.equal(prefill.inputs_embeds[other, theirs], prefill.inputs_embeds[row, prefix])):
+                group.append(index)
+                break
+        else:
+            group.append(len(representatives))
+            representatives.append(row)
+    if len(representatives) == prefill.batch_size:
+        return None
+    return SharedPrefixes(prefixes=[(row, spans[row][0]) for row in representatives],
+                          suffixes=[(row, spans[row][1]) for row in range(prefill.batch_size)],
+                          group=torch.tensor(group, device=prefill.input_ids.device))
+
+
+def _replicated_prefill(adapter: ModelAdapter, prefill, heads: list[int], layer: int, cache,
+                        share: bool) -> tuple[Tensor, Tensor]:
+    """Prefill every replica of every sample; ([R * B, V] next-token logits, [R * B, W] attention mask)."""
+    batch = prefill.batch_size
+    replicas = len(heads) + 1
+    projection = adapter.head_output_projection(layer)
+    device = prefill.inputs_embeds.device
+    plan = shared_prefixes(prefill, adapter.tokens.vision_end) if share else None
+    if plan is None:
+        mask = prefill.attention_mask.repeat(replicas, 1)
+        with ablate_heads(projection, _head_keep(batch, heads, adapter.num_query_heads, device)):
+            hidden = adapter.decode(prefill.inputs_embeds.repeat(replicas, 1, 1),
+                                    prefill.position_ids.repeat(1, replicas, 1), mask, cache)
+        return adapter.logits(hidden[:, -1]).float(), mask
+    unique = len(plan.prefixes)
+    embeds, positions, prefix_mask = _left_padded(prefill, plan.prefixes)
+    with ablate_heads(projection, _head_keep(unique, heads, adapter.num_query_heads, device)):
+        adapter.decode(embeds.repeat(replicas, 1, 1), positions.repeat(1, replicas, 1),
+                       prefix_mask.repeat(replicas, 1), cache)
+    cache.reorder_cache((torch.arange(replicas, device=device)[:, None] * unique + plan.group[None]).flatten())
+    embeds, positions, suffix_mask = _left_padded(prefill, plan.suffixes)
+    mask = torch.cat([prefix_mask[plan.group], suffix_mask], dim=1).repeat(replicas, 1)
+    with ablate_heads(projection, _head_keep(batch, heads, adapter.num_query_heads, device)):
+        hidden = adapter.decode(embeds.repeat(replicas, 1, 1), positions.repeat(1, replicas, 1), mask, cache)
+    return adapter.logits(hidden[:, -1]).float(), mask
+
+
 def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int, targets: list[list[int]] | None,
-                    eos_ids: set[int], max_new_tokens: int) -> tuple[Tensor, Tensor]:
+                    eos_ids: set[int], max_new_tokens: int, share_prefixes: bool = True) -> tuple[Tensor, Tensor]:
     """One forward of every sample × (unablated, then each head of `heads` ablated).
 
     Returns (score [R, B], tokens [B]) with R = len(heads) + 1 replicas: with `targets`, the teacher-forced
     log-likelihood of each sample's target tokens; without, the summed KL(unablated || replica) over the
     unablated replica's greedy answer (row 0 is then 0); `tokens` counts the measured positions per sample.
     """
-    batch, length = prefill.attention_mask.shape
+    batch = prefill.batch_size
     replicas = len(heads) + 1
     rows = replicas * batch
     device = prefill.inputs_embeds.device
-    keep = torch.ones(rows, adapter.num_query_heads, dtype=torch.bool, device=device)
-    for replica, head in enumerate(heads, start=1):
-        keep[replica * batch:(replica + 1) * batch, head] = False
-    embeds = prefill.inputs_embeds.repeat(replicas, 1, 1)
-    positions = prefill.position_ids.repeat(1, replicas, 1)
-    rope_rows = positions.shape[0]
+    rope_rows = prefill.position_ids.shape[0]
     next_position = adapter.next_positions(prefill.position_ids, prefill.attention_mask).repeat(replicas)
     steps = max(len(t) for t in targets) if targets is not None else max_new_tokens
-    mask_buffer = torch.zeros(rows, length + steps, dtype=prefill.attention_mask.dtype, device=device)
-    mask_buffer[:, :length] = prefill.attention_mask.repeat(replicas, 1)
     if targets is not None:
         target = torch.full((batch, steps), adapter.tokens.pad, dtype=torch.long, device=device)
         for row, ids in enumerate(targets):
@@ -146,10 +235,12 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
     score = torch.zeros(replicas, batch, dtype=torch.float64, device=device)
     measured = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
-    cache = adapter.new_cache("dynamic", length + steps)
-    with ablate_heads(adapter.head_output_projection(layer), keep):
-        hidden = adapter.decode(embeds, positions, mask_buffer[:, :length], cache)
-        logits = adapter.logits(hidden[:, -1]).float()
+    cache = adapter.new_cache("dynamic", prefill.attention_mask.shape[1] + steps)
+    logits, mask = _replicated_prefill(adapter, prefill, heads, layer, cache, share_prefixes)
+    length = mask.shape[1]
+    mask_buffer = torch.cat([mask, mask.new_zeros(rows, steps)], dim=1)
+    with ablate_heads(adapter.head_output_projection(layer),
+                      _head_keep(batch, heads, adapter.num_query_heads, device)):
         for t in range(steps):
             logp = logits.log_softmax(-1).view(replicas, batch, -1)
             if targets is not None:
@@ -177,7 +268,8 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
 
 
 def sample_drops(adapter: ModelAdapter, prefill, layer: int, method: str, targets: list[list[int]] | None,
-                 eos_ids: set[int], max_new_tokens: int, heads_per_pass: int | None = None) -> tuple[Tensor, Tensor]:
+                 eos_ids: set[int], max_new_tokens: int, heads_per_pass: int | None = None,
+                 share_prefixes: bool = True) -> tuple[Tensor, Tensor]:
     """([B, H] drop of every head on every sample, [B] unablated score) for one prepared prefill."""
     heads = list(range(adapter.num_query_heads))
     chunk = heads_per_pass or len(heads)
@@ -185,7 +277,7 @@ def sample_drops(adapter: ModelAdapter, prefill, layer: int, method: str, target
     for start in range(0, len(heads), chunk):
         part = heads[start:start + chunk]
         score, measured = replicated_pass(adapter, prefill, part, layer, targets if method == "ablation" else None,
-                                          eos_ids, max_new_tokens)
+                                          eos_ids, max_new_tokens, share_prefixes)
         if method == "ablation":
             drops.append((score[0][None] - score[1:]).T)
         else:
@@ -276,7 +368,7 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
             targets = ([answer_tokens(session.tokenizer, s.answer, end_id) for s in batch]
                        if settings.method == "ablation" else None)
             drops, base = sample_drops(adapter, prefill, settings.layer, settings.method, targets, session.eos_ids,
-                                       settings.max_new_tokens, settings.heads_per_pass)
+                                       settings.max_new_tokens, settings.heads_per_pass, settings.share_prefixes)
             all_drops.append(drops.cpu())
             all_base.append(base.cpu())
             if progress is not None:
