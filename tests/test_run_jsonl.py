@@ -171,7 +171,7 @@ def test_output_file_is_atomic_and_needs_force(capsys, tmp_path, model_dir, file
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--input", "REQ", "IMG", "q ?"], "--input takes no IMAGE or QUESTION arguments"),
-    (["-", "--video", "IMG"], "--video is for one prompt"),
+    (["--input", "REQ", "--video", "IMG"], "--video is for one prompt"),
     (["--input", "/no/such.jsonl"], "input file '/no/such.jsonl' does not exist"),
     (["--input", "REQ", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["IMG", "q ?", "--fps", "0"], "fps must be a positive number"),

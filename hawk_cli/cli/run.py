@@ -134,7 +134,8 @@ def run_command(
 
     out = Output(json_mode=json_output, quiet=quiet)
     arguments = list(arguments or [])
-    jsonl = input_file is not None or arguments == ["-"]
+    # A lone '-' is JSONL on stdin; with --video it is the question, read from stdin.
+    jsonl = input_file is not None or (arguments == ["-"] and not video)
     if input_file is not None and arguments:
         raise UsageError("--input takes no IMAGE or QUESTION arguments", "Put them in the JSONL lines")
     if batch_size < 1:
