@@ -43,7 +43,7 @@ def calibrate_command(
     method: MethodOpt = "ablation",
     layer: LayerOpt = 0,
     limit: LimitOpt = None,
-    batch_size: BatchOpt = 4,
+    batch_size: BatchOpt = 8,
     max_new_tokens: MaxTokensOpt = 16,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",

@@ -50,7 +50,7 @@ ABLATION = "zero the head's slice of the o_proj input (forward pre-hook)"
 class CalibrationSettings:
     method: str = "ablation"
     layer: int = 0
-    batch_size: int = 4  # samples per forward pass; each is replicated (heads per pass + 1) times
+    batch_size: int = 8  # samples per forward pass; each is replicated (heads per pass + 1) times
     max_new_tokens: int = 16  # kl: longest greedy answer measured
     heads_per_pass: int | None = None  # None: every head in one pass
     share_prefixes: bool = True  # compute a prompt prefix shared by several questions (same image) once
