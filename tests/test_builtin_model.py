@@ -101,3 +101,18 @@ def test_sample_questions_all_right_unpruned(stock):
     assert not wrong
     for name in {r["image"] for r in rows}:
         assert (SAMPLES / name).stat().st_size < 150_000
+
+
+def test_sample_questions_at_default_pruning(tmp_path):
+    """`hawk run` at its defaults (the model's recommended pruning, keep 20 %) answers at least 3 in 4 samples."""
+    rows = [json.loads(line) for line in (SAMPLES / "questions.jsonl").read_text().splitlines() if line.strip()]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"id": str(i), "images": [str(SAMPLES / r["image"])],
+                                            "question": r["question"]}) + "\n" for i, r in enumerate(rows)))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "hawk_cli", "run", "--input", str(requests), "-b", str(len(rows))],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = {int(r["id"]): r.get("answer", "").strip() for r in map(json.loads, proc.stdout.splitlines())}
+    right = sum(answers.get(i) == r["answer"] for i, r in enumerate(rows))
+    assert right >= 0.75 * len(rows), (right, len(rows))
