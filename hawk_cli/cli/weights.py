@@ -44,7 +44,8 @@ def render(path: str, values: list[float], metadata: dict, extra: dict) -> str:
     if drops is not None and isinstance(subsets, list) and len(subsets) == len(drops):
         lines.append("raw drops per subset (before Eq. 3):")
         width = max(len(str(s)) for s in subsets)
-        lines += [f"  {str(name):<{width}}  " + " ".join(f"{d:10.4g}" for d in row) for name, row in zip(subsets, drops)]
+        lines += [f"  {str(name):<{width}}  " + " ".join(f"{d:10.4g}" for d in row)
+                  for name, row in zip(subsets, drops)]
     if metadata:
         lines.append("metadata:")
         width = max(len(k) for k in metadata)

@@ -104,9 +104,11 @@ def ablate_heads(module: torch.nn.Module, keep: Tensor) -> Iterator[None]:
         hidden = args[0]
         rows, length, width = hidden.shape
         if rows != keep.shape[0] or width % heads:
-            raise RuntimeError(f"head ablation expected {keep.shape[0]} rows of {heads} heads, got {tuple(hidden.shape)}")
+            raise RuntimeError(f"head ablation expected {keep.shape[0]} rows of {heads} heads, "
+                               f"got {tuple(hidden.shape)}")
         dropped = ~keep.to(hidden.device)[:, None, :, None]
-        masked = hidden.view(rows, length, heads, width // heads).masked_fill(dropped, 0).view(rows, length, width)
+        split = hidden.reshape(rows, length, heads, width // heads)
+        masked = split.masked_fill(dropped, 0).reshape(rows, length, width)
         return (masked, *args[1:])
 
     handle = module.register_forward_pre_hook(hook)
@@ -169,7 +171,8 @@ def shared_prefixes(prefill, vision_end: int) -> SharedPrefixes | None:
     for row, (prefix, _) in enumerate(spans):
         for index, other in enumerate(representatives):
             theirs = spans[other][0]
-            if (len(theirs) == len(prefix) and torch.equal(prefill.input_ids[other, theirs], prefill.input_ids[row, prefix])
+            if (len(theirs) == len(prefix)
+                    and torch.equal(prefill.input_ids[other, theirs], prefill.input_ids[row, prefix])
                     and torch.equal(prefill.position_ids[:, other, theirs], prefill.position_ids[:, row, prefix])
                     and torch.equal(prefill.inputs_embeds[other, theirs], prefill.inputs_embeds[row, prefix])):
                 group.append(index)
