@@ -80,7 +80,8 @@ def targets(records: list[dict]) -> str:
         add("end to end, 16 new tokens, batch 8, pruned ÷ unpruned", p8["ratio_to_unpruned"]["total_ms"], 0.60)
         add("time to first token, batch 8, pruned ÷ unpruned", p8["ratio_to_unpruned"]["ttft_ms"], 0.5)
     if p1 and p1["ratio_to_stock_generate"].get("total_ms"):
-        add("hawk pruned batch 1 end to end ÷ stock generate unpruned", p1["ratio_to_stock_generate"]["total_ms"], 0.40)
+        add("hawk pruned batch 1 end to end ÷ stock generate unpruned",
+            p1["ratio_to_stock_generate"]["total_ms"], 0.40)
     for batch in sorted({r["batch"] for r in records}):
         for variant in ("pruned", "unpruned"):
             record = find(records, batch, variant)

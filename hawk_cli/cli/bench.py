@@ -75,7 +75,7 @@ def render_tables(records: list[dict], out: Output) -> None:
     out.result(f"{env['model']} on {env['device_name']} ({env['dtype']}, {env['attn']}, "
                f"compiled decode: {'yes' if env['cuda_graphs'] else 'no'}), torch {env['torch']}, "
                f"transformers {env['transformers']}; copy bandwidth "
-               f"{env['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
+               f"{env['copy_bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s")
     if env["random_weights"]:
         out.result("random weights: speed and memory only")
 

@@ -32,7 +32,7 @@ from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.engine.session import HawkSession, versions
 from hawk_cli.engine.timing import PhaseTimer
 from hawk_cli.errors import InputError, UsageError
-from hawk_cli.io.models import LoadedModel, resolve_device, resolve_dtype
+from hawk_cli.io.models import LoadedModel, builtin_dir, resolve_device, resolve_dtype
 from hawk_cli.io.prompts import Request, build_inputs
 
 SCHEMA = "hawk.bench/1"
@@ -81,7 +81,9 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b), a config.json file, or a model folder."""
+    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b), a config.json file, a model folder, or builtin."""
+    if spec == "builtin":
+        return builtin_dir() / "config.json"
     named = CONFIG_DIR / f"{spec}.json"
     if named.is_file():
         return named
