@@ -191,3 +191,13 @@ def test_one_prompt_with_a_video_and_an_overlay(capsys, tmp_path, model_dir, fil
     assert code == 0 and record["video_frames"] == 5 and record["visual_tokens"] == 3 * 16
     picture = Image.open(overlay).convert("RGB")
     assert picture.size == (3 * 112 + 2 * 8, 112)  # three temporal groups side by side
+
+
+def test_video_with_the_question_on_stdin(capsys, monkeypatch, model_dir, files):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("what shape is there ?\n"))
+    code, out, _ = run_cli(capsys, "run", "--video", files / "clip.gif", "-", "--model", model_dir, "--json",
+                           "--max-new-tokens", "2", "--ratio", "0.5")
+    record = json.loads(out)
+    assert code == 0 and record["query_tokens"] == 5 and record["visual_tokens_kept"] == 24
