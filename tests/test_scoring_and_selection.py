@@ -15,7 +15,7 @@ from hawk_cli.engine.selection import keep_count, select_keep, validate_ratio
 from hawk_cli.errors import UsageError
 from hawk_cli.io.prompts import Request, build_inputs
 from hawk_cli.scorers import HawkScorer, UniformHawkScorer
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.contract
 
@@ -28,11 +28,11 @@ def reference_scores(model, embeds, visual, query, weights, head_of_kv):
     d = attention.head_dim
     x = layer.input_layernorm(embeds)
     q_all, k_all = attention.q_proj(x), attention.k_proj(x)
-    out = torch.full(visual.shape, float("-inf"))
+    out = torch.full(visual.shape, float("-inf"), device=embeds.device)
     for b in range(embeds.shape[0]):
         vis = visual[b].nonzero().flatten().tolist()
         queries = query[b].nonzero().flatten().tolist()
-        total = torch.zeros(len(vis), dtype=torch.float64)
+        total = torch.zeros(len(vis), dtype=torch.float64, device=embeds.device)
         for h in range(len(weights)):
             kv = head_of_kv(h)
             per_token = []
@@ -40,7 +40,7 @@ def reference_scores(model, embeds, visual, query, weights, head_of_kv):
                 k = k_all[b, j, kv * d:(kv + 1) * d].double()
                 dots = [float(q_all[b, i, h * d:(h + 1) * d].double() @ k) / math.sqrt(d) for i in queries]
                 per_token.append(sum(dots) / len(dots))
-            column = torch.tensor(per_token, dtype=torch.float64)
+            column = torch.tensor(per_token, dtype=torch.float64, device=embeds.device)
             total += float(weights[h]) * column / column.norm()
         out[b, vis] = total.float()
     return out
@@ -50,7 +50,7 @@ def _scored(weights):
     model, tokenizer = tiny_model(), tiny_tokenizer()
     inputs = build_inputs(tokenizer, tiny_image_processor(),
                           [Request("what color is the circle ?", (random_image(112, 112, 1),)),
-                           Request("how many stars are there ?", (random_image(168, 112, 2),))])
+                           Request("how many stars are there ?", (random_image(168, 112, 2),))]).to(DEVICE)
     adapter = adapter_for(model, tokenizer)
     with torch.no_grad():
         prefill = adapter.build_prefill(inputs, adapter.encode_vision(inputs))
