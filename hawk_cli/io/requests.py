@@ -9,7 +9,6 @@ Relative paths resolve against `base` (the input file's folder, or the current f
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -86,8 +85,6 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
     if fps is not None:
         if "video" not in data:
             raise InputError("'fps' is given without a 'video'", "Leave 'fps' out, or add the video")
-        if not math.isfinite(fps):
-            raise InputError(f"'fps' must be a positive number, got {fps}", "Use e.g. 2")
         validate_fps(fps)
     return RequestSpec(line=line, id=request_id, question=question.strip(), images=images, video=video, fps=fps,
                        ratio=ratio, max_new_tokens=max_new_tokens)
