@@ -97,7 +97,7 @@ def read_frames(source: str | Path | list | tuple) -> list[Image.Image]:
 
 def validate_fps(fps: float) -> float:
     if not fps > 0 or fps != fps or fps == float("inf"):
-        raise InputError(f"fps must be a positive number, got {fps}", "Use e.g. --fps 2 (frames per second)")
+        raise InputError(f"fps must be a positive number, got {fps}", "Use e.g. 2 (frames per second)")
     return float(fps)
 
 
