@@ -24,8 +24,8 @@ app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models befor
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.command("run")(run_command)
 app.command("bench")(bench_command)
-app.command("eval")(eval_command)
 app.command("calibrate")(calibrate_command)
+app.command("eval")(eval_command)
 app.add_typer(weights_app, name="weights")
 
 
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = _debug(argv)
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", HawkWarning)
+    # Library progress bars (weight loading) would clutter stderr between hawk's own lines.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (in-process callers): use its public switch
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         code = app(args=[a for a in argv if a != "--debug"], prog_name="hawk", standalone_mode=False)
     except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI
@@ -92,4 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         code = _exit_code_for(error)
         if debug:
             traceback.print_exception(error)
+    else:
+        if code == 130:  # Ctrl-C inside a command, turned into exit code 130 by the argument parser
+            _error_line("interrupted")
     sys.exit(code if isinstance(code, int) else 0)

@@ -24,7 +24,14 @@ from hawk_cli.cli.output import Output
 from hawk_cli.errors import HawkError, InputError, ResourceError, UsageError
 
 DEFAULT_RATIO = 0.8
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DEFAULT_FPS = 2.0  # the stock Qwen2.5-VL processor's default (second_per_grid_ts = 2 / fps = 1.0)
+
+
+def _looks_like_image_file(argument: str) -> bool:
+    from pathlib import Path
+
+    return Path(argument).suffix.lower() in IMAGE_SUFFIXES and Path(argument).is_file()
 
 
 def split_arguments(arguments: list[str], need_image: bool = True) -> tuple[list[str], str]:
@@ -34,6 +41,9 @@ def split_arguments(arguments: list[str], need_image: bool = True) -> tuple[list
                          "hawk run needs a question",
                          "Example: hawk run photo.jpg \"what is in the picture?\"")
     *images, question = arguments
+    if images and _looks_like_image_file(question) and not _looks_like_image_file(images[0]):
+        raise UsageError(f"the question must come last, but the last argument '{question}' is an image file",
+                         "Put the images first: hawk run IMAGE... QUESTION")
     if question == "-":
         question = sys.stdin.read()
     question = question.strip()

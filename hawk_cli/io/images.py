@@ -32,7 +32,10 @@ def load_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except InputError:
         raise
+    except Image.DecompressionBombError:
+        raise InputError(f"image '{path}' is over hawk's {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (Pillow refuses to "
+                         "decode it)", "Downscale it first (the model resizes to at most a few Mpx anyway)")
     except UnidentifiedImageError:
         raise InputError(f"'{path}' is not an image Pillow can read", "Give a PNG, JPEG, WebP, GIF or BMP file")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise InputError(f"image '{path}' is unreadable or truncated ({error})", "Re-export or re-download it")
