@@ -142,3 +142,18 @@ def test_attention_mass_matches_a_loop_over_heads_and_instruction_tokens(batch):
                 per_head += torch.softmax(logits, dim=0) / len(queries)
             expected += float(weights[h]) * per_head
         torch.testing.assert_close(scores[row, visual].double(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_saliency_prior_adds_standardised_feature_norms(batch):
+    from hawk_cli.scorers import AttentionMassPriorScorer, AttentionMassScorer
+
+    inputs, roles = batch
+    text_only = _score(AttentionMassScorer(), inputs)
+    fused = _score(AttentionMassPriorScorer(), inputs)
+    for row in range(roles.visual.shape[0]):
+        visual = roles.visual[row]
+        mass, norms = text_only[row][visual].double(), inputs.embeds[row][visual].double().norm(dim=-1)
+        z = lambda x: (x - x.mean()) / x.std(unbiased=False)  # noqa: E731
+        torch.testing.assert_close(fused[row][visual].double(), z(mass) + 0.5 * z(norms), atol=1e-4, rtol=1e-4)
+    with pytest.raises(UsageError):
+        AttentionMassScorer(saliency_prior=-1.0)
