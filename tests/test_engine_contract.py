@@ -111,7 +111,7 @@ def test_renumbered_positions_fail_the_oracle_check():
     assert check_against_oracle(honest, inputs, HawkScorer(), 0.8, 4, EOS, TOL).passed
     report = check_against_oracle(broken, inputs, HawkScorer(), 0.8, 4, EOS, TOL)
     assert not report.passed
-    assert max(report.step_max_abs_logit_diff) > 10 * TOL
+    assert max(report.step_max_abs_logit_diff) > TOL  # outside the tolerance, not just a near-tie flip
 
 
 @pytest.mark.parametrize("family", FAMILIES)
