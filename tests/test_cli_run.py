@@ -141,3 +141,15 @@ def test_transformers_outside_tested_range_warns_on_one_line(capsys, monkeypatch
     code, _, err = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--max-new-tokens", "1")
     assert code == 0
     assert "hawk: warning: transformers 5.99.0 is outside hawk's tested range 5.17.0-5.24.x" in err
+
+
+def test_weights_calibrated_at_another_layer_are_refused(capsys, tmp_path, model_dir, image_path):
+    import torch
+
+    from hawk_cli.io.weights import HeadWeights, save_head_weights
+
+    path = tmp_path / "w.safetensors"
+    save_head_weights(path, HeadWeights(values=torch.ones(4) / 4, source="test",
+                                        metadata={"model_type": "qwen2_5_vl", "layer": "2"}))
+    code, _, err = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--weights", str(path))
+    assert code == 2 and "was calibrated at layer 2, but the scorer reads layer 0" in err

@@ -20,12 +20,16 @@ def model_shape(config) -> dict:
 
 
 def resolve_head_weights(config, path: str | None, model_dir: str | None,
-                         is_builtin: bool) -> tuple[HeadWeights, list[str]]:
+                         is_builtin: bool, layer: int = 0) -> tuple[HeadWeights, list[str]]:
     """(weights, notices for stderr). Validation happens here, before any tensor work."""
     shape = model_shape(config)
     notices: list[str] = []
     if path:
         weights = load_head_weights(path)
+    elif layer != 0:  # the shipped and published vectors are layer-0 importances
+        weights = HeadWeights(values=torch.full((shape["num_heads"],), 1.0 / shape["num_heads"]), source="uniform")
+        notices.append(f"no head weights for layer {layer}: using uniform weights; "
+                       f"'hawk calibrate --layer {layer}' makes better ones")
     elif is_builtin and model_dir and (Path(model_dir) / BUILTIN_WEIGHTS_FILE).is_file():
         weights = load_head_weights(Path(model_dir) / BUILTIN_WEIGHTS_FILE)
         weights.source = "builtin"
@@ -35,5 +39,5 @@ def resolve_head_weights(config, path: str | None, model_dir: str | None,
         weights = HeadWeights(values=torch.full((shape["num_heads"],), 1.0 / shape["num_heads"]), source="uniform")
         notices.append("no head weights for this model: using uniform weights; "
                        "'hawk calibrate' makes better ones")
-    validate_for_model(weights, shape["model_type"], shape["num_heads"])
+    validate_for_model(weights, shape["model_type"], shape["num_heads"], layer)
     return weights, notices

@@ -75,7 +75,7 @@ class HawkSession:
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
-                                                    self.loaded.is_builtin)
+                                                    self.loaded.is_builtin, layer)
             if name != "hawk":
                 notices = []
             scorer = scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source)
