@@ -54,7 +54,7 @@ def test_random_recall_is_close_to_the_keep_fraction(report):
 
 
 def test_same_seed_same_answers(session, report):
-    again = evaluate(session, EvalSettings(ratios=(0.8,), methods=("random", "oracle"), n=25, batch_size=25))
+    again = evaluate(session, EvalSettings(ratios=(0.8,), methods=("random",), n=25, batch_size=25))
     assert again.unpruned.answers == report.unpruned.answers[:25]
-    for first, second in zip(report.results, again.results):
-        assert second.tally.answers == first.tally.answers[:25]
+    first = next(r for r in report.results if r.method == "random")
+    assert again.results[0].tally.answers == first.tally.answers[:25]
