@@ -10,6 +10,7 @@ import pytest
 
 from hawk_cli.engine.evaluation import EvalSettings, evaluate
 from hawk_cli.io.models import builtin_dir
+from hawk_cli.synthetic.scenes import heldout_set
 
 pytestmark = pytest.mark.skipif(not (builtin_dir() / "tokenizer.json").is_file()
                                 or not (builtin_dir() / "model.safetensors").is_file(),
@@ -27,8 +28,14 @@ def session():
 
 
 @pytest.fixture(scope="module")
-def report(session):
-    return evaluate(session, EvalSettings(ratios=(0.8,), methods=("random", "oracle"), n=N, batch_size=25))
+def questions():
+    return heldout_set(N)
+
+
+@pytest.fixture(scope="module")
+def report(session, questions):
+    return evaluate(session, EvalSettings(ratios=(0.8,), methods=("random", "oracle"), n=N, batch_size=20),
+                    questions=questions)
 
 
 def _single_object_accuracy(tally) -> float:
@@ -53,8 +60,9 @@ def test_random_recall_is_close_to_the_keep_fraction(report):
     assert oracle["accuracy"] > random["accuracy"]  # the benchmark discriminates
 
 
-def test_same_seed_same_answers(session, report):
-    again = evaluate(session, EvalSettings(ratios=(0.8,), methods=("random",), n=25, batch_size=25))
-    assert again.unpruned.answers == report.unpruned.answers[:25]
+def test_same_seed_same_answers(session, questions, report):
+    again = evaluate(session, EvalSettings(ratios=(0.8,), methods=("random",), n=20, batch_size=20),
+                     questions=questions[:20])
+    assert again.unpruned.answers == report.unpruned.answers[:20]
     first = next(r for r in report.results if r.method == "random")
-    assert again.results[0].tally.answers == first.tally.answers[:25]
+    assert again.results[0].tally.answers == first.tally.answers[:20]
