@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -58,3 +59,15 @@ def test_existing_output_needs_force(tmp_path):
         check_writable(target, force=False)
     assert check_writable(target, force=True) == target
     assert target.read_text() == "keep me"
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    fresh, existing = tmp_path / "fresh.png", tmp_path / "existing.png"
+    existing.write_text("old")
+    existing.chmod(0o640)
+    atomic_write_text(fresh, "new")
+    atomic_write_text(existing, "new")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert existing.stat().st_mode & 0o777 == 0o640

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _interrupt_after_start(argv: list[str], marker: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
+def _interrupt_after_start(argv: list[str], marker: str, timeout: float = 240.0) -> subprocess.CompletedProcess:
     """Start `python -m hawk_cli ARGV`, wait until stderr shows `marker` (the work has begun), then send SIGINT."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "hawk_cli", *argv], cwd=ROOT, env=env, text=True,
@@ -25,7 +25,7 @@ def _interrupt_after_start(argv: list[str], marker: str, timeout: float = 90.0) 
     assert marker in seen, f"never saw {marker!r}: {seen}"
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=180)
     return subprocess.CompletedProcess(process.args, process.returncode, out, seen + err)
 
 

@@ -29,6 +29,15 @@ def check_writable(path: Path, force: bool) -> Path:
     return path
 
 
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or what a plain open() would give (temp files are created 0600)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically, on failure it vanishes."""
@@ -41,6 +50,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     except PermissionError as error:
         raise ResourceError(f"cannot write '{path}': {error.strerror}", "Choose an output path you can write to")
