@@ -18,3 +18,13 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random Qwen2.5-VL checkpoint folder (config, weights, tokenizer, image processor), CPU float32.
+
+    Shared read-only by the CLI tests: `--model <folder>` loads it the standard way."""
+    from tiny_models import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2_5_vl"))

@@ -10,30 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from hawk_cli.cli.app import main
 from hawk_cli.engine.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
 from hawk_cli.io.models import builtin_dir
 from tiny_models import DEVICE, DTYPE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from cli_helpers import run_cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 QUICK = ["--size", "112", "--max-new-tokens", "3", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
 HAS_BUILTIN = (builtin_dir() / "model.safetensors").is_file()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-bench-model")
-    tiny_model(device="cpu", dtype=torch.float32).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    tiny_image_processor().save_pretrained(folder)
-    return folder
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def documented_fields() -> set[str]:

@@ -10,16 +10,10 @@ import torch
 
 from hawk_cli.cli.app import main
 from hawk_cli.io.weights import HeadWeights, load_head_weights, save_head_weights
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import random_image
+from cli_helpers import run_cli
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
-    tiny_model().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    tiny_image_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +26,6 @@ def calibrated(model_dir, tmp_path_factory):
     return path
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def test_file_round_trip_and_metadata(calibrated, model_dir):

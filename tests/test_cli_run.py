@@ -6,17 +6,10 @@ import json
 
 import pytest
 
-from hawk_cli.cli.app import main
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import random_image
+from cli_helpers import run_cli
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
-    tiny_model().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    tiny_image_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +19,6 @@ def image_path(tmp_path_factory):
     return path
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def test_answer_on_stdout_and_stats_on_stderr(capsys, model_dir, image_path):

@@ -13,7 +13,7 @@ import torch
 
 from hawk_cli.cli.app import main
 from hawk_cli.io.weights import HeadWeights, save_head_weights
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import random_image
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 
@@ -83,12 +83,9 @@ def _huge_png_header(path: Path, width: int = 20000, height: int = 20000) -> Non
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory) -> dict[str, str]:
+def places(tmp_path_factory, model_dir) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("errors")
-    model = tmp / "model"
-    tiny_model().save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
-    tiny_image_processor().save_pretrained(model)
+    model = model_dir
     random_image(112, 112).save(tmp / "image.png")
     (tmp / "empty.png").write_bytes(b"")
     (tmp / "text.png").write_text("this is not an image\n")

@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
-from hawk_cli.cli.app import main
 from hawk_cli.engine.evaluation import (EvalSettings, evaluate, normalise_answer, proportion, target_masks)
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.synthetic.scenes import heldout_set
 from tiny_models import tiny_image_processor, tiny_model, tiny_tokenizer
+from cli_helpers import run_cli
 
 N = 8
 FIGURES = {"method", "bound", "ratio", "keep_fraction", "visual_tokens_kept_per_image", "questions", "correct",
@@ -52,11 +52,6 @@ def report(session, questions):
                                           batch_size=3), questions=questions)
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def test_deterministic_for_a_seed_and_independent_of_batch_size(session, questions, report):

@@ -11,19 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hawk_cli.cli.app import main
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import random_image
 
 PROFILE = settings(max_examples=12, deadline=None, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, model_dir):
     folder = tmp_path_factory.mktemp("property")
-    model = folder / "model"
-    tiny_model().save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
-    tiny_image_processor().save_pretrained(model)
+    (folder / "model").symlink_to(model_dir)
     random_image(64, 48).save(folder / "ok.png")
     (folder / "bad.png").write_text("not an image")
     return folder

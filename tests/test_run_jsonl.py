@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hawk_cli.cli.app import main
 from hawk_cli.io.overlay import KEPT_OUTLINE
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import random_image
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
-    tiny_model().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    tiny_image_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +33,6 @@ def files(tmp_path_factory):
     return folder
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -7,16 +7,11 @@ import json
 import pytest
 import torch
 
-from hawk_cli.cli.app import main
 from hawk_cli.cli.weights import bar
 from hawk_cli.io.weights import HeadWeights, save_head_weights
+from cli_helpers import run_cli
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exited:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 @pytest.fixture

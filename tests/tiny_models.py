@@ -63,3 +63,11 @@ def tiny_image_processor(max_pixels: int = 224 * 224):
 def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def save_tiny_checkpoint(folder, max_pixels: int = 224 * 224):
+    """Save a tiny CPU float32 model with its tokenizer and image processor, as `from_pretrained` expects."""
+    tiny_model(device="cpu", dtype=torch.float32).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    tiny_image_processor(max_pixels).save_pretrained(folder)
+    return folder
