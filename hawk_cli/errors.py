@@ -53,3 +53,20 @@ class Interrupted(HawkError):
 
 class HawkWarning(UserWarning):
     """Something the user should know that does not stop the run; the CLI prints it as one stderr line."""
+
+
+def from_library_error(error: BaseException) -> HawkError | None:
+    """Known library failures as actionable errors (None: not one we know)."""
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return ResourceError("the device ran out of memory",
+                             "Use a smaller --batch-size, a higher --ratio, or smaller images")
+    return None
+
+
+def failure_text(error: BaseException) -> str:
+    """One line for a failure, worded as the CLI's error boundary words it (for per-request error records)."""
+    known = error if isinstance(error, HawkError) else from_library_error(error)
+    if known is not None:
+        return known.render()
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"internal error ({type(error).__name__}: {first_line}). Please report it."

@@ -18,7 +18,7 @@ from hawk_cli.cli.calibrate import calibrate_command
 from hawk_cli.cli.eval import eval_command
 from hawk_cli.cli.run import run_command
 from hawk_cli.cli.weights import weights_app
-from hawk_cli.errors import HawkError, HawkWarning, ResourceError
+from hawk_cli.errors import HawkError, HawkWarning, from_library_error
 
 app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -43,14 +43,6 @@ def _debug(argv: list[str]) -> bool:
     return os.environ.get("HAWK_DEBUG", "") not in ("", "0") or "--debug" in argv
 
 
-def _as_hawk_error(error: BaseException) -> HawkError | None:
-    """Known library failures, mapped to actionable errors."""
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
-        return ResourceError("the device ran out of memory",
-                             "Use a smaller --batch-size, a higher --ratio, or smaller images")
-    return None
-
-
 def _exit_code_for(error: BaseException) -> int:
     if isinstance(error, HawkError):
         _error_line(error.render())
@@ -62,7 +54,7 @@ def _exit_code_for(error: BaseException) -> int:
         command = getattr(getattr(error, "ctx", None), "command_path", None) or "hawk"
         _error_line(f"{error.format_message().strip().rstrip('.')}. Run '{command} --help' for usage.")
         return int(error.exit_code)
-    mapped = _as_hawk_error(error)
+    mapped = from_library_error(error)
     if mapped is not None:
         return _exit_code_for(mapped)
     first_line = str(error).splitlines()[0] if str(error) else ""

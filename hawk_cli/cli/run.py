@@ -21,7 +21,7 @@ import typer
 from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
                                   QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
-from hawk_cli.errors import HawkError, InputError, ResourceError, UsageError
+from hawk_cli.errors import InputError, UsageError
 
 DEFAULT_RATIO = 0.8
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -56,17 +56,6 @@ def stats_line(stats, ratio: float, seconds: float) -> str:
     return (f"kept {stats.visual_tokens_kept}/{stats.visual_tokens} visual tokens (ratio {ratio:.2f}), "
             f"prompt {stats.prompt_tokens}\u2192{stats.prompt_tokens_kept}, {seconds:.2f} s"
             + (" (no instruction after the image: scored with the user's text)" if stats.query_fallback else ""))
-
-
-def error_text(error: BaseException) -> str:
-    """One line for a failed request, as the CLI's error boundary would word it."""
-    if isinstance(error, HawkError):
-        return error.render()
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
-        return ResourceError("the device ran out of memory",
-                             "Use a smaller --batch-size, a higher --ratio, or smaller images").render()
-    first_line = str(error).splitlines()[0] if str(error) else ""
-    return f"internal error ({type(error).__name__}: {first_line}). Please report it."
 
 
 class _Sink:
@@ -248,6 +237,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
                weights, scorer, max_new_tokens, device, dtype, attn) -> int:
     from hawk_cli.engine.session import versions
+    from hawk_cli.engine.stream import Prefetcher, RequestRow, prepare_request, prepare_workers, run_window
     from hawk_cli.io.requests import read_requests
 
     overlay_dir = None
@@ -272,8 +262,8 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     with input_stack, ExitStack() as stack, out.progress("requests", total) as advance:
         sink = _open_sink(stack, out, output, force)
 
-        def emit(rows: list[_Row]) -> None:
-            for row, outcome in zip(rows, _run_window(session, method, rows, ratio, max_new_tokens)):
+        def emit(rows: list[RequestRow]) -> None:
+            for row, outcome in zip(rows, run_window(session, method, rows, ratio, max_new_tokens)):
                 if isinstance(outcome, str):
                     counts["failed"] += 1
                     out.warn(f"line {row.line} (id {row.id!r}): {outcome}")
@@ -288,8 +278,10 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
                 counts["done"] += 1
                 advance()
 
-        reader = _Prefetcher(read_requests(lines, base), lambda spec: _prepare(session, spec, fps),
-                             lookahead=max(2 * batch_size, 16), workers=_worker_count(session))
+        configured = os.environ.get("HAWK_PREPARE_WORKERS", "").strip()
+        workers = prepare_workers(session, int(configured) if configured.isdigit() else None)
+        reader = Prefetcher(read_requests(lines, base), lambda spec: prepare_request(session, spec, fps),
+                            lookahead=max(2 * batch_size, 16), workers=workers)
         stack.callback(reader.close)
         # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
         for window in reader.windows(batch_size, wait_for_full=input_file not in (None, "-")):
@@ -309,145 +301,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     return 1 if counts["failed"] else 0
 
 
-class _Row:
-    """A window entry: line number and id, with the parsed spec and loaded request, or the error."""
-
-    def __init__(self, line: int, request_id: object) -> None:
-        self.line, self.id = line, request_id
-        self.spec = self.request = self.encoded = self.error = self.future = None
-
-    def resolve(self) -> "_Row":
-        if self.future is not None:
-            try:
-                self.request, self.encoded = self.future.result()
-            except Exception as error:  # noqa: BLE001 - becomes this row's error record
-                self.error = error
-            self.future = None
-        return self
-
-
-def _worker_count(session) -> int:
-    """Threads preparing requests while a GPU runs; none on CPU, where they would compete with torch.
-    HAWK_PREPARE_WORKERS overrides (0: prepare in the main thread)."""
-    configured = os.environ.get("HAWK_PREPARE_WORKERS", "").strip()
-    if configured.isdigit():
-        return int(configured)
-    if session.loaded.device.type == "cpu":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 2))
-
-
-def _prepare(session, spec, fps: float):
-    """Worker thread: open the files and encode pixels and chat text (no tokenizer call, no device work)."""
-    from hawk_cli.io.prompts import encode_request
-    from hawk_cli.io.requests import load_request
-
-    request = load_request(spec, fps)
-    return request, encode_request(session.tokenizer, session.loaded.image_processor, request)
-
-
-class _Prefetcher:
-    """Reads requests on a thread and prepares them in a pool while the model runs earlier batches.
-
-    Rows come out in input order. At most `lookahead` rows are read ahead of the batch being run.
-    """
-
-    _END = object()
-
-    def __init__(self, items, prepare, lookahead: int, workers: int) -> None:
-        import queue
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._queue: queue.Queue = queue.Queue(maxsize=lookahead)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare") if workers else None
-        self._items, self._prepare, self._failure = items, prepare, None
-        self._thread = threading.Thread(target=self._read, name="hawk-reader", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        from hawk_cli.io.requests import BadLine
-
-        try:
-            for item in self._items:
-                row = _Row(item.line, item.id)
-                if isinstance(item, BadLine):
-                    row.error = item.error
-                else:
-                    row.spec = item
-                    row.future = self._pool.submit(self._prepare, item) if self._pool else _Later(self._prepare, item)
-                self._queue.put(row)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
-            self._failure = error
-        finally:
-            self._queue.put(self._END)
-
-    def windows(self, batch_size: int, wait_for_full: bool) -> Iterator[list[_Row]]:
-        import queue
-
-        finished = False
-        while not finished:
-            first = self._queue.get()
-            if first is self._END:
-                break
-            window = [first]
-            runnable = int(first.spec is not None)
-            while runnable < batch_size:
-                try:
-                    row = self._queue.get() if wait_for_full else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if row is self._END:
-                    finished = True
-                    break
-                window.append(row)
-                runnable += int(row.spec is not None)
-            yield [row.resolve() for row in window]
-        if self._failure is not None:
-            raise self._failure
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Later:
-    """Prepared in the main thread when asked for (no workers: on a CPU device torch already uses every core)."""
-
-    def __init__(self, function, argument) -> None:
-        self.function, self.argument = function, argument
-
-    def result(self):
-        return self.function(self.argument)
-
-
-def _run_window(session, method, rows: list[_Row], default_ratio: float, default_tokens: int) -> list:
-    """Run the window's good rows in batches of equal ratio; per row a result dict or an error string."""
-    from hawk_cli.engine.generation import GenerationSettings
-
-    outcomes: list = [error_text(row.error) if row.error is not None else None for row in rows]
-    groups: dict[float, list[int]] = {}
-    for index, row in enumerate(rows):
-        if row.request is not None and row.error is None:
-            row_ratio = row.spec.ratio if row.spec.ratio is not None else default_ratio
-            groups.setdefault(row_ratio, []).append(index)
-    for group_ratio, indices in groups.items():
-        limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
-        settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits))
-        results = session.run_isolated([rows[i].request for i in indices], method, settings,
-                                       [rows[i].encoded for i in indices])
-        for index, limit, (answer, timings, rows_run) in zip(indices, limits, results):
-            if isinstance(answer, BaseException):
-                outcomes[index] = error_text(answer)
-                continue
-            tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
-            outcomes[index] = {"answer": session.decode(tokens), "ratio": group_ratio, **answer.stats.to_dict(),
-                               "generated_tokens": len(tokens), "batch_size": rows_run, "batch_timings": timings,
-                               "_answer": answer}
-    return outcomes
-
-
-def _write_row_overlay(out: Output, session, folder: Path, row: _Row, answer, by_score: bool, force: bool):
+def _write_row_overlay(out: Output, session, folder: Path, row, answer, by_score: bool, force: bool):
     from hawk_cli.io.overlay import overlay_name, save_overlay
 
     path = folder / overlay_name(row.id, row.line)

@@ -1,0 +1,146 @@
+"""Streams of requests (JSONL mode): read ahead, prepared on worker threads while the model runs earlier
+batches, run in batches of equal ratio with per-row error isolation, results in input order. Never prints."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from hawk_cli.errors import failure_text
+
+
+class RequestRow:
+    """A window entry: line number and id, with the parsed spec and loaded request, or the error."""
+
+    def __init__(self, line: int, request_id: object) -> None:
+        self.line, self.id = line, request_id
+        self.spec = self.request = self.encoded = self.error = self.future = None
+
+    def resolve(self) -> "RequestRow":
+        if self.future is not None:
+            try:
+                self.request, self.encoded = self.future.result()
+            except Exception as error:  # noqa: BLE001 - becomes this row's error record
+                self.error = error
+            self.future = None
+        return self
+
+
+def prepare_workers(session, configured: int | None = None) -> int:
+    """Threads preparing requests while a GPU runs; none on CPU, where they would compete with torch's own
+    threads. `configured` (e.g. from HAWK_PREPARE_WORKERS) overrides; 0 prepares in the main thread."""
+    if configured is not None:
+        return configured
+    if session.loaded.device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 2))
+
+
+def prepare_request(session, spec, fps: float):
+    """Worker thread: open the files and encode pixels and chat text (no tokenizer call, no device work)."""
+    from hawk_cli.io.prompts import encode_request
+    from hawk_cli.io.requests import load_request
+
+    request = load_request(spec, fps)
+    return request, encode_request(session.tokenizer, session.loaded.image_processor, request)
+
+
+class Prefetcher:
+    """Reads requests on a thread and prepares them in a pool while the model runs earlier batches.
+
+    Rows come out in input order. At most `lookahead` rows are read ahead of the batch being run.
+    """
+
+    _END = object()
+
+    def __init__(self, items, prepare, lookahead: int, workers: int) -> None:
+        import queue
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._queue: queue.Queue = queue.Queue(maxsize=lookahead)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare") if workers else None
+        self._items, self._prepare, self._failure = items, prepare, None
+        self._thread = threading.Thread(target=self._read, name="hawk-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        from hawk_cli.io.requests import BadLine
+
+        try:
+            for item in self._items:
+                row = RequestRow(item.line, item.id)
+                if isinstance(item, BadLine):
+                    row.error = item.error
+                else:
+                    row.spec = item
+                    row.future = self._pool.submit(self._prepare, item) if self._pool else _PrepareLater(self._prepare, item)
+                self._queue.put(row)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+            self._failure = error
+        finally:
+            self._queue.put(self._END)
+
+    def windows(self, batch_size: int, wait_for_full: bool) -> Iterator[list[RequestRow]]:
+        import queue
+
+        finished = False
+        while not finished:
+            first = self._queue.get()
+            if first is self._END:
+                break
+            window = [first]
+            runnable = int(first.spec is not None)
+            while runnable < batch_size:
+                try:
+                    row = self._queue.get() if wait_for_full else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if row is self._END:
+                    finished = True
+                    break
+                window.append(row)
+                runnable += int(row.spec is not None)
+            yield [row.resolve() for row in window]
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _PrepareLater:
+    """Prepared in the main thread when asked for (no workers: on a CPU device torch already uses every core)."""
+
+    def __init__(self, function, argument) -> None:
+        self.function, self.argument = function, argument
+
+    def result(self):
+        return self.function(self.argument)
+
+
+def run_window(session, method, rows: list[RequestRow], default_ratio: float, default_tokens: int) -> list:
+    """Run the window's good rows in batches of equal ratio; per row a result dict or an error string."""
+    from hawk_cli.engine.generation import GenerationSettings
+
+    outcomes: list = [failure_text(row.error) if row.error is not None else None for row in rows]
+    groups: dict[float, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row.request is not None and row.error is None:
+            row_ratio = row.spec.ratio if row.spec.ratio is not None else default_ratio
+            groups.setdefault(row_ratio, []).append(index)
+    for group_ratio, indices in groups.items():
+        limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
+        settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits))
+        results = session.run_isolated([rows[i].request for i in indices], method, settings,
+                                       [rows[i].encoded for i in indices])
+        for index, limit, (answer, timings, rows_run) in zip(indices, limits, results):
+            if isinstance(answer, BaseException):
+                outcomes[index] = failure_text(answer)
+                continue
+            tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
+            outcomes[index] = {"answer": session.decode(tokens), "ratio": group_ratio, **answer.stats.to_dict(),
+                               "generated_tokens": len(tokens), "batch_size": rows_run, "batch_timings": timings,
+                               "_answer": answer}
+    return outcomes
