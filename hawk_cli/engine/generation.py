@@ -116,7 +116,8 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
             hidden = adapter.decode(embeds, positions, mask, cache)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(cache)
-        tokens, step_logits = _greedy_loop(step, logits, next_position, mask_buffer, length, cache, eos_ids,
+        next_positions = next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1)  # [P, B, 1]
+        tokens, step_logits = _greedy_loop(step, logits, next_positions, mask_buffer, length, cache, eos_ids,
                                            adapter.tokens.pad, settings, timer)
     timings = dict(timer.seconds)
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
@@ -129,7 +130,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
 def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_buffer: Tensor, length: int,
                  cache, eos_ids: set[int], pad_id: int, settings: GenerationSettings,
                  timer: PhaseTimer) -> tuple[list[list[int]], list[Tensor]]:
-    batch, rope_rows = logits.shape[0], 3
+    batch = logits.shape[0]
     eos = torch.tensor(sorted(eos_ids), device=logits.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     generated, step_logits = [], []
@@ -143,7 +144,7 @@ def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_b
             if t == settings.max_new_tokens - 1 or (eos_ids and bool(finished.all())):
                 break
             mask_buffer[:, length + t] = 1
-            positions = (next_position + t).view(1, batch, 1).expand(rope_rows, batch, 1)
+            positions = next_position + t  # the unpruned run's position of this token, on every rotary axis
             mask = mask_buffer if settings.cache == "static" else mask_buffer[:, : length + t + 1]
             logits = step(token[:, None], positions, mask, cache)
     return _trim(torch.stack(generated, dim=1).tolist(), eos_ids), step_logits
