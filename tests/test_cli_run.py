@@ -141,3 +141,22 @@ def test_weights_calibrated_at_another_layer_are_refused(capsys, tmp_path, model
                                         metadata={"model_type": "qwen2_5_vl", "layer": "2"}))
     code, _, err = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--weights", str(path))
     assert code == 2 and "was calibrated at layer 2, but the scorer reads layer 0" in err
+
+
+def test_json_says_where_the_pruning_settings_came_from(capsys, model_dir, image_path):
+    _, out, _ = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--json",
+                        "--max-new-tokens", "1")
+    assert json.loads(out)["settings_from"] == "default"
+    _, out, _ = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--json",
+                        "--max-new-tokens", "1", "--scorer", "hawk-uniform")
+    assert json.loads(out)["settings_from"] == "user"
+
+
+def test_builtin_model_echoes_its_recommended_settings(capsys):
+    from pathlib import Path
+
+    scene = Path(__file__).resolve().parent.parent / "sample_images" / "scene_1.png"
+    code, out, err = run_cli(capsys, "run", str(scene), "what color is the triangle ?", "--json", "--device", "cpu")
+    record = json.loads(out)
+    assert code == 0 and record["settings_from"] == "model recommendation" and record["scorer"] == "norm"
+    assert "recommended pruning settings (norm, layer 0)" in err

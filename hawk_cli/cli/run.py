@@ -164,6 +164,13 @@ def _open_session(out: Output, model, device, dtype, attn, scorer, weights):
     return session, method
 
 
+def _settings_origin(session, scorer: str | None, weights: str | None) -> dict:
+    """Echoed in JSON: whether the pruning settings came from the user, the model's recommendation or defaults."""
+    if scorer is not None or weights is not None:
+        return {"settings_from": "user"}
+    return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
+
+
 def _overlay_picture(session, request, answer, by_score: bool):
     from hawk_cli.io.overlay import panels_for, render_overlay
 
@@ -202,7 +209,8 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     with ExitStack() as stack:
         sink = _open_sink(stack, out, output, force)
         if json_output:
-            record = {"answer": answer.text, "ratio": ratio, **method.describe(), **session.describe(),
+            record = {"answer": answer.text, "ratio": ratio, **method.describe(),
+                      **_settings_origin(session, scorer, weights), **session.describe(),
                       **answer.stats.to_dict(), "generated_tokens": len(answer.tokens), "timings": timings,
                       "kv_cache_bytes": batch.result.kv_cache_bytes, "versions": versions()}
             if frames:
@@ -255,7 +263,8 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
-    context = {**method.describe(), **session.describe(), "versions": versions()}
+    context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),
+               "versions": versions()}
     counts = {"done": 0, "failed": 0, "first_batch": 0}
     started = time.perf_counter()
     first_batch_end = None
