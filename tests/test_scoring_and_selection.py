@@ -142,3 +142,41 @@ def test_question_before_the_image_falls_back_to_the_users_text():
     words = tokenizer.convert_ids_to_tokens(inputs.input_ids[0][roles.query[0]].tolist())
     assert words == ["what", "color", "is", "the", "circle", "?"]
     assert roles.fallback == [True]
+
+
+def test_roles_of_a_padded_batch_equal_each_row_alone():
+    """Rows of different lengths, one with the question before the image (fallback), one with two images."""
+    tokenizer = tiny_tokenizer()
+    adapter = adapter_for(tiny_model(), tokenizer)
+    processor = tiny_image_processor()
+    requests = [Request("what color is the circle ?", (random_image(56, 56),), question_first=True),
+                Request("how many stars are there ?", (random_image(112, 56), random_image(56, 112))),
+                Request("what digit is in the red box ?", (random_image(168, 168),))]
+    batch = build_inputs(tokenizer, processor, requests)
+    roles = token_roles(batch.input_ids, batch.attention_mask, adapter.tokens)
+    assert roles.fallback == [True, False, False]
+    for index, request in enumerate(requests):
+        alone = build_inputs(tokenizer, processor, [request])
+        single = token_roles(alone.input_ids, alone.attention_mask, adapter.tokens)
+        width = alone.input_ids.shape[1]
+        assert torch.equal(roles.query[index, -width:], single.query[0])
+        assert torch.equal(roles.visual[index, -width:], single.visual[0])
+        assert not roles.query[index, :-width].any()
+
+
+def test_selection_keeps_the_exact_count_per_row_of_a_batch():
+    generator = torch.Generator().manual_seed(3)
+    visual = torch.rand(4, 50, generator=generator) < 0.6
+    valid = torch.ones(4, 50, dtype=torch.long)
+    valid[1, :10] = 0
+    visual &= valid.bool()
+    scores = torch.rand(4, 50, generator=generator)
+    keep = select_keep(scores, visual, valid, ratio=0.7)
+    for row in range(4):
+        n = int(visual[row].sum())
+        kept = (keep[row] & visual[row]).nonzero().flatten()
+        assert len(kept) == keep_count(n, 0.7)
+        threshold = scores[row][kept].min()
+        dropped = visual[row] & ~keep[row]
+        assert (scores[row][dropped] <= threshold).all()  # the top-scored visual tokens are the kept ones
+        assert torch.equal(keep[row] & ~visual[row], valid[row].bool() & ~visual[row])

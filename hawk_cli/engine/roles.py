@@ -22,15 +22,20 @@ def _last_index(row: Tensor, token: int, before: int | None = None) -> int:
     return int(hits[-1]) if len(hits) else -1
 
 
-def _instruction_span(row: Tensor, visual: Tensor, tokens: SpecialTokens) -> tuple[int, int]:
-    """[start, end): after the last `<|vision_end|>` up to the last `<|im_end|>` after it (authors' rule)."""
-    start = _last_index(row, tokens.vision_end) + 1
-    if start == 0:  # no vision span markers: start after the last visual token
-        visual_positions = visual.nonzero()
-        start = int(visual_positions[-1]) + 1 if len(visual_positions) else 0
-    end_hits = (row[start:] == tokens.im_end).nonzero()
-    end = start + int(end_hits[-1]) if len(end_hits) else len(row)
-    return start, end
+def _last_where(condition: Tensor) -> Tensor:
+    """[B]: index of the last True per row, -1 where none."""
+    positions = torch.arange(condition.shape[1], device=condition.device).expand_as(condition)
+    return torch.where(condition, positions, -1).amax(dim=1)
+
+
+def instruction_spans(input_ids: Tensor, visual: Tensor, tokens: SpecialTokens) -> tuple[Tensor, Tensor]:
+    """Per row [start, end): after the last `<|vision_end|>` (else after the last visual token) up to the last
+    `<|im_end|>` after it (else the row's end): the authors' rule, for the whole batch at once."""
+    start = _last_where(input_ids == tokens.vision_end) + 1
+    start = torch.where(start > 0, start, _last_where(visual) + 1)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    end = _last_where((input_ids == tokens.im_end) & (positions >= start[:, None]))
+    return start, torch.where(end >= 0, end, input_ids.shape[1])
 
 
 def _user_text(row: Tensor, valid: Tensor, visual: Tensor, tokens: SpecialTokens) -> Tensor:
@@ -52,15 +57,10 @@ def _user_text(row: Tensor, valid: Tensor, visual: Tensor, tokens: SpecialTokens
 def token_roles(input_ids: Tensor, attention_mask: Tensor, tokens: SpecialTokens) -> TokenRoles:
     valid = attention_mask.bool()
     visual = ((input_ids == tokens.image) | (input_ids == tokens.video)) & valid
-    query = torch.zeros_like(visual)
-    fallback = []
-    for row_index in range(input_ids.shape[0]):
-        row = input_ids[row_index]
-        start, end = _instruction_span(row, visual[row_index], tokens)
-        query[row_index, start:end] = True
-        query[row_index] &= valid[row_index] & ~visual[row_index]
-        empty = not bool(query[row_index].any())
-        if empty:
-            query[row_index] = _user_text(row, valid[row_index], visual[row_index], tokens)
-        fallback.append(empty)
+    start, end = instruction_spans(input_ids, visual, tokens)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    query = (positions >= start[:, None]) & (positions < end[:, None]) & valid & ~visual
+    fallback = (~query.any(dim=1)).tolist()
+    for row in (index for index, empty in enumerate(fallback) if empty):
+        query[row] = _user_text(input_ids[row], valid[row], visual[row], tokens)
     return TokenRoles(visual=visual, query=query, fallback=fallback)

@@ -33,12 +33,13 @@ def keep_count(n_visual: int, ratio: float) -> int:
 def select_keep(scores: Tensor, visual: Tensor, valid: Tensor, ratio: float) -> Tensor:
     """[B, L] bool: every valid non-visual token, plus each row's top `keep_count` visual tokens.
 
-    Ties go to the earlier token (stable sort), so the choice does not depend on the backend's topk.
+    Ties go to the earlier token (stable sort), so the choice does not depend on the backend's topk. One host
+    round trip for the whole batch (the per-row counts), whatever the batch size.
     """
     keep = valid.bool() & ~visual
     ranked = scores.float().masked_fill(~visual, float("-inf"))
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
-    for row in range(scores.shape[0]):
-        k = keep_count(int(visual[row].sum()), ratio)
-        keep[row, order[row, :k]] = True
-    return keep
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)  # rank of each token within its row
+    counts = torch.tensor([keep_count(n, ratio) for n in visual.sum(dim=1).tolist()], device=scores.device)
+    return keep | (visual & (rank < counts[:, None]))
