@@ -75,10 +75,7 @@ class AttentionMassScorer(HawkScorer):
 
     def score(self, inputs: ScoringInputs) -> Tensor:
         q, k = inputs.query_key(self.layer)
-        mass = attention_mass(q, k, inputs.query_mask, inputs.visual_mask)
-        weights = (torch.full((q.shape[1],), 1.0 / q.shape[1]) if self.head_weights is None
-                   else self.head_weights.float())
-        fused = torch.einsum("bhl,h->bl", mass, weights.to(mass.device))
+        fused = attention_mass(q, k, inputs.query_mask, inputs.visual_mask).mean(dim=1)  # heads count equally
         if self.saliency_prior > 0:
             norms = inputs.embeds.float().norm(dim=-1)
             fused = (standardise(fused, inputs.visual_mask)
