@@ -193,3 +193,19 @@ def test_segment_attention_matches_per_segment_loop() -> None:
     assert max_diff(fast, ref) <= FP32_TOL
     uniform = qwen_vision.build_layout(torch.tensor([0, 4, 8, 12]), q.device)
     assert uniform.gather is None and uniform.lengths == (4,)
+
+
+def test_cached_tower_plans_give_the_uncached_features_and_follow_the_grids(model: torch.nn.Module) -> None:
+    from hawk_cli.adapters.qwen_vision import TowerPlans
+
+    plans = TowerPlans(size=2)
+    batches = [make_images(MIXED_SIZES), make_images([(224, 224), (224, 224)]), make_images(MIXED_SIZES)]
+    with torch.no_grad():
+        for pixels, grid in batches:
+            assert torch.equal(encode_images_batched(model.visual, pixels, grid, plans),
+                               encode_images_batched(model.visual, pixels, grid))
+    assert len(plans._plans) == 2  # the third batch reused the first one's plan
+    pixels, grid = make_images([(224, 224), (224, 224)])
+    wrong = plans.get(model.visual, make_images(MIXED_SIZES)[1], pixels.device)
+    right = plans.get(model.visual, grid, pixels.device)
+    assert wrong.cos.shape != right.cos.shape  # negative control: a plan is tied to its grids

@@ -25,6 +25,7 @@ reference the tests compare against.
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-__all__ = ["encode_images_batched", "encode_videos_batched", "is_windowed_tower"]
+__all__ = ["TowerPlans", "encode_images_batched", "encode_videos_batched", "is_windowed_tower"]
 
 RopeFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -56,8 +57,8 @@ class SegmentLayout:
 
 
 def build_layout(cu_seqlens: Tensor, device: torch.device) -> SegmentLayout:
-    """Group the segments delimited by `cu_seqlens` by length (host work once per call, not per block)."""
-    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    """Group the segments delimited by `cu_seqlens` by length (on the host, once per call, not per block)."""
+    cu = cu_seqlens.to(device="cpu", dtype=torch.long)
     seg_len = cu[1:] - cu[:-1]
     lengths = sorted(set(seg_len.tolist()))
     if len(lengths) == 1:
@@ -65,7 +66,8 @@ def build_layout(cu_seqlens: Tensor, device: torch.device) -> SegmentLayout:
     token_len = torch.repeat_interleave(seg_len, seg_len)  # length of the segment each token is in
     gather = torch.cat([(token_len == n).nonzero().squeeze(1) for n in lengths])
     sizes = tuple(int(seg_len.eq(n).sum()) * n for n in lengths)
-    return SegmentLayout(tuple(lengths), sizes, gather, torch.argsort(gather))
+    return SegmentLayout(tuple(lengths), sizes, gather.to(device, non_blocking=True),
+                         torch.argsort(gather).to(device, non_blocking=True))
 
 
 def _grouped(x: Tensor, layout: SegmentLayout) -> tuple[Tensor, ...]:
@@ -146,34 +148,82 @@ def _window_plan(visual: nn.Module, grid_thw: Tensor, device: torch.device) -> t
     return window_index.to(device), cu_window
 
 
-def encode_images_batched(visual: nn.Module, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class TowerPlan:
+    """Everything the tower needs besides pixels for one list of grids, already on the device: the rotary
+    cos/sin tables (in window order for a windowed tower), the segment layouts and, for a windowed tower, the
+    window permutation of merge-units and its inverse."""
+
+    cos: Tensor
+    sin: Tensor
+    full_layout: SegmentLayout
+    window_index: Tensor | None = None
+    restore: Tensor | None = None
+    window_layout: SegmentLayout | None = None
+
+
+def plan_tower(visual: nn.Module, grid_thw: Tensor, device: torch.device) -> TowerPlan:
+    """Host work (the stock helpers on CPU grids: no per-image device syncs), moved to `device` once, and the
+    tower's own rotary tables for those positions (a function of positions alone; the module reads only the
+    device from its first argument)."""
+    grid_thw = grid_thw.cpu()
+    positions = get_vision_position_ids(grid_thw, visual.spatial_merge_size).to(device, non_blocking=True)
+    cos, sin = visual.rotary_pos_emb(torch.empty(0, device=device), positions)
+    full_layout = build_layout(get_vision_cu_seqlens(grid_thw), device)
+    if not is_windowed_tower(visual):
+        return TowerPlan(cos, sin, full_layout)
+    window_index, cu_window = _window_plan(visual, grid_thw, device)
+    cos, sin = (_permute(visual, t, window_index) for t in (cos, sin))
+    return TowerPlan(cos, sin, full_layout, window_index, torch.argsort(window_index),
+                     build_layout(cu_window, device))
+
+
+class TowerPlans:
+    """The plans of the last few grid lists: a stream of same-sized images repeats one plan batch after batch."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._plans: OrderedDict[tuple, TowerPlan] = OrderedDict()
+
+    def get(self, visual: nn.Module, grid_thw: Tensor, device: torch.device) -> TowerPlan:
+        key = (str(device), tuple(map(tuple, grid_thw.tolist())))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plan_tower(visual, grid_thw, device)
+            while len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(key)
+        return plan
+
+
+def encode_images_batched(visual: nn.Module, pixel_values: Tensor, grid_thw: Tensor,
+                          plans: TowerPlans | None = None) -> Tensor:
     """Merged vision features of all images (or videos: rows of `grid_thw` with t > 1), concatenated in order.
 
     Equals `torch.cat(model.model.get_image_features(pixel_values, grid_thw).pooler_output)` for a
     Qwen2-VL or Qwen2.5-VL tower `visual` (`model.model.visual`); bitwise equal in fp32 and bf16 in
     the CPU tests and on an H200 (7B-sized random towers, SDPA backend). Device and dtype follow
-    `visual`'s weights; `grid_thw` may live on any device. Autograd-safe (no in-place ops).
+    `visual`'s weights; `grid_thw` may live on any device (the CPU saves a copy). `plans` reuses the
+    plans of recently seen grid lists. Autograd-safe (no in-place ops).
     """
     hidden = visual.patch_embed(pixel_values.to(visual.patch_embed.proj.weight.dtype))
     device = hidden.device
-    grid_thw = grid_thw.to(device)
-    cos, sin = visual.rotary_pos_emb(hidden, get_vision_position_ids(grid_thw, visual.spatial_merge_size))
-    full_layout = build_layout(get_vision_cu_seqlens(grid_thw), device)
+    plan = plans.get(visual, grid_thw, device) if plans is not None else plan_tower(visual, grid_thw, device)
+    rope = (plan.cos, plan.sin)
     rope_fn = rope_function(visual.blocks[0].attn)
-    if not is_windowed_tower(visual):
+    if plan.window_index is None:
         for block in visual.blocks:
-            hidden = run_block(block, hidden, (cos, sin), full_layout, rope_fn)
+            hidden = run_block(block, hidden, rope, plan.full_layout, rope_fn)
         return visual.merger(hidden)
-    window_index, cu_window = _window_plan(visual, grid_thw, device)
-    hidden, cos, sin = (_permute(visual, t, window_index) for t in (hidden, cos, sin))
-    window_layout = build_layout(cu_window, device)
+    hidden = _permute(visual, hidden, plan.window_index)
     full_blocks = set(visual.fullatt_block_indexes)
     for i, block in enumerate(visual.blocks):
-        layout = full_layout if i in full_blocks else window_layout
-        hidden = run_block(block, hidden, (cos, sin), layout, rope_fn)
-    return visual.merger(hidden)[torch.argsort(window_index)]
+        layout = plan.full_layout if i in full_blocks else plan.window_layout
+        hidden = run_block(block, hidden, rope, layout, rope_fn)
+    return visual.merger(hidden)[plan.restore]
 
 
-def encode_videos_batched(visual: nn.Module, pixel_values_videos: Tensor, video_grid_thw: Tensor) -> Tensor:
+def encode_videos_batched(visual: nn.Module, pixel_values_videos: Tensor, video_grid_thw: Tensor,
+                          plans: TowerPlans | None = None) -> Tensor:
     """Video counterpart of `encode_images_batched` (the towers treat videos as t-frame grids; same code)."""
-    return encode_images_batched(visual, pixel_values_videos, video_grid_thw)
+    return encode_images_batched(visual, pixel_values_videos, video_grid_thw, plans)

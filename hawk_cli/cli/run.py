@@ -245,7 +245,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
                weights, scorer, max_new_tokens, device, dtype, attn) -> int:
     from hawk_cli.engine.session import versions
-    from hawk_cli.engine.stream import Prefetcher, RequestRow, prepare_request, prepare_workers, run_window
+    from hawk_cli.engine.stream import answer_stream, prepare_workers
     from hawk_cli.io.requests import read_requests
 
     overlay_dir = None
@@ -271,8 +271,14 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     with input_stack, ExitStack() as stack, out.progress("requests", total) as advance:
         sink = _open_sink(stack, out, output, force)
 
-        def emit(rows: list[RequestRow]) -> None:
-            for row, outcome in zip(rows, run_window(session, method, rows, ratio, max_new_tokens)):
+        configured = os.environ.get("HAWK_PREPARE_WORKERS", "").strip()
+        workers = prepare_workers(session, int(configured) if configured.isdigit() else None)
+        # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
+        stream = answer_stream(session, method, read_requests(lines, base), batch_size=batch_size,
+                               wait_for_full=input_file not in (None, "-"), default_ratio=ratio,
+                               default_tokens=max_new_tokens, fps=fps, workers=workers, on_close=stack.callback)
+        for window in stream:
+            for row, outcome in window:
                 if isinstance(outcome, str):
                     counts["failed"] += 1
                     out.warn(f"line {row.line} (id {row.id!r}): {outcome}")
@@ -286,15 +292,6 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
                     sink.record(record)
                 counts["done"] += 1
                 advance()
-
-        configured = os.environ.get("HAWK_PREPARE_WORKERS", "").strip()
-        workers = prepare_workers(session, int(configured) if configured.isdigit() else None)
-        reader = Prefetcher(read_requests(lines, base), lambda spec: prepare_request(session, spec, fps),
-                            lookahead=max(2 * batch_size, 16), workers=workers)
-        stack.callback(reader.close)
-        # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
-        for window in reader.windows(batch_size, wait_for_full=input_file not in (None, "-")):
-            emit(window)
             if first_batch_end is None:
                 first_batch_end, counts["first_batch"] = time.perf_counter(), counts["done"]
     if counts["done"] == 0:

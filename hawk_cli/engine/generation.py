@@ -51,11 +51,13 @@ def cache_bytes(cache) -> int:
 
 
 def row_stats(pruned: PrunedPrefill) -> list[RowStats]:
+    """Per-row token counts, gathered on the device and read back in one transfer (not one sync per count)."""
     roles, valid, keep = pruned.roles, pruned.prefill.attention_mask.bool(), pruned.keep
-    return [RowStats(visual_tokens=int(roles.visual[r].sum()), visual_tokens_kept=int((keep & roles.visual)[r].sum()),
-                     prompt_tokens=int(valid[r].sum()), prompt_tokens_kept=int(keep[r].sum()),
-                     query_tokens=int(roles.query[r].sum()), query_fallback=roles.fallback[r])
-            for r in range(keep.shape[0])]
+    counts = torch.stack([roles.visual.sum(1), (keep & roles.visual).sum(1), valid.sum(1), keep.sum(1),
+                          roles.query.sum(1)], dim=1).tolist()
+    return [RowStats(visual_tokens=v, visual_tokens_kept=vk, prompt_tokens=p, prompt_tokens_kept=pk,
+                     query_tokens=q, query_fallback=roles.fallback[r])
+            for r, (v, vk, p, pk, q) in enumerate(counts)]
 
 
 class DecodeStep:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
 from hawk_cli.errors import HawkWarning
 from hawk_cli.io.models import LoadedModel, load_model
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.prompts import Request, build_inputs, encode_request
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
 
 RECOMMENDED_SETTINGS_FILE = "hawk_settings.json"
@@ -88,10 +89,18 @@ class HawkSession:
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
             encoded: list | None = None) -> BatchOutput:
-        """`encoded`: the rows' `io.prompts.encode_request` output when already computed (e.g. in a worker)."""
+        """`encoded`: the rows' `io.prompts.encode_request` output when already computed (e.g. in a worker).
+
+        Timings add `inputs_s`: host time to collate the batch and queue its copies to the device."""
+        started = time.perf_counter()
+        encoded = [done or encode_request(self.tokenizer, self.loaded.image_processor, request, defer_pixels=True)
+                   for request, done in zip(requests, encoded or [None] * len(requests))]
         inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests, encoded).to(self.loaded.device)
+        inputs_s = time.perf_counter() - started
         result = generate(self.adapter, inputs, scorer, settings, self.eos_ids)
-        visual = (inputs.mm_token_type_ids > 0).cpu() & inputs.attention_mask.bool().cpu()
+        result.timings["inputs_s"] = inputs_s
+        host = inputs.on_host()
+        visual = (host.mm_token_type_ids > 0) & host.attention_mask.bool()
         answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
                           visual_keep=result.keep_mask[row][visual[row]],
                           visual_scores=None if result.scores is None else result.scores[row][visual[row]],
@@ -143,8 +152,9 @@ def warn_if_untested_transformers() -> None:
 
 def _row_grids(inputs, requests: list[Request]) -> list[tuple[tuple[int, int, int], ...]]:
     """Split the batch's flat image / video grids back into rows (images in order, then the row's video)."""
-    images = iter([] if inputs.image_grid_thw is None else inputs.image_grid_thw.tolist())
-    videos = iter([] if inputs.video_grid_thw is None else inputs.video_grid_thw.tolist())
+    host = inputs.on_host()
+    images = iter([] if host.image_grid_thw is None else host.image_grid_thw.tolist())
+    videos = iter([] if host.video_grid_thw is None else host.video_grid_thw.tolist())
     return [tuple(tuple(next(images)) for _ in request.images) + ((tuple(next(videos)),) if request.video else ())
             for request in requests]
 

@@ -4,7 +4,7 @@ batches, run in batches of equal ratio with per-row error isolation, results in 
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from hawk_cli.errors import failure_text
 
@@ -37,12 +37,13 @@ def prepare_workers(session, configured: int | None = None) -> int:
 
 
 def prepare_request(session, spec, fps: float):
-    """Worker thread: open the files and encode pixels and chat text (no tokenizer call, no device work)."""
+    """Worker thread: open the files, resize images and write the chat text (no tokenizer call, no device
+    work); image patches are finished on the device when the batch is moved there (io/pixels.py)."""
     from hawk_cli.io.prompts import encode_request
     from hawk_cli.io.requests import load_request
 
     request = load_request(spec, fps)
-    return request, encode_request(session.tokenizer, session.loaded.image_processor, request)
+    return request, encode_request(session.tokenizer, session.loaded.image_processor, request, defer_pixels=True)
 
 
 class Prefetcher:
@@ -61,6 +62,7 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=lookahead)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare") if workers else None
         self._items, self._prepare, self._failure = items, prepare, None
+        self.last_wait_s = 0.0
         self._thread = threading.Thread(target=self._read, name="hawk-reader", daemon=True)
         self._thread.start()
 
@@ -82,10 +84,14 @@ class Prefetcher:
             self._queue.put(self._END)
 
     def windows(self, batch_size: int, wait_for_full: bool) -> Iterator[list[RequestRow]]:
+        """Windows of up to `batch_size` runnable rows; `last_wait_s` is how long the latest one kept the caller
+        waiting for lines to arrive and rows to be prepared (0 when preparation keeps ahead of the model)."""
         import queue
+        import time
 
         finished = False
         while not finished:
+            started = time.perf_counter()
             first = self._queue.get()
             if first is self._END:
                 break
@@ -101,7 +107,9 @@ class Prefetcher:
                     break
                 window.append(row)
                 runnable += int(row.spec is not None)
-            yield [row.resolve() for row in window]
+            window = [row.resolve() for row in window]
+            self.last_wait_s = time.perf_counter() - started
+            yield window
         if self._failure is not None:
             raise self._failure
 
@@ -144,3 +152,27 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
                                "generated_tokens": len(tokens), "batch_size": rows_run, "batch_timings": timings,
                                "_answer": answer}
     return outcomes
+
+
+def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for_full: bool, default_ratio: float,
+                  default_tokens: int, fps: float, workers: int,
+                  on_close: Callable[[Callable[[], None]], None] | None = None) -> Iterator[list[tuple[RequestRow, object]]]:
+    """Every parsed line of `items` (RequestSpec or BadLine) with its outcome (result dict or error string), in
+    input order, one list per window (a batch and the bad lines read with it): what `hawk run --input` writes, and what benchmarks/jsonl_throughput.py
+    times. `on_close` receives the cleanup to run if the consumer stops early (e.g. an ExitStack callback)."""
+    reader = Prefetcher(items, lambda spec: prepare_request(session, spec, fps),
+                        lookahead=max(2 * batch_size, 16), workers=workers)
+    if on_close is not None:
+        on_close(reader.close)
+    try:
+        for window in reader.windows(batch_size, wait_for_full=wait_for_full):
+            outcomes = run_window(session, method, window, default_ratio, default_tokens)
+            merged: dict[int, dict] = {}  # the wait belongs to the window: added to each of its batches' timings
+            for outcome in outcomes:
+                if isinstance(outcome, dict):
+                    timings = outcome["batch_timings"]
+                    outcome["batch_timings"] = merged.setdefault(
+                        id(timings), {**timings, "input_wait_s": reader.last_wait_s})
+            yield list(zip(window, outcomes))
+    finally:
+        reader.close()

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from hawk_cli.errors import InputError
+from hawk_cli.io.pixels import PixelRecipe
 from hawk_cli.io.video import DEFAULT_FPS, build_video
 
 IMAGE_PAD = "<|image_pad|>"
@@ -35,7 +36,12 @@ class Request:
 
 @dataclass
 class ModelInputs:
-    """Tensors for one left-padded batch, in the stock processor's layout."""
+    """Tensors for one left-padded batch, in the stock processor's layout.
+
+    `pending_pixels`: uint8 images whose patches are computed on the device by `to()` (see io/pixels.py);
+    `pixel_values` is None until then. `host`: CPU copies of the index tensors, kept by `to()`, so index
+    bookkeeping (rotary ids, window plans, row grids) runs without a device round trip per image.
+    """
 
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L] 1 = real token
@@ -46,14 +52,56 @@ class ModelInputs:
     video_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+    pending_pixels: PendingPixels | None = None
+    host: HostCopy | None = None
+
+    INDEX_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw",
+                    "second_per_grid_ts")
+
+    def _index_tensors(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.INDEX_FIELDS)
 
     def to(self, device: torch.device | str) -> "ModelInputs":
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
-        return ModelInputs(**moved)
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                 for k, v in vars(self).items() if k not in ("pending_pixels", "host")}
+        if self.pending_pixels is not None:
+            moved["pixel_values"] = self.pending_pixels.patches(device)
+        result = ModelInputs(**moved)
+        result.host = HostCopy(self.on_host(), result._index_tensors())
+        return result
+
+    def on_host(self) -> "ModelInputs":
+        """The index tensors on the CPU (pixels left out): these inputs themselves when they live there, else
+        the copy `to()` kept, if it still mirrors these very tensors (a `replace` of one of them drops it)."""
+        if self.input_ids.device.type == "cpu":
+            return self
+        if self.host is not None and all(a is b for a, b in zip(self.host.mirrors, self._index_tensors())):
+            return self.host.inputs
+        return ModelInputs(**{n: None if getattr(self, n) is None else getattr(self, n).cpu()
+                              for n in self.INDEX_FIELDS})
 
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class HostCopy:
+    """CPU copies of a device batch's index tensors, and the device tensors they mirror."""
+
+    inputs: ModelInputs
+    mirrors: tuple
+
+
+@dataclass(frozen=True)
+class PendingPixels:
+    """Resized uint8 images of a batch, in prompt order, and the recipe that turns them into patches."""
+
+    images: tuple[torch.Tensor, ...]
+    recipe: PixelRecipe
+
+    def patches(self, device: torch.device | str) -> torch.Tensor:
+        return self.recipe.patches(list(self.images), device)
 
 
 def _messages(request: Request) -> list[dict]:
@@ -64,38 +112,75 @@ def _messages(request: Request) -> list[dict]:
 
 @dataclass(frozen=True)
 class EncodedRequest:
-    """One request's chat text (placeholders expanded) and pixels: the per-request half of `build_inputs`,
-    safe to compute in a worker thread (no tokenizer call)."""
+    """One request's chat text (one placeholder per image / video) with each placeholder's token count, and
+    its pixels: the per-request half of `build_inputs`, safe to compute in a worker thread (no tokenizer
+    call). With `defer_pixels`, images stay resized uint8 (`images_u8`) for the device to finish."""
 
     text: str
+    placeholder_tokens: tuple[int, ...] = ()  # tokens of each image, then of the video, in prompt order
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None  # [n_images, 3]
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None  # [1, 3]
     second_per_grid_t: float | None = None
+    images_u8: tuple[torch.Tensor, ...] = ()
+    recipe: PixelRecipe | None = None
 
 
-def encode_request(tokenizer, image_processor, request: Request) -> EncodedRequest:
+def encode_request(tokenizer, image_processor, request: Request, defer_pixels: bool = False) -> EncodedRequest:
+    """`defer_pixels`: leave images as resized uint8 when the processor's steps can run on the device
+    (`PixelRecipe`); otherwise, and always for video, the stock processor computes float patches here."""
     merge = int(image_processor.merge_size) ** 2
     text = tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
-    pixels = grids = video = None
+    counts: list[int] = []
+    pixels = grids = video = recipe = None
+    images_u8: tuple[torch.Tensor, ...] = ()
     if request.images:
-        processed = image_processor(images=[im.convert("RGB") for im in request.images], return_tensors="pt")
-        pixels, grids = processed["pixel_values"], processed["image_grid_thw"]
-        for grid in grids:
-            text = text.replace(IMAGE_PAD, "\0" * (int(grid.prod()) // merge), 1)
+        recipe = PixelRecipe.of(image_processor) if defer_pixels else None
+        if recipe is not None:
+            images_u8 = tuple(recipe.resize(image) for image in request.images)
+            grids = torch.tensor([recipe.grid(image) for image in images_u8], dtype=torch.long)
+        else:
+            processed = image_processor(images=[im.convert("RGB") for im in request.images], return_tensors="pt")
+            pixels, grids = processed["pixel_values"], processed["image_grid_thw"]
+        counts.extend(int(grid.prod()) // merge for grid in grids)
     if request.video:
         video = build_video(image_processor, request.video, request.fps)
-        text = text.replace(VIDEO_PAD, "\1" * (int(video.video_grid_thw.prod()) // merge), 1)
-    return EncodedRequest(text=text.replace("\0", IMAGE_PAD).replace("\1", VIDEO_PAD), pixel_values=pixels,
-                          image_grid_thw=grids,
+        counts.append(int(video.video_grid_thw.prod()) // merge)
+    return EncodedRequest(text=text, placeholder_tokens=tuple(counts), pixel_values=pixels, image_grid_thw=grids,
                           pixel_values_videos=None if video is None else video.pixel_values_videos,
                           video_grid_thw=None if video is None else video.video_grid_thw[None],
-                          second_per_grid_t=None if video is None else video.second_per_grid_t)
+                          second_per_grid_t=None if video is None else video.second_per_grid_t,
+                          images_u8=images_u8, recipe=recipe)
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return None if not tensors else tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _token_ids(tokenizer, rows: list[EncodedRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and mask, each placeholder expanded to its token count in id space.
+
+    Equal to tokenising the text with every placeholder written out (tests/test_prompts.py), which costs the
+    tokenizer about 14 us per visual token; here it is one short text per row and list repeats.
+    """
+    placeholders = {tokenizer.convert_tokens_to_ids(IMAGE_PAD), tokenizer.convert_tokens_to_ids(VIDEO_PAD)}
+    expanded = []
+    for ids, row in zip(tokenizer([row.text for row in rows])["input_ids"], rows):
+        slots = [index for index, token in enumerate(ids) if token in placeholders]
+        if len(slots) != len(row.placeholder_tokens):
+            raise InputError("a question contains the model's image or video placeholder token",
+                             f"Remove '{IMAGE_PAD}' / '{VIDEO_PAD}' from the question text")
+        counts = dict(zip(slots, row.placeholder_tokens))
+        out: list[int] = []
+        for index, token in enumerate(ids):
+            out.extend([token] * counts[index] if index in counts else (token,))
+        expanded.append(out)
+    length = max(len(ids) for ids in expanded)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (length - len(ids)) + ids for ids in expanded], dtype=torch.long)
+    attention_mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in expanded], dtype=torch.long)
+    return input_ids, attention_mask
 
 
 def build_inputs(tokenizer, image_processor, requests: list[Request],
@@ -105,20 +190,27 @@ def build_inputs(tokenizer, image_processor, requests: list[Request],
         raise InputError("no requests to run", "Give at least one image and a question")
     rows = [done or encode_request(tokenizer, image_processor, request)
             for request, done in zip(requests, encoded or [None] * len(requests))]
-    tokens = tokenizer([row.text for row in rows], padding=True, return_tensors="pt", padding_side="left")
-    input_ids = tokens["input_ids"]
+    input_ids, attention_mask = _token_ids(tokenizer, rows)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
     mm_types = (input_ids == image_id).long() + 2 * (input_ids == video_id).long()
     videos = [row for row in rows if row.pixel_values_videos is not None]
+    deferred = [row for row in rows if row.images_u8]
+    pending = None
+    if deferred and len(deferred) == sum(row.image_grid_thw is not None for row in rows):
+        pending = PendingPixels(tuple(image for row in deferred for image in row.images_u8), deferred[0].recipe)
+    pixel_values = None if pending is not None else _cat(
+        [row.pixel_values if not row.images_u8 else row.recipe.patches(list(row.images_u8), "cpu")
+         for row in rows if row.image_grid_thw is not None])
     return ModelInputs(
         input_ids=input_ids,
-        attention_mask=tokens["attention_mask"],
+        attention_mask=attention_mask,
         mm_token_type_ids=mm_types,
-        pixel_values=_cat([row.pixel_values for row in rows if row.pixel_values is not None]),
+        pixel_values=pixel_values,
         image_grid_thw=_cat([row.image_grid_thw for row in rows if row.image_grid_thw is not None]),
         pixel_values_videos=_cat([row.pixel_values_videos for row in videos]),
         video_grid_thw=_cat([row.video_grid_thw for row in videos]),
         second_per_grid_ts=torch.tensor([row.second_per_grid_t for row in videos], dtype=torch.float32)
         if videos else None,
+        pending_pixels=pending,
     )

@@ -1,0 +1,144 @@
+"""Throughput of JSONL mode by batch size: the stream `hawk run --input` runs (reader thread, preparation
+workers, batches of equal ratio, per-row isolation), timed in one process for each batch size in turn.
+
+    python benchmarks/jsonl_throughput.py --batch-sizes 8,1 --requests 256                     # built-in model
+    python benchmarks/jsonl_throughput.py --config qwen2.5-vl-7b --size 1008 --requests 64 \\
+        --max-new-tokens 16 --batch-sizes 8,1                                                 # 7B shape, random
+
+With `--config` the model is built from a published config with random weights (speed only: its answers are
+noise, and they run to --max-new-tokens since end-of-sequence is then rare). Requests are PNG files written
+to a temporary folder first (`--distinct` different images, cycled), so decoding and resizing are timed as a
+user's files would be. Each batch size first answers `--warmup` requests untimed (compilation, allocator,
+kernel selection), then the timed requests. One JSON line per batch size on stdout, then a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hawk_cli.engine.stream import answer_stream, prepare_workers  # noqa: E402
+from hawk_cli.io.requests import read_requests  # noqa: E402
+
+
+def builtin_lines(count: int) -> list[str]:
+    samples = [json.loads(line) for line in (ROOT / "sample_images" / "questions.jsonl").read_text().splitlines()]
+    return [json.dumps({"id": i, "image": str(ROOT / "sample_images" / samples[i % len(samples)]["image"]),
+                        "question": samples[i % len(samples)]["question"]}) for i in range(count)]
+
+
+def synthetic_lines(count: int, size: int, distinct: int, folder: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(distinct):  # smooth colour fields with noise: compresses like a photo, not like noise
+        y, x = np.mgrid[0:size, 0:size] / size
+        base = np.stack([np.sin(6 * x + index), np.cos(5 * y - index), np.sin(4 * (x + y) + 2 * index)], -1)
+        pixels = np.clip(127 + 100 * base + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"image_{index}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    return [json.dumps({"id": i, "image": paths[i % distinct], "question": "what color is the circle ?"})
+            for i in range(count)]
+
+
+def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
+    workers = prepare_workers(session, args.workers)
+    started = time.perf_counter()
+    engine = {"input_wait_s": 0.0, "inputs_s": 0.0, "vision_s": 0.0, "scoring_s": 0.0, "prefill_s": 0.0,
+              "decode_s": 0.0, "total_s": 0.0}
+    answers, failed, windows = [], 0, 0
+    tracer = None
+    for window in answer_stream(session, method, read_requests(lines, ROOT), batch_size=batch, wait_for_full=True,
+                                default_ratio=args.ratio, default_tokens=args.max_new_tokens, fps=2.0,
+                                workers=workers):
+        windows += 1
+        if args.trace and windows in (20, 24):  # a few batches in the steady state, Python calls included
+            if tracer is None:
+                from torch.profiler import ProfilerActivity, profile
+
+                tracer = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True)
+                tracer.__enter__()
+            else:
+                tracer.__exit__(None, None, None)
+                tracer.export_chrome_trace(f"{args.trace}.b{batch}.json")
+        seen = set()
+        for _row, outcome in window:
+            if isinstance(outcome, str):
+                failed += 1
+                answers.append(None)
+                continue
+            answers.append((outcome["answer"], outcome["visual_tokens_kept"]))
+            timings = outcome["batch_timings"]
+            if id(timings) not in seen:  # one timings dict per batch, shared by its rows (wait: per window)
+                seen.add(id(timings))
+                for key in engine:
+                    engine[key] += timings.get(key, 0.0)
+    seconds = time.perf_counter() - started
+    return {"batch_size": batch, "requests": len(lines), "failed": failed, "batches": windows,
+            "seconds": round(seconds, 3), "requests_per_s": round(len(lines) / seconds, 2),
+            "engine_s": {k: round(v, 3) for k, v in engine.items()}, "workers": workers, "_answers": answers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="builtin")
+    parser.add_argument("--config", help="build from this config with random weights (e.g. qwen2.5-vl-7b)")
+    parser.add_argument("--size", type=int, default=448, help="side of the synthetic images (--config)")
+    parser.add_argument("--distinct", type=int, default=16, help="distinct synthetic images (--config)")
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--batch-sizes", default="8,1")
+    parser.add_argument("--ratio", type=float, default=0.8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="preparation threads (default: hawk's)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this process (experiment)")
+    args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+
+    from hawk_cli.engine.session import HawkSession, versions
+
+    with tempfile.TemporaryDirectory() as folder:
+        if args.config:
+            from hawk_cli.engine.benchmark import random_weight_session
+
+            session = random_weight_session(args.config, "auto", args.dtype, "sdpa")
+            method, _ = session.make_scorer("hawk")
+            lines = synthetic_lines(args.requests + args.warmup, args.size, args.distinct, Path(folder))
+        else:
+            session = HawkSession.open(args.model, dtype=args.dtype)
+            method, _ = session.make_scorer()
+            lines = builtin_lines(args.requests + args.warmup)
+        results = []
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            timed_stream(session, method, lines[:args.warmup], batch, args)
+            result = timed_stream(session, method, lines[args.warmup:], batch, args)
+            results.append(result)
+            print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")} | {
+                "model": session.loaded.name, "device": str(session.loaded.device),
+                "dtype": str(session.loaded.dtype).replace("torch.", ""), "size": args.size if args.config else 448,
+                "ratio": args.ratio, "max_new_tokens": args.max_new_tokens, "versions": versions()}), flush=True)
+    by_batch = {r["batch_size"]: r for r in results}
+    if 1 in by_batch:
+        one = by_batch[1]
+        summary = {f"speedup_b{b}_vs_b1": round(r["requests_per_s"] / one["requests_per_s"], 2)
+                   for b, r in by_batch.items() if b != 1}
+        summary |= {f"answers_b{b}_equal_b1": sum(a == o for a, o in zip(r["_answers"], one["_answers"]))
+                    for b, r in by_batch.items() if b != 1}
+        print(json.dumps({"summary": summary, "requests": args.requests}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
