@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="preparation threads (default: hawk's)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")
-    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval for this process (experiment)")
+    parser.add_argument("--switch-interval", type=float,
+                        help="sys.setswitchinterval for this process (experiment; Python's default is 0.005)")
     args = parser.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
