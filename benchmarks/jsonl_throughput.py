@@ -60,7 +60,7 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
     tracer = None
     for window in answer_stream(session, method, read_requests(lines, ROOT), batch_size=batch, wait_for_full=True,
                                 default_ratio=args.ratio, default_tokens=args.max_new_tokens, fps=2.0,
-                                workers=workers):
+                                workers=workers, processes=args.processes):
         windows += 1
         if args.trace and windows in (20, 24):  # a few batches in the steady state, Python calls included
             if tracer is None:
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="preparation threads (default: hawk's)")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--processes", action="store_true", help="prepare in forked processes (HAWK_PREPARE)")
     parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")
     parser.add_argument("--switch-interval", type=float,
                         help="sys.setswitchinterval for this process (experiment; Python's default is 0.005)")

@@ -78,6 +78,12 @@ def test_batched_rows_equal_rows_alone_in_input_order(capsys, monkeypatch, tmp_p
     code, out, _ = run_cli(capsys, "run", "--input", requests, "--model", model_dir, "--batch-size", "1",
                            "--max-new-tokens", "4")
     alone = [json.loads(line) for line in out.splitlines()]
+    monkeypatch.setenv("HAWK_PREPARE_WORKERS", "2")
+    monkeypatch.setenv("HAWK_PREPARE", "processes")  # forked preparation gives the same records
+    code, out, _ = run_cli(capsys, "run", "--input", requests, "--model", model_dir, "--batch-size", "8",
+                           "--max-new-tokens", "4")
+    forked = [json.loads(line) for line in out.splitlines()]
+    assert [{k: r[k] for k in STABLE} for r in forked] == [{k: r[k] for k in STABLE} for r in batched]
     assert [r["id"] for r in batched] == [f"r{i}" for i in range(1, 7)]
     assert [r["batch_size"] for r in batched] == [5, 5, 5, 5, 5, 1]  # ratio 0.8 rows together, r6 (0.5) apart
     assert {r["batch_size"] for r in alone} == {1}
@@ -91,9 +97,11 @@ def test_batched_rows_equal_rows_alone_in_input_order(capsys, monkeypatch, tmp_p
         assert corners == record["visual_tokens_kept"], record["id"]
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("workers", ["0", "2", "2 processes"])
 def test_bad_requests_become_error_records_and_the_stream_goes_on(capsys, monkeypatch, model_dir, files, workers):
-    monkeypatch.setenv("HAWK_PREPARE_WORKERS", workers)
+    monkeypatch.setenv("HAWK_PREPARE_WORKERS", workers.split()[0])
+    if workers.endswith("processes"):
+        monkeypatch.setenv("HAWK_PREPARE", "processes")
     requests = write_jsonl(files / "mixed.jsonl", [
         {"id": "ok1", "images": ["a.png"], "question": "what color is the circle ?"},
         "{not json",

@@ -276,7 +276,9 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
         stream = answer_stream(session, method, read_requests(lines, base), batch_size=batch_size,
                                wait_for_full=input_file not in (None, "-"), default_ratio=ratio,
-                               default_tokens=max_new_tokens, fps=fps, workers=workers, on_close=stack.callback)
+                               default_tokens=max_new_tokens, fps=fps, workers=workers,
+                               processes=os.environ.get("HAWK_PREPARE", "threads").strip() == "processes",
+                               on_close=stack.callback)
         for window in stream:
             for row, outcome in window:
                 if isinstance(outcome, str):

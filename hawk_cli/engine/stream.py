@@ -54,13 +54,16 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, items, prepare, lookahead: int, workers: int) -> None:
+    def __init__(self, items, prepare, lookahead: int, workers: int, pool=None, finish=None) -> None:
+        """`pool`: an executor to prepare in instead of `workers` threads; `finish` maps its results back."""
         import queue
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
         self._queue: queue.Queue = queue.Queue(maxsize=lookahead)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare") if workers else None
+        if pool is None and workers:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare")
+        self._pool, self._finish = pool, finish
         self._items, self._prepare, self._failure = items, prepare, None
         self.last_wait_s = 0.0
         self._thread = threading.Thread(target=self._read, name="hawk-reader", daemon=True)
@@ -76,7 +79,8 @@ class Prefetcher:
                     row.error = item.error
                 else:
                     row.spec = item
-                    row.future = self._pool.submit(self._prepare, item) if self._pool else _PrepareLater(self._prepare, item)
+                    row.future = (_Finished(self._pool.submit(self._prepare, item), self._finish) if self._pool
+                                  else _PrepareLater(self._prepare, item))
                 self._queue.put(row)
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
             self._failure = error
@@ -118,6 +122,17 @@ class Prefetcher:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Finished:
+    """A pool's future whose result is mapped by `finish` (e.g. arrays from a worker process back to tensors)."""
+
+    def __init__(self, future, finish) -> None:
+        self.future, self.finish = future, finish
+
+    def result(self):
+        result = self.future.result()
+        return self.finish(result) if self.finish is not None else result
+
+
 class _PrepareLater:
     """Prepared in the main thread when asked for (no workers: on a CPU device torch already uses every core)."""
 
@@ -155,13 +170,22 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
 
 
 def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for_full: bool, default_ratio: float,
-                  default_tokens: int, fps: float, workers: int,
+                  default_tokens: int, fps: float, workers: int, processes: bool = False,
                   on_close: Callable[[Callable[[], None]], None] | None = None) -> Iterator[list[tuple[RequestRow, object]]]:
     """Every parsed line of `items` (RequestSpec or BadLine) with its outcome (result dict or error string), in
     input order, one list per window (a batch and the bad lines read with it): what `hawk run --input` writes, and what benchmarks/jsonl_throughput.py
-    times. `on_close` receives the cleanup to run if the consumer stops early (e.g. an ExitStack callback)."""
-    reader = Prefetcher(items, lambda spec: prepare_request(session, spec, fps),
-                        lookahead=max(2 * batch_size, 16), workers=workers)
+    times. `on_close` receives the cleanup to run if the consumer stops early (e.g. an ExitStack callback).
+    `processes`: prepare in `workers` forked processes instead of threads (Linux; engine/prepare_processes.py)."""
+    from hawk_cli.engine import prepare_processes
+
+    lookahead = max(2 * batch_size, 16)
+    if processes and workers and prepare_processes.available():
+        pool = prepare_processes.process_pool(session, workers)
+        reader = Prefetcher(items, prepare_processes.prepare_task(fps), lookahead=lookahead, workers=workers,
+                            pool=pool, finish=prepare_processes.from_wire)
+    else:
+        reader = Prefetcher(items, lambda spec: prepare_request(session, spec, fps), lookahead=lookahead,
+                            workers=workers)
     if on_close is not None:
         on_close(reader.close)
     try:
