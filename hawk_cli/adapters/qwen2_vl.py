@@ -8,6 +8,8 @@ Only public methods and submodules are used: `get_input_embeddings`, `get_image_
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
+from itertools import groupby
 
 import torch
 from torch import Tensor
@@ -22,6 +24,56 @@ class _StopAfterLayer(Exception):
     def __init__(self, hidden: Tensor) -> None:
         super().__init__()
         self.hidden = hidden
+
+
+class RopeIndexCache:
+    """Rotary ids of prompt rows, by layout: the model's own `get_rope_index` run on one row at a time and
+    remembered by everything it reads of that row (its runs of text / image / video tokens, its grids and
+    video timings), so a stream of prompts with repeated layouts costs a dict lookup per row.
+
+    Why: the stock routine loops over rows and images in Python with a dozen small tensor ops each; at batch 8
+    that is milliseconds of host time per batch, in a model small enough to be bound by host time. Rows are
+    independent in the stock routine (each reads only its own tokens and, in order, its own grids), so
+    per-row results assembled at the rows' valid positions (zeros on padding, as stock) equal the batched call
+    (tests/test_rope_cache.py, transformers 5.17 and 5.24).
+    """
+
+    def __init__(self, get_rope_index, takes_second_per_grid: bool, size: int = 512) -> None:
+        self.get_rope_index, self.takes_second_per_grid, self.size = get_rope_index, takes_second_per_grid, size
+        self._rows: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def __call__(self, host) -> Tensor:
+        """[3, B, L] long positions of a left-padded batch whose index tensors are on the CPU."""
+        batch, length = host.input_ids.shape
+        positions = torch.zeros(3, batch, length, dtype=host.input_ids.dtype)
+        images = iter([] if host.image_grid_thw is None else host.image_grid_thw.tolist())
+        videos = iter([] if host.video_grid_thw is None else host.video_grid_thw.tolist())
+        timings = iter([] if host.second_per_grid_ts is None else host.second_per_grid_ts.tolist())
+        for row in range(batch):
+            valid = host.attention_mask[row].bool()
+            types = host.mm_token_type_ids[row][valid]
+            runs = tuple((kind, len(list(group))) for kind, group in groupby(types.tolist()))
+            image_grids = tuple(tuple(next(images)) for kind, _ in runs if kind == 1)
+            video_grids = tuple(tuple(next(videos)) for kind, _ in runs if kind == 2)
+            video_timings = tuple(next(timings) for _ in video_grids) if host.second_per_grid_ts is not None else None
+            key = (runs, image_grids, video_grids, video_timings)
+            ids = self._rows.get(key)
+            if ids is None:
+                ids = self._rows[key] = self._one_row(host.input_ids[row][valid], types, image_grids, video_grids,
+                                                      video_timings)
+                while len(self._rows) > self.size:
+                    self._rows.popitem(last=False)
+            self._rows.move_to_end(key)
+            positions[:, row, valid] = ids
+        return positions
+
+    def _one_row(self, input_ids: Tensor, types: Tensor, image_grids, video_grids, video_timings) -> Tensor:
+        args = dict(image_grid_thw=torch.tensor(image_grids, dtype=torch.long) if image_grids else None,
+                    video_grid_thw=torch.tensor(video_grids, dtype=torch.long) if video_grids else None)
+        if self.takes_second_per_grid:
+            args["second_per_grid_ts"] = torch.tensor(video_timings) if video_timings else None
+        positions, _ = self.get_rope_index(input_ids[None], types[None], **args)
+        return positions[:, 0]
 
 
 class QwenVLAdapter(ModelAdapter):
@@ -39,6 +91,7 @@ class QwenVLAdapter(ModelAdapter):
         # One attention call per window size instead of one per window: equal to stock, several times faster.
         self.fast_vision = True
         self.tower_plans = TowerPlans()
+        self.rope_index = RopeIndexCache(self.inner.get_rope_index, "second_per_grid_ts" in self._rope_params)
 
     @property
     def num_query_heads(self) -> int:
@@ -82,15 +135,9 @@ class QwenVLAdapter(ModelAdapter):
             embeds = embeds.masked_scatter(image_mask, image.to(embeds.dtype))
         if video is not None:
             embeds = embeds.masked_scatter(video_mask, video.to(embeds.dtype))
-        # Rotary ids from the host copies: the stock routine loops over images with .item() calls, each a
-        # device sync when run on the GPU; on the CPU the same integer arithmetic costs microseconds.
-        host = inputs.on_host()
-        rope_args = dict(image_grid_thw=host.image_grid_thw, video_grid_thw=host.video_grid_thw,
-                         attention_mask=host.attention_mask)
-        if "second_per_grid_ts" in self._rope_params:
-            rope_args["second_per_grid_ts"] = host.second_per_grid_ts
-        positions, _ = self.inner.get_rope_index(host.input_ids, host.mm_token_type_ids, **rope_args)
-        positions = positions.to(input_ids.device, non_blocking=True)
+        # Rotary ids from the host copies (the stock routine loops over images with .item() calls, each a
+        # device sync when run on the GPU), one row layout at a time, remembered (RopeIndexCache).
+        positions = self.rope_index(inputs.on_host()).to(input_ids.device, non_blocking=True)
         visual = ((input_ids == self.tokens.image) | (input_ids == self.tokens.video)) & (inputs.attention_mask == 1)
         return Prefill(input_ids=input_ids, inputs_embeds=embeds, position_ids=positions,
                        attention_mask=inputs.attention_mask, visual_mask=visual)
