@@ -40,6 +40,9 @@ for b in 8 1 8 16; do run_cli hawk . $b; done
 
 PYTHONPATH=. timeout 150 python3 benchmarks/jsonl_throughput.py --requests 512 --warmup 32 --batch-sizes 8,1,16 \
   > "$OUT/throughput_builtin.jsonl" 2> "$OUT/throughput_builtin.log"; stamp "script builtin" $?
+PYTHONPATH=. timeout 150 python3 benchmarks/jsonl_throughput.py --requests 512 --warmup 32 --batch-sizes 8,1,16 \
+  --processes > "$OUT/throughput_builtin_processes.jsonl" 2> "$OUT/throughput_builtin_processes.log"
+stamp "script builtin, HAWK_PREPARE=processes" $?
 PYTHONPATH=. timeout 100 python3 benchmarks/profile_batch.py --batch-sizes 1,8 \
   > "$OUT/profile_builtin.jsonl" 2> "$OUT/profile_builtin.log"; stamp "profile builtin" $?
 for shape in "1008 16" "448 32"; do
