@@ -35,10 +35,11 @@ class RopeIndexCache:
     that is milliseconds of host time per batch, in a model small enough to be bound by host time. Rows are
     independent in the stock routine (each reads only its own tokens and, in order, its own grids), so
     per-row results assembled at the rows' valid positions (zeros on padding, as stock) equal the batched call
-    (tests/test_rope_cache.py, transformers 5.17 and 5.24).
+    (tests/test_rope_cache.py, transformers 5.17 and 5.24). Holds the last `size` layouts (3 x tokens ids
+    each: 128 rows of 1,300 tokens are 4 MB).
     """
 
-    def __init__(self, get_rope_index, takes_second_per_grid: bool, size: int = 512) -> None:
+    def __init__(self, get_rope_index, takes_second_per_grid: bool, size: int = 128) -> None:
         self.get_rope_index, self.takes_second_per_grid, self.size = get_rope_index, takes_second_per_grid, size
         self._rows: OrderedDict[tuple, Tensor] = OrderedDict()
 
