@@ -171,11 +171,13 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
 
 def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for_full: bool, default_ratio: float,
                   default_tokens: int, fps: float, workers: int, processes: bool = False,
-                  on_close: Callable[[Callable[[], None]], None] | None = None) -> Iterator[list[tuple[RequestRow, object]]]:
+                  on_close: Callable[[Callable[[], None]], None] | None = None,
+                  ) -> Iterator[list[tuple[RequestRow, object]]]:
     """Every parsed line of `items` (RequestSpec or BadLine) with its outcome (result dict or error string), in
-    input order, one list per window (a batch and the bad lines read with it): what `hawk run --input` writes, and what benchmarks/jsonl_throughput.py
-    times. `on_close` receives the cleanup to run if the consumer stops early (e.g. an ExitStack callback).
-    `processes`: prepare in `workers` forked processes instead of threads (Linux; engine/prepare_processes.py)."""
+    input order, one list per window (a batch and the bad lines read with it): what `hawk run --input` writes,
+    and what benchmarks/jsonl_throughput.py times. `on_close` receives the cleanup to run if the consumer stops
+    early (e.g. an ExitStack callback). `processes`: prepare in `workers` forked processes instead of threads
+    (Linux; engine/prepare_processes.py)."""
     from hawk_cli.engine import prepare_processes
 
     lookahead = max(2 * batch_size, 16)
