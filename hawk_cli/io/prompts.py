@@ -62,7 +62,9 @@ class ModelInputs:
         return tuple(getattr(self, name) for name in self.INDEX_FIELDS)
 
     def to(self, device: torch.device | str) -> "ModelInputs":
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+        # Asynchronous only from the host (pageable memory is staged before the call returns); a copy back to
+        # the host must complete before its tensor is read.
+        moved = {k: (v.to(device, non_blocking=v.device.type == "cpu") if isinstance(v, torch.Tensor) else v)
                  for k, v in vars(self).items() if k not in ("pending_pixels", "host")}
         if self.pending_pixels is not None:
             moved["pixel_values"] = self.pending_pixels.patches(device)
