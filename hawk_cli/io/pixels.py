@@ -1,11 +1,11 @@
 """Image patches finished on the model's device: the stock Qwen2-VL PIL image processor's steps, split in two.
 
 Why: in JSONL mode the PIL image processor (a float64 rescale, a float32 normalisation and a patch reshuffle in
-NumPy) cost about 10 ms per 448x448 image on the host, more than the built-in model needs to answer it, and its
+NumPy) cost about 10 ms per 448x448 image on the 2-core CI machine (timed in a loop over the processor call), and its
 float32 patches are 8x the bytes of the uint8 image they come from. Here the host only resizes (with Pillow, as
 the stock processor does) and keeps uint8 pixels; the device does the arithmetic with the stock operations in
 the stock dtypes (uint8 -> float64 * rescale_factor -> float32, then (x - mean) / std in float32, then the same
-patch layout), so the patches are bitwise the stock processor's (tests/test_pixels.py, CPU and CUDA).
+patch layout), so the patches are bitwise the stock processor's (tests/test_prompts.py, CPU and CUDA).
 
 Only the processor hawk loads (`Qwen2VLImageProcessorPil` with resize, rescale, normalise and RGB conversion
 on) is reproduced; `PixelRecipe.of` returns None for anything else and callers fall back to the stock call.
@@ -88,8 +88,9 @@ class PixelRecipe:
         out = []
         for run in runs:
             # Stacked by NumPy (one thread) and copied once: torch's host-side stack is a parallel CPU op, which
-            # stalled for 33 ms on 8 images while the preparation threads kept the cores busy (H200 host), and
-            # one copy per image waits on the device and hands the interpreter lock to those threads each time.
+            # stalled for 33 ms on 8 images while preparation threads kept the cores busy (H200 host, trace of
+            # benchmarks/jsonl_throughput.py --trace), and one copy per image waits on the device and hands the
+            # interpreter lock to those threads each time.
             stacked = torch.from_numpy(np.stack([image.numpy() for image in run]))
             pixels = stacked.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [N, C, H, W]
             pixels = (pixels.to(torch.float64) * self.rescale_factor).to(torch.float32)

@@ -164,7 +164,8 @@ def _token_ids(tokenizer, rows: list[EncodedRequest]) -> tuple[torch.Tensor, tor
     """Left-padded ids and mask, each placeholder expanded to its token count in id space.
 
     Equal to tokenising the text with every placeholder written out (tests/test_prompts.py), which costs the
-    tokenizer about 14 us per visual token; here it is one short text per row and list repeats.
+    tokenizer about 1.4 us per visual token (8 rows of 256: 3.5 ms against 0.55 ms for the short texts, CI
+    machine); here it is one short text per row and list repeats.
     """
     placeholders = {tokenizer.convert_tokens_to_ids(IMAGE_PAD), tokenizer.convert_tokens_to_ids(VIDEO_PAD)}
     expanded = []
