@@ -10,12 +10,15 @@ noise, and they run to --max-new-tokens since end-of-sequence is then rare). Req
 to a temporary folder first (`--distinct` different images, cycled), so decoding and resizing are timed as a
 user's files would be. Each batch size first answers `--warmup` requests untimed (compilation, allocator,
 kernel selection), then the timed requests. One JSON line per batch size on stdout, then a summary line.
+`--rounds N` times the whole list of batch sizes N times in turn (the host's speed drifts between runs) and
+summarises with medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +30,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hawk_cli.engine.stream import answer_stream, prepare_workers  # noqa: E402
+from hawk_cli.engine.stream import (PREPARE_MODES, answer_stream, prepare_in_processes,  # noqa: E402
+                                    prepare_workers)
 from hawk_cli.io.requests import read_requests  # noqa: E402
 
 
@@ -60,7 +64,8 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
     tracer = None
     for window in answer_stream(session, method, read_requests(lines, ROOT), batch_size=batch, wait_for_full=True,
                                 default_ratio=args.ratio, default_tokens=args.max_new_tokens, fps=2.0,
-                                workers=workers, processes=args.processes):
+                                workers=workers, processes=prepare_in_processes(session, args.prepare),
+                                pin_cpus=not args.no_pin):
         windows += 1
         if args.trace and windows in (20, 24):  # a few batches in the steady state, Python calls included
             if tracer is None:
@@ -86,7 +91,16 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
     seconds = time.perf_counter() - started
     return {"batch_size": batch, "requests": len(lines), "failed": failed, "batches": windows,
             "seconds": round(seconds, 3), "requests_per_s": round(len(lines) / seconds, 2),
-            "engine_s": {k: round(v, 3) for k, v in engine.items()}, "workers": workers, "_answers": answers}
+            "engine_s": {k: round(v, 3) for k, v in engine.items()}, "workers": workers,
+            "prepare": args.prepare, "cpus_kept_free": _kept_free(session, workers, args), "_answers": answers}
+
+
+def _kept_free(session, workers: int, args) -> list[int]:
+    """The CPUs the stream keeps preparation off (engine/affinity.py), as it decides them."""
+    from hawk_cli.engine.affinity import HelperCpus
+
+    helpers = HelperCpus(enabled=not args.no_pin and workers > 0 and session.loaded.device.type == "cuda")
+    return sorted(helpers.split.launcher) if helpers.active else []
 
 
 def main() -> None:
@@ -98,11 +112,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--batch-sizes", default="8,1")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time the list of batch sizes this many times in turn; the summary takes medians")
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="preparation threads (default: hawk's)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--processes", action="store_true", help="prepare in forked processes (HAWK_PREPARE)")
+    parser.add_argument("--prepare", choices=PREPARE_MODES, default="auto",
+                        help="preparation workers, as HAWK_PREPARE: auto (processes on CUDA under Linux), threads "
+                             "or processes")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave the CPU affinity alone (HAWK_PREPARE_PIN=0; engine/affinity.py)")
     parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")
     parser.add_argument("--switch-interval", type=float,
                         help="sys.setswitchinterval for this process (experiment; Python's default is 0.005)")
@@ -124,22 +144,34 @@ def main() -> None:
             method, _ = session.make_scorer()
             lines = builtin_lines(args.requests + args.warmup)
         results = []
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
-            timed_stream(session, method, lines[:args.warmup], batch, args)
-            result = timed_stream(session, method, lines[args.warmup:], batch, args)
-            results.append(result)
-            print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")} | {
-                "model": session.loaded.name, "device": str(session.loaded.device),
-                "dtype": str(session.loaded.dtype).replace("torch.", ""), "size": args.size if args.config else 448,
-                "ratio": args.ratio, "max_new_tokens": args.max_new_tokens, "versions": versions()}), flush=True)
-    by_batch = {r["batch_size"]: r for r in results}
+        for round_index in range(args.rounds):
+            for batch in (int(b) for b in args.batch_sizes.split(",")):
+                timed_stream(session, method, lines[:args.warmup], batch, args)
+                result = timed_stream(session, method, lines[args.warmup:], batch, args)
+                results.append(result)
+                print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")} | {
+                    "round": round_index, "model": session.loaded.name, "device": str(session.loaded.device),
+                    "dtype": str(session.loaded.dtype).replace("torch.", ""),
+                    "size": args.size if args.config else 448, "ratio": args.ratio,
+                    "max_new_tokens": args.max_new_tokens, "versions": versions()}), flush=True)
+    print(json.dumps({"summary": summarise(results), "requests": args.requests, "rounds": args.rounds}), flush=True)
+
+
+def summarise(results: list[dict]) -> dict:
+    """Median requests/s per batch size over the rounds, speedups of the medians against batch 1, and how many
+    answers (text and kept count) of every timed stream equal batch 1's first."""
+    by_batch: dict[int, list[dict]] = {}
+    for result in results:
+        by_batch.setdefault(result["batch_size"], []).append(result)
+    summary = {f"requests_per_s_b{b}": sorted(r["requests_per_s"] for r in runs) for b, runs in by_batch.items()}
+    medians = {b: statistics.median(r["requests_per_s"] for r in runs) for b, runs in by_batch.items()}
+    summary |= {f"median_b{b}": round(m, 2) for b, m in medians.items()}
     if 1 in by_batch:
-        one = by_batch[1]
-        summary = {f"speedup_b{b}_vs_b1": round(r["requests_per_s"] / one["requests_per_s"], 2)
-                   for b, r in by_batch.items() if b != 1}
-        summary |= {f"answers_b{b}_equal_b1": sum(a == o for a, o in zip(r["_answers"], one["_answers"]))
-                    for b, r in by_batch.items() if b != 1}
-        print(json.dumps({"summary": summary, "requests": args.requests}), flush=True)
+        one = by_batch[1][0]["_answers"]
+        summary |= {f"speedup_b{b}_vs_b1": round(m / medians[1], 2) for b, m in medians.items() if b != 1}
+        summary |= {f"answers_b{b}_equal_b1": min(sum(a == o for a, o in zip(r["_answers"], one)) for r in runs)
+                    for b, runs in by_batch.items()}
+    return summary
 
 
 if __name__ == "__main__":

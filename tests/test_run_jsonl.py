@@ -180,6 +180,14 @@ def test_bad_invocations_exit_2(capsys, model_dir, files, argv, fragment):
     assert code == 2 and out == "" and fragment in err
 
 
+def test_an_unknown_preparation_mode_exits_2_before_the_model_loads(capsys, monkeypatch, files):
+    monkeypatch.setenv("HAWK_PREPARE", "fibers")
+    requests = write_jsonl(files / "one.jsonl", REQUESTS[:1])
+    code, out, err = run_cli(capsys, "run", "--input", requests, "--model", files / "no-model-here")
+    assert code == 2 and out == "" and "HAWK_PREPARE='fibers' is not a preparation mode" in err
+    assert "Traceback" not in err
+
+
 def test_one_prompt_with_a_video_and_an_overlay(capsys, tmp_path, model_dir, files):
     overlay = tmp_path / "kept.png"
     code, out, _ = run_cli(capsys, "run", "--video", files / "clip.gif", "what shape is there ?", "--model",

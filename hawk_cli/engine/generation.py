@@ -15,7 +15,7 @@ from hawk_cli.adapters.base import ModelAdapter
 from hawk_cli.engine.pruning import PrunedPrefill, prune_prefill
 from hawk_cli.engine.results import GenerationResult, RowStats
 from hawk_cli.engine.selection import validate_ratio
-from hawk_cli.engine.timing import PhaseTimer
+from hawk_cli.engine.timing import EventTimer, PhaseTimer
 from hawk_cli.errors import UsageError
 from hawk_cli.scorers.base import Scorer
 
@@ -96,14 +96,16 @@ class DecodeStep:
 
 def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: GenerationSettings,
              eos_ids: set[int], target_mask: Tensor | None = None,
-             decode_step: DecodeStep | None = None, timer: PhaseTimer | None = None) -> GenerationResult:
+             decode_step: DecodeStep | None = None,
+             timer: PhaseTimer | EventTimer | None = None) -> GenerationResult:
     """Greedy generation with HAWK pruning before decoder layer 0. `inputs` is a left-padded ModelInputs.
 
-    Pass a `decode_step` to reuse its compiled graphs across calls, and a `timer` to observe the phases.
+    Pass a `decode_step` to reuse its compiled graphs across calls, and a `timer` to observe the phases (default:
+    CUDA events, so the host never waits on a phase boundary; `hawk bench` passes a synchronising one).
     An empty `eos_ids` forces `max_new_tokens` and keeps the decode loop free of host synchronisation.
     """
     device = inputs.input_ids.device
-    timer = timer or PhaseTimer(device)
+    timer = timer or EventTimer(device)
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()
@@ -131,7 +133,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
 
 def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_buffer: Tensor, length: int,
                  cache, eos_ids: set[int], pad_id: int, settings: GenerationSettings,
-                 timer: PhaseTimer) -> tuple[list[list[int]], list[Tensor]]:
+                 timer: PhaseTimer | EventTimer) -> tuple[list[list[int]], list[Tensor]]:
     batch = logits.shape[0]
     eos = torch.tensor(sorted(eos_ids), device=logits.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)

@@ -10,7 +10,7 @@ from hawk_cli.adapters.base import ModelAdapter, Prefill
 from hawk_cli.engine.compaction import Compaction, compact
 from hawk_cli.engine.roles import TokenRoles, token_roles
 from hawk_cli.engine.selection import select_keep
-from hawk_cli.engine.timing import PhaseTimer
+from hawk_cli.engine.timing import EventTimer, PhaseTimer
 from hawk_cli.errors import InputError
 from hawk_cli.scorers.base import Scorer, ScoringInputs
 
@@ -42,7 +42,8 @@ def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,
                          attention_mask=prefill.attention_mask, query_key=query_key, target_mask=target_mask)
 
 
-def prune_prefill(adapter: ModelAdapter, inputs, scorer: Scorer | None, ratio: float, timer: PhaseTimer,
+def prune_prefill(adapter: ModelAdapter, inputs, scorer: Scorer | None, ratio: float,
+                  timer: PhaseTimer | EventTimer,
                   target_mask: Tensor | None = None) -> PrunedPrefill:
     """Encode vision, build the stock prefill, then keep each row's top visual tokens (ratio 0: keep all)."""
     with timer.phase("vision_s"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Iterator
 
-from hawk_cli.errors import failure_text
+from hawk_cli.errors import UsageError, failure_text
 
 
 class RequestRow:
@@ -36,6 +36,23 @@ def prepare_workers(session, configured: int | None = None) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 2))
 
 
+PREPARE_MODES = ("auto", "threads", "processes")
+
+
+def prepare_in_processes(session, mode: str = "auto") -> bool:
+    """Whether the workers are forked processes (engine/prepare_processes.py) rather than threads. `auto`:
+    processes on a CUDA device under Linux, where the main thread is bound by Python and preparation threads
+    would hold the interpreter lock it needs (H200, built-in model, batch 8: 309 against 268 requests/s,
+    docs/run-workloads.md#throughput); threads elsewhere."""
+    from hawk_cli.engine import prepare_processes
+
+    if mode not in PREPARE_MODES:
+        raise UsageError(f"unknown preparation mode '{mode}'", "Set HAWK_PREPARE to auto, threads or processes")
+    if mode == "auto":
+        return session.loaded.device.type == "cuda" and prepare_processes.available()
+    return mode == "processes"
+
+
 def prepare_request(session, spec, fps: float):
     """Worker thread: open the files, resize images and write the chat text (no tokenizer call, no device
     work); image patches are finished on the device when the batch is moved there (io/pixels.py)."""
@@ -54,8 +71,11 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, items, prepare, lookahead: int, workers: int, pool=None, finish=None) -> None:
-        """`pool`: an executor to prepare in instead of `workers` threads; `finish` maps its results back."""
+    def __init__(self, items, prepare, lookahead: int, workers: int, pool=None, finish=None,
+                 on_thread_start: Callable[[], None] | None = None) -> None:
+        """`pool`: an executor to prepare in instead of `workers` threads; `finish` maps its results back.
+        `on_thread_start` runs first on the reader thread, which also starts the pool's workers (e.g. to set the
+        CPU affinity they inherit)."""
         import queue
         import threading
         from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +85,7 @@ class Prefetcher:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hawk-prepare")
         self._pool, self._finish = pool, finish
         self._items, self._prepare, self._failure = items, prepare, None
+        self._on_thread_start = on_thread_start
         self.last_wait_s = 0.0
         self._thread = threading.Thread(target=self._read, name="hawk-reader", daemon=True)
         self._thread.start()
@@ -73,6 +94,8 @@ class Prefetcher:
         from hawk_cli.io.requests import BadLine
 
         try:
+            if self._on_thread_start is not None:
+                self._on_thread_start()
             for item in self._items:
                 row = RequestRow(item.line, item.id)
                 if isinstance(item, BadLine):
@@ -171,23 +194,26 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
 
 def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for_full: bool, default_ratio: float,
                   default_tokens: int, fps: float, workers: int, processes: bool = False,
-                  on_close: Callable[[Callable[[], None]], None] | None = None,
+                  pin_cpus: bool = True, on_close: Callable[[Callable[[], None]], None] | None = None,
                   ) -> Iterator[list[tuple[RequestRow, object]]]:
     """Every parsed line of `items` (RequestSpec or BadLine) with its outcome (result dict or error string), in
     input order, one list per window (a batch and the bad lines read with it): what `hawk run --input` writes,
     and what benchmarks/jsonl_throughput.py times. `on_close` receives the cleanup to run if the consumer stops
     early (e.g. an ExitStack callback). `processes`: prepare in `workers` forked processes instead of threads
-    (Linux; engine/prepare_processes.py)."""
+    (Linux; engine/prepare_processes.py). `pin_cpus`: with workers on a GPU, keep them off one core, left free
+    for the main thread (engine/affinity.py)."""
     from hawk_cli.engine import prepare_processes
+    from hawk_cli.engine.affinity import HelperCpus
 
     lookahead = max(2 * batch_size, 16)
+    helpers = HelperCpus(enabled=pin_cpus and workers > 0 and session.loaded.device.type == "cuda")
     if processes and workers and prepare_processes.available():
         pool = prepare_processes.process_pool(session, workers)
         reader = Prefetcher(items, prepare_processes.prepare_task(fps), lookahead=lookahead, workers=workers,
-                            pool=pool, finish=prepare_processes.from_wire)
+                            pool=pool, finish=prepare_processes.from_wire, on_thread_start=helpers.confine)
     else:
         reader = Prefetcher(items, lambda spec: prepare_request(session, spec, fps), lookahead=lookahead,
-                            workers=workers)
+                            workers=workers, on_thread_start=helpers.confine)
     if on_close is not None:
         on_close(reader.close)
     try:

@@ -1,4 +1,12 @@
-"""Phase timers that wait for the device, so asynchronous CUDA work is charged to the right phase."""
+"""Phase timers: which part of a generation the time went to, with asynchronous CUDA work charged correctly.
+
+Two kinds. `PhaseTimer` waits for the device at every phase boundary: exact host wall time per phase, and what
+`hawk bench` needs to read a memory peak per phase. `EventTimer` records CUDA events instead and waits once, when
+the times are read: each phase's span on the device's timeline, without stalling the host between phases. In
+JSONL mode a batch has five phases, and every wait also hands the interpreter lock to the preparation threads,
+which keep it for up to a switch interval (5 ms) when they are busy (benchmarks/jsonl_throughput.py --trace on
+the H200 host).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ import torch
 
 
 class PhaseTimer:
+    """Seconds per named phase, host wall time, synchronising the device before and after each phase."""
+
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
@@ -26,3 +36,44 @@ class PhaseTimer:
         finally:
             self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class EventTimer:
+    """Seconds per named phase from CUDA events on the current stream: no host wait until `seconds` is read.
+
+    A phase's time is the span between its start and end events on the device's timeline, i.e. from when the
+    device reached the phase's first queued work to when it finished its last. On a CPU device there is nothing
+    asynchronous and it times host wall clock like `PhaseTimer`.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._spans: list[tuple[str, object, object]] = []
+        self._host: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._host[name] = self._host.get(name, 0.0) + time.perf_counter() - start
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self._spans.append((name, start, end))
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Waits for the last phase to finish on the device, then sums each phase's spans."""
+        totals = dict(self._host)
+        if self._spans:
+            self._spans[-1][2].synchronize()
+        for name, start, end in self._spans:
+            totals[name] = totals.get(name, 0.0) + start.elapsed_time(end) / 1e3
+        return totals

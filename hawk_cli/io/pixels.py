@@ -86,12 +86,9 @@ class PixelRecipe:
             else:
                 runs.append([image])
         out = []
+        pinned = torch.device(device).type == "cuda"
         for run in runs:
-            # Stacked by NumPy (one thread) and copied once: torch's host-side stack is a parallel CPU op, which
-            # stalled for 33 ms on 8 images while preparation threads kept the cores busy (H200 host, trace of
-            # benchmarks/jsonl_throughput.py --trace), and one copy per image waits on the device and hands the
-            # interpreter lock to those threads each time.
-            stacked = torch.from_numpy(np.stack([image.numpy() for image in run]))
+            stacked = _stack_on_host([image.numpy() for image in run], pinned)
             pixels = stacked.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [N, C, H, W]
             pixels = (pixels.to(torch.float64) * self.rescale_factor).to(torch.float32)
             out.append(self._patchify((pixels - mean) / std))
@@ -109,6 +106,21 @@ class PixelRecipe:
 
 
 _PIL_PROCESSOR_MODULE = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl"
+
+
+def _stack_on_host(images: list[np.ndarray], pinned: bool) -> Tensor:
+    """Images of one size as one host tensor, ready for one copy to the device.
+
+    Stacked by NumPy (one thread): torch's host-side stack is a parallel CPU op, which stalled for 33 ms on 8
+    images while preparation threads kept the cores busy, and one copy per image waits on the device and hands
+    the interpreter lock to those threads each time (H200 host, benchmarks/jsonl_throughput.py --trace). For a
+    CUDA device the stack is written into page-locked memory (torch's caching host allocator, so reused from
+    batch to batch), which makes the copy truly asynchronous: from pageable memory the driver stages it first,
+    with the host waiting.
+    """
+    out = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=pinned)
+    np.stack(images, out=out.numpy())
+    return out
 
 
 def _size_value(size, key: str):
