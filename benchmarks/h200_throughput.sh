@@ -2,7 +2,7 @@
 # JSONL-mode throughput by batch size on the H200, in two device-tool calls (each under its 10-minute limit):
 #   bash benchmarks/h200_throughput.sh builtin   # built-in model: `hawk run --input` (the user's command) by
 #                                                # batch size, then benchmarks/jsonl_throughput.py, 3 rounds,
-#                                                # default preparation (auto) and threads for comparison
+#                                                # preparation on threads (default) and in processes
 #   bash benchmarks/h200_throughput.sh 7b        # Qwen2.5-VL-7B config, random weights, two image sizes; then
 #                                                # the contract tests on CUDA (fp32, bf16) and the masked-oracle
 #                                                # check on the 7B config
@@ -44,8 +44,8 @@ PY
     for b in 8 1; do run_cli baseline "$BASELINE" $b; done
   fi
   for b in 8 1 16; do run_cli hawk . $b; done
-  for prepare in auto threads; do
-    sizes=$([ $prepare = auto ] && echo 8,1,16 || echo 8,1)
+  for prepare in threads processes; do
+    sizes=$([ $prepare = threads ] && echo 8,1,16 || echo 8,1)
     PYTHONPATH=. timeout 170 python3 benchmarks/jsonl_throughput.py --requests 512 --warmup 32 --rounds 3 \
       --batch-sizes $sizes --prepare $prepare > "$OUT/throughput_builtin_$prepare.jsonl" \
       2> "$OUT/throughput_builtin_$prepare.log"

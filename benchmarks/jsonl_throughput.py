@@ -64,7 +64,7 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
     tracer = None
     for window in answer_stream(session, method, read_requests(lines, ROOT), batch_size=batch, wait_for_full=True,
                                 default_ratio=args.ratio, default_tokens=args.max_new_tokens, fps=2.0,
-                                workers=workers, processes=prepare_in_processes(session, args.prepare),
+                                workers=workers, processes=prepare_in_processes(args.prepare),
                                 pin_cpus=not args.no_pin):
         windows += 1
         if args.trace and windows in (20, 24):  # a few batches in the steady state, Python calls included
@@ -118,9 +118,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="preparation threads (default: hawk's)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--prepare", choices=PREPARE_MODES, default="auto",
-                        help="preparation workers, as HAWK_PREPARE: auto (processes on CUDA under Linux), threads "
-                             "or processes")
+    parser.add_argument("--prepare", choices=PREPARE_MODES, default="threads",
+                        help="preparation workers, as HAWK_PREPARE: threads (default) or processes")
     parser.add_argument("--no-pin", action="store_true",
                         help="leave the CPU affinity alone (HAWK_PREPARE_PIN=0; engine/affinity.py)")
     parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")

@@ -97,15 +97,8 @@ def test_preparation_threads_inherit_what_the_reader_thread_set():
     assert os.sched_getaffinity(0) == original  # the main thread was not moved
 
 
-class _Session:
-    class loaded:
-        class device:
-            type = "cpu"
-
-
-def test_preparation_mode_auto_means_threads_off_a_gpu_and_unknown_modes_are_refused():
-    assert prepare_in_processes(_Session(), "auto") is False
-    assert prepare_in_processes(_Session(), "processes") is True
-    assert prepare_in_processes(_Session(), "threads") is False
+def test_preparation_runs_on_threads_unless_processes_are_asked_for():
+    assert prepare_in_processes() is False and prepare_in_processes("threads") is False
+    assert prepare_in_processes("processes") is True
     with pytest.raises(UsageError, match="unknown preparation mode"):
-        prepare_in_processes(_Session(), "fibers")
+        prepare_in_processes("auto")

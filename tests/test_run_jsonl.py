@@ -184,7 +184,7 @@ def test_an_unknown_preparation_mode_exits_2_before_the_model_loads(capsys, monk
     monkeypatch.setenv("HAWK_PREPARE", "fibers")
     requests = write_jsonl(files / "one.jsonl", REQUESTS[:1])
     code, out, err = run_cli(capsys, "run", "--input", requests, "--model", files / "no-model-here")
-    assert code == 2 and out == "" and "HAWK_PREPARE='fibers' is not a preparation mode" in err
+    assert code == 2 and out == "" and "unknown preparation mode 'fibers'" in err and "HAWK_PREPARE" in err
     assert "Traceback" not in err
 
 

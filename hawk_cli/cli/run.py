@@ -245,7 +245,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
                weights, scorer, max_new_tokens, device, dtype, attn) -> int:
     from hawk_cli.engine.session import versions
-    from hawk_cli.engine.stream import PREPARE_MODES, answer_stream, prepare_in_processes, prepare_workers
+    from hawk_cli.engine.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
 
     overlay_dir = None
@@ -258,10 +258,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         from hawk_cli.io.atomic import check_writable
 
         check_writable(Path(output), force)  # before the model loads
-    prepare_mode = os.environ.get("HAWK_PREPARE", "auto").strip()
-    if prepare_mode not in PREPARE_MODES:  # before the model loads
-        raise UsageError(f"HAWK_PREPARE={prepare_mode!r} is not a preparation mode",
-                         "Set HAWK_PREPARE to auto, threads or processes (or unset it)")
+    in_processes = prepare_in_processes(os.environ.get("HAWK_PREPARE", "threads").strip())  # before the model loads
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
@@ -281,7 +278,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         stream = answer_stream(session, method, read_requests(lines, base), batch_size=batch_size,
                                wait_for_full=input_file not in (None, "-"), default_ratio=ratio,
                                default_tokens=max_new_tokens, fps=fps, workers=workers,
-                               processes=prepare_in_processes(session, prepare_mode),
+                               processes=in_processes,
                                pin_cpus=os.environ.get("HAWK_PREPARE_PIN", "1").strip() != "0",
                                on_close=stack.callback)
         for window in stream:

@@ -36,20 +36,17 @@ def prepare_workers(session, configured: int | None = None) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 2))
 
 
-PREPARE_MODES = ("auto", "threads", "processes")
+PREPARE_MODES = ("threads", "processes")
 
 
-def prepare_in_processes(session, mode: str = "auto") -> bool:
-    """Whether the workers are forked processes (engine/prepare_processes.py) rather than threads. `auto`:
-    processes on a CUDA device under Linux, where the main thread is bound by Python and preparation threads
-    would hold the interpreter lock it needs (H200, built-in model, batch 8: 309 against 268 requests/s,
-    docs/run-workloads.md#throughput); threads elsewhere."""
-    from hawk_cli.engine import prepare_processes
+def prepare_in_processes(mode: str = "threads") -> bool:
+    """Whether the workers are forked processes (engine/prepare_processes.py) rather than threads (default).
 
+    Processes are opt-in: on the H200 they beat threads only while the main thread was pinned to its own core
+    (batch 8: 309.5 against 267.5 requests/s), and lost with the shipped affinity (184.8 against 201.1;
+    docs/run-workloads.md#throughput)."""
     if mode not in PREPARE_MODES:
-        raise UsageError(f"unknown preparation mode '{mode}'", "Set HAWK_PREPARE to auto, threads or processes")
-    if mode == "auto":
-        return session.loaded.device.type == "cuda" and prepare_processes.available()
+        raise UsageError(f"unknown preparation mode '{mode}'", "Set HAWK_PREPARE to threads or processes")
     return mode == "processes"
 
 
