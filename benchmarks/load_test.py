@@ -4,13 +4,14 @@ memory after warm-up measured from /proc while the stream runs.
     python benchmarks/load_test.py --requests 1000 --batch-size 8 [--model builtin] [--json]
 
 Prints a one-line JSON summary on stdout: answers, order kept, RSS (MiB) after the warm-up requests and at the
-end, and the growth between them.
+end, the growth between them, and the growth of the RSS floor (`floor_growth`), the leak signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -27,6 +28,19 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def floor_growth(samples: list[float]) -> float:
+    """Growth of the RSS floor after warm-up: the lowest reading of the second half against the first's.
+
+    Why a floor: the allocators take and give back tens of MiB from one batch to the next (on the CPU, the
+    built-in model over 480 requests read every 24 answers: 462-565 MiB with no trend), so two single readings
+    can differ by 20-30 % without a leak, while a leak raises every reading, the lowest included."""
+    half = len(samples) // 2
+    if half == 0:
+        return float("nan")
+    first, second = min(samples[:half]), min(samples[half:])
+    return (second - first) / first
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000)
@@ -41,16 +55,23 @@ def main() -> None:
     command = [sys.executable, "-m", "hawk_cli", "run", "-", "--batch-size", str(args.batch_size),
                "--model", args.model, "--device", "cpu", "--quiet"]
     started = time.perf_counter()
+    # A fixed glibc mmap threshold: by default glibc raises it after large frees, after which freed batches stay
+    # in the heap and RSS steps up by tens of MiB without a leak (CPU, built-in model: floor growth 0-22 % between
+    # runs of one commit; with the threshold fixed, 419-421 MiB in six runs). Large buffers then go back to the
+    # system when freed, so what RSS shows is what the process holds.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env=env)
     feeder = threading.Thread(target=lambda: (process.stdin.write("".join(json.dumps(r) + "\n" for r in requests)),
                                               process.stdin.close()))
     feeder.start()
-    ids, rss_after_warmup, rss_peak = [], None, 0.0
+    ids, rss_after_warmup, rss_peak, samples = [], None, 0.0, []
     for line in process.stdout:
         ids.append(json.loads(line).get("id"))
         current = rss_mib(process.pid) if process.poll() is None else float("nan")
         rss_peak = max(rss_peak, current) if current == current else rss_peak
+        if len(ids) > args.warmup and current == current:
+            samples.append(current)
         if len(ids) == args.warmup:
             rss_after_warmup = current
         if len(ids) == args.requests - 1:
@@ -61,6 +82,7 @@ def main() -> None:
                       "in_input_order": ids == [r["id"] for r in requests], "batch_size": args.batch_size,
                       "rss_mib_after_warmup": rss_after_warmup, "rss_mib_end": rss_end, "rss_mib_peak": rss_peak,
                       "rss_growth_after_warmup": (rss_end - rss_after_warmup) / rss_after_warmup,
+                      "rss_floor_growth": floor_growth(samples),
                       "wall_s": time.perf_counter() - started}))
 
 
