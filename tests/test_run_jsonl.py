@@ -171,7 +171,7 @@ def test_output_file_is_atomic_and_needs_force(capsys, tmp_path, model_dir, file
     (["--input", "REQ", "--video", "IMG"], "--video is for one prompt"),
     (["--input", "/no/such.jsonl"], "input file '/no/such.jsonl' does not exist"),
     (["--input", "REQ", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["IMG", "q ?", "--fps", "0"], "fps must be a positive number"),
+    (["IMG", "q ?", "--fps", "0"], "fps must be a number from 0.01 to 1000"),
 ])
 def test_bad_invocations_exit_2(capsys, model_dir, files, argv, fragment):
     requests = write_jsonl(files / "one.jsonl", REQUESTS[:1])

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_ROUNDS, check_max_new_tokens, check_range
 from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, ScorerOpt, WeightsOpt
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
@@ -125,7 +126,12 @@ def bench_command(
         raise UsageError("--model and --config exclude each other", "Give one of them")
     if config is not None and not random_weights:
         raise UsageError("--config builds a model without weights", "Add --random-weights")
-    settings = BenchSettings(ratios=_numbers(ratio, float, "ratio"), batches=_numbers(batch, int, "batch"),
+    batches = _numbers(batch, int, "batch")
+    for value in batches:
+        check_range("--batch", value, 1, MAX_BATCH_SIZE, "1,8")
+    check_range("--repeats", repeats, 1, MAX_ROUNDS, "5")
+    check_range("--warmup", warmup, 0, MAX_ROUNDS, "2")
+    settings = BenchSettings(ratios=_numbers(ratio, float, "ratio"), batches=batches,
                              size=size, max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats,
                              compile=compile_decode, stock=stock)
     images = [load_image(path) for path in image] if image else [synthetic_image(size)]
@@ -134,6 +140,8 @@ def bench_command(
         session = random_weight_session(config or model or "builtin", device, dtype, attn)
     else:
         session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    check_max_new_tokens(session, max_new_tokens)
+    check_max_new_tokens(session, check_steps, "--check-steps")
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_max_new_tokens, check_range
 from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import Interrupted
@@ -34,6 +35,20 @@ def _command_line(data: str, output: str, model: str | None, method: str, layer:
     if limit is not None:
         parts += ["--limit", str(limit)]
     return shlex.join(parts)
+
+
+def _refuse_control_tokens(session, dataset) -> None:
+    """Questions and answers are user text: a typed control token is refused, as in 'hawk run'."""
+    from hawk_cli.io.text import refuse_control_tokens
+
+    texts, labels = [], []
+    for sample in dataset.samples:
+        texts.append(sample.question)
+        labels.append(f"{sample.where}: the question")
+        if sample.answer is not None:
+            texts.append(sample.answer)
+            labels.append(f"{sample.where}: the answer")
+    refuse_control_tokens(session.tokenizer, texts, labels)
 
 
 def calibrate_command(
@@ -67,12 +82,17 @@ def calibrate_command(
     from hawk_cli.io.weights import HeadWeights, save_head_weights
 
     out = Output(json_mode=json_output, quiet=quiet)
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "8")
+    data_file = Path(data) / "questions.jsonl" if Path(data).is_dir() else Path(data)
+    check_distinct_paths({"--output": output}, {"the calibration data": [data_file]})
     path = check_writable(Path(output), force)
     settings = CalibrationSettings(method=method, layer=layer, batch_size=batch_size, max_new_tokens=max_new_tokens)
     dataset = load_calibration_data(data, limit)
     if method == "ablation":
         dataset.require_answers()
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    check_max_new_tokens(session, max_new_tokens)
+    _refuse_control_tokens(session, dataset)
     shape = model_shape(session.model.config)
     counts = dataset.subset_counts()
     out.note(f"calibrating {shape['num_heads']} heads of layer {layer} by {method} on {len(dataset.samples)} "

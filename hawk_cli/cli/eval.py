@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_EVAL_QUESTIONS, check_range
 from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import ResourceError, UsageError
@@ -147,6 +148,8 @@ def eval_command(
     from hawk_cli.io.atomic import check_writable
 
     out = Output(json_mode=json_output, quiet=quiet)
+    check_range("-n", n, 1, MAX_EVAL_QUESTIONS, "2000")
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "16")
     settings = EvalSettings(ratios=parse_ratios(ratios), methods=parse_methods(methods), n=n, seed=seed,
                             batch_size=batch_size, weights=weights)
     if plot is not None:

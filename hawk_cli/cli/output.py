@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_line(data: dict) -> str:
+    """One record as strict JSON (RFC 8259): a non-finite float, which has no JSON form, is written as null."""
+    return json.dumps(_finite(data), ensure_ascii=False, allow_nan=False)
 
 
 class Output:
@@ -23,7 +39,7 @@ class Output:
 
     def record(self, data: dict) -> None:
         """One JSON object on one line; values are never rounded."""
-        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(data) + "\n")
         sys.stdout.flush()
 
     def table(self, renderable) -> None:

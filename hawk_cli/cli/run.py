@@ -18,6 +18,7 @@ from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_max_new_tokens, check_range
 from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
                                   QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
@@ -29,13 +30,23 @@ DEFAULT_FPS = 2.0  # the stock Qwen2.5-VL processor's default (second_per_grid_t
 
 
 def _looks_like_image_file(argument: str) -> bool:
-    from pathlib import Path
-
     return Path(argument).suffix.lower() in IMAGE_SUFFIXES and Path(argument).is_file()
 
 
+def _names_a_file(argument: str) -> bool:
+    """A file or folder name rather than a question: an existing path, or a one-word image file name."""
+    if "\x00" in argument:
+        return False
+    return os.path.exists(argument) or (not any(c.isspace() for c in argument)
+                                        and Path(argument).suffix.lower() in IMAGE_SUFFIXES)
+
+
 def split_arguments(arguments: list[str], need_image: bool = True) -> tuple[list[str], str]:
-    """IMAGE... QUESTION -> (images, question); QUESTION '-' is read from stdin. With a video, images are optional."""
+    """IMAGE... QUESTION -> (images, question); QUESTION '-' is read from stdin. With a video, images are optional.
+
+    A last argument that names a file is never taken as the question (`hawk run a.png b.png` forgot it)."""
+    from hawk_cli.io.text import check_question, read_question
+
     if len(arguments) < (2 if need_image else 1):
         raise UsageError("hawk run needs at least one image and a question" if need_image else
                          "hawk run needs a question",
@@ -44,12 +55,14 @@ def split_arguments(arguments: list[str], need_image: bool = True) -> tuple[list
     if images and _looks_like_image_file(question) and not _looks_like_image_file(images[0]):
         raise UsageError(f"the question must come last, but the last argument '{question}' is an image file",
                          "Put the images first: hawk run IMAGE... QUESTION")
+    if question != "-" and _names_a_file(question):
+        raise UsageError(f"the question is missing: the last argument '{question}' names a file",
+                         "Give the question last: hawk run IMAGE... QUESTION")
     if question == "-":
-        question = sys.stdin.read()
-    question = question.strip()
-    if not question:
+        question = read_question(sys.stdin)
+    if not question.strip():
         raise InputError("the question is empty", "Pass the question as the last argument, or '-' to read stdin")
-    return images, question
+    return images, check_question(question)
 
 
 def stats_line(stats, ratio: float, seconds: float) -> str:
@@ -68,9 +81,9 @@ class _Sink:
         if self.handle is None:
             self.out.record(data)
         else:
-            import json
+            from hawk_cli.cli.output import json_line
 
-            self.handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            self.handle.write(json_line(data) + "\n")
             self.handle.flush()
 
     def text(self, line: str) -> None:
@@ -137,8 +150,7 @@ def run_command(
     jsonl = input_file is not None or (arguments == ["-"] and not video)
     if input_file is not None and arguments:
         raise UsageError("--input takes no IMAGE or QUESTION arguments", "Put them in the JSONL lines")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}", "Use e.g. --batch-size 8")
+    check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "8")
     try:
         validate_fps(fps)
     except InputError as error:
@@ -187,21 +199,24 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     from hawk_cli.engine.generation import GenerationSettings
     from hawk_cli.engine.session import versions
     from hawk_cli.io.atomic import check_writable
-    from hawk_cli.io.images import load_image
+    from hawk_cli.io.images import load_images
     from hawk_cli.io.overlay import save_overlay
     from hawk_cli.io.prompts import Request
     from hawk_cli.io.video import read_frames
 
     image_paths, question = split_arguments(arguments, need_image=not video)
     settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
+    check_distinct_paths({"--output": output, "--overlay": overlay},
+                         {"an input image": image_paths, "a video input": video})
     if output is not None:
         check_writable(Path(output), force)
     if overlay is not None:
         check_writable(Path(overlay), force)
-    images = tuple(load_image(path) for path in image_paths)
+    images = load_images(image_paths)
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    check_max_new_tokens(session, max_new_tokens)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
@@ -225,21 +240,40 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     return 0
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return sum(1 for line in handle if line.strip())
+def _count_lines(path: Path) -> int | None:
+    """Non-blank lines of a regular file, read in chunks (a huge line is never held whole); None for a pipe."""
+    if not path.is_file():
+        return None
+    count, open_line_has_text = 0, False
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            *complete, last = chunk.split(b"\n")
+            for part in complete:
+                count += int(open_line_has_text or bool(part.strip()))
+                open_line_has_text = False
+            open_line_has_text = open_line_has_text or bool(last.strip())
+    return count + int(open_line_has_text)
 
 
-def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
+def _lines(input_file: str | None) -> tuple[Iterator, Path, ExitStack]:
+    """The input's lines decoded by `decoded_lines` (stdin and files alike), and the folder paths resolve against."""
+    import io
+
+    from hawk_cli.io.requests import decoded_lines
+
     stack = ExitStack()
     if input_file is None or input_file == "-":
-        return iter(sys.stdin.readline, ""), Path.cwd(), stack
+        binary = getattr(sys.stdin, "buffer", None)
+        if binary is None:  # a text stream standing in for stdin (tests, embedding callers)
+            binary = io.BytesIO(sys.stdin.read().encode("utf-8"))
+        return decoded_lines(binary), Path.cwd(), stack
     path = Path(input_file)
-    if not path.is_file():
-        raise InputError(f"input file '{path}' does not exist" if not path.exists() else f"'{path}' is not a file",
-                         "Give a JSONL file, or '-' to read requests from stdin")
-    handle = stack.enter_context(open(path, encoding="utf-8-sig", errors="replace"))
-    return iter(handle), path.resolve().parent, stack
+    if not path.exists():
+        raise InputError(f"input file '{path}' does not exist", "Give a JSONL file, or '-' to read requests from stdin")
+    if path.is_dir():
+        raise InputError(f"'{path}' is not a file", "Give a JSONL file, or '-' to read requests from stdin")
+    handle = stack.enter_context(open(path, "rb"))  # a regular file or a pipe
+    return decoded_lines(handle), path.resolve().parent, stack
 
 
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
@@ -254,6 +288,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise UsageError(f"--overlay '{overlay_dir}' is a file; in JSONL mode it is a folder",
                              "Give a folder (created if missing)")
+    check_distinct_paths({"--output": output}, {"the --input file": [input_file if input_file != "-" else None]})
     if output is not None:
         from hawk_cli.io.atomic import check_writable
 
@@ -262,6 +297,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    check_max_new_tokens(session, max_new_tokens)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),

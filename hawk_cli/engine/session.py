@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -14,9 +14,10 @@ from hawk_cli.adapters import ADAPTERS, adapter_for
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
-from hawk_cli.errors import HawkWarning
+from hawk_cli.errors import HawkWarning, InputError, UsageError
 from hawk_cli.io.models import LoadedModel, load_model
 from hawk_cli.io.prompts import Request, build_inputs, encode_request
+from hawk_cli.io.text import refuse_control_tokens
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
 
 RECOMMENDED_SETTINGS_FILE = "hawk_settings.json"
@@ -30,6 +31,16 @@ class Answer:
     visual_keep: torch.Tensor | None = None  # [n_visual] bool: the row's visual tokens, prompt order
     visual_scores: torch.Tensor | None = None  # [n_visual] float32 scores (None at ratio 0)
     visual_grids: tuple[tuple[int, int, int], ...] = ()  # (t, h, w) in patches: the row's images, then its video
+
+
+class NewTokensOverContext(UsageError):
+    """More new tokens asked for than the model's context holds, whatever the prompt (exit 2). The CLI names
+    the flag or field that asked; `new_tokens` and `context` say how far over it is."""
+
+    def __init__(self, new_tokens: int, context: int) -> None:
+        super().__init__(f"{new_tokens:,} new tokens were asked for, but the model's context holds {context:,} "
+                         "tokens, prompt included", f"Ask for fewer than {context:,} new tokens")
+        self.new_tokens, self.context = new_tokens, context
 
 
 @dataclass
@@ -87,15 +98,50 @@ class HawkSession:
                            "pass --scorer to choose")
         return scorer, notices
 
-    def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
-            encoded: list | None = None) -> BatchOutput:
-        """`encoded`: the rows' `io.prompts.encode_request` output when already computed (e.g. in a worker).
+    @property
+    def context_tokens(self) -> int | None:
+        """How many tokens (prompt and answer) the language model's positions cover; None when not stated."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        value = getattr(config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
 
-        Timings add `inputs_s`: host time to collate the batch and queue its copies to the device."""
+    def check_new_tokens(self, max_new_tokens: int) -> None:
+        """Refuse, before any work, a generation length the context cannot hold even with an empty prompt."""
+        context = self.context_tokens
+        if context is not None and max_new_tokens >= context:
+            raise NewTokensOverContext(max_new_tokens, context)
+
+    def check_fits_context(self, inputs, new_tokens: list[int]) -> None:
+        """Each row's whole prompt (every visual token counted: pruning happens inside the model's run) plus its
+        new tokens must fit the context; checked on the host before any device work."""
+        context = self.context_tokens
+        if context is None:
+            return
+        for max_new_tokens in new_tokens:
+            self.check_new_tokens(max_new_tokens)
+        lengths = inputs.attention_mask.sum(dim=1).tolist()
+        visual = ((inputs.mm_token_type_ids > 0) & inputs.attention_mask.bool()).sum(dim=1).tolist()
+        for length, n_visual, max_new_tokens in zip(lengths, visual, new_tokens):
+            if length + max_new_tokens > context:
+                raise InputError(f"the prompt is {length:,} tokens ({n_visual:,} of them visual) and {max_new_tokens:,} "
+                                 f"new tokens were asked for, over the model's context of {context:,} tokens",
+                                 "Use fewer or smaller images or frames, a shorter question, or fewer new tokens")
+
+    def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
+            encoded: list | None = None, row_limits: list[int] | None = None) -> BatchOutput:
+        """`encoded`: the rows' `io.prompts.encode_request` output when already computed (e.g. in a worker).
+        `row_limits`: new tokens each row asks for, when fewer than `settings.max_new_tokens` (the batch's run);
+        the context check holds each row to its own.
+
+        User text is checked first (no control tokens), and every row against the model's context, before any
+        device work. Timings add `inputs_s`: host time to collate the batch and queue its copies to the device."""
         started = time.perf_counter()
+        refuse_control_tokens(self.tokenizer, [request.question for request in requests])
         encoded = [done or encode_request(self.tokenizer, self.loaded.image_processor, request, defer_pixels=True)
                    for request, done in zip(requests, encoded or [None] * len(requests))]
-        inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests, encoded).to(self.loaded.device)
+        inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests, encoded)
+        self.check_fits_context(inputs, row_limits or [settings.max_new_tokens] * len(requests))
+        inputs = inputs.to(self.loaded.device)
         inputs_s = time.perf_counter() - started
         result = generate(self.adapter, inputs, scorer, settings, self.eos_ids)
         result.timings["inputs_s"] = inputs_s
@@ -110,21 +156,25 @@ class HawkSession:
         return BatchOutput(answers=answers, result=result)
 
     def run_isolated(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
-                     encoded: list | None = None) -> list[tuple[Answer | Exception, dict, int]]:
-        """Run `requests` as one batch; if the batch fails, run each alone, so one bad row cannot sink the rest.
+                     encoded: list | None = None, row_limits: list[int] | None = None,
+                     ) -> list[tuple[Answer | Exception, dict, int]]:
+        """Run `requests` as one batch; if the batch fails, run each alone (with its own `row_limits` entry as
+        its generation length), so one bad row cannot sink the rest.
 
         Returns per row (answer or the exception it raised, timings and row count of the batch that ran it).
         """
         encoded = encoded or [None] * len(requests)
+        limits = row_limits or [settings.max_new_tokens] * len(requests)
         try:
-            batch = self.run(requests, scorer, settings, encoded)
+            batch = self.run(requests, scorer, settings, encoded, limits)
             return [(answer, batch.result.timings, len(requests)) for answer in batch.answers]
         except Exception as error:  # noqa: BLE001 - isolated per row below
             if len(requests) == 1:
                 return [(error, {}, 1)]
         outcomes = []
-        for request, done in zip(requests, encoded):
-            outcomes.extend(self.run_isolated([request], scorer, settings, [done]))
+        for request, done, limit in zip(requests, encoded, limits):
+            alone = replace(settings, max_new_tokens=limit)
+            outcomes.extend(self.run_isolated([request], scorer, alone, [done]))
         return outcomes
 
     def decode(self, tokens: list[int]) -> str:

@@ -177,7 +177,7 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
         limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
         settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits))
         results = session.run_isolated([rows[i].request for i in indices], method, settings,
-                                       [rows[i].encoded for i in indices])
+                                       [rows[i].encoded for i in indices], limits)
         for index, limit, (answer, timings, rows_run) in zip(indices, limits, results):
             if isinstance(answer, BaseException):
                 outcomes[index] = failure_text(answer)

@@ -16,10 +16,15 @@ from pathlib import Path
 from PIL import Image
 
 from hawk_cli.errors import InputError, UsageError
-from hawk_cli.io.images import load_image
+from hawk_cli.io.images import URL_PREFIXES, check_local_file, load_image
+from hawk_cli.io.requests import decoded_lines, strict_json
+from hawk_cli.io.text import MAX_QUESTION_CHARS
 
 QUESTIONS_FILE = "questions.jsonl"
 BUILTIN_PREFIX = "builtin:"
+# builtin:N questions are generated up front, 2 per scene, each scene's image held in memory (0.6 MB): 10 000
+# questions hold about 3 GB. The shipped head weights came from 400.
+MAX_BUILTIN_QUESTIONS = 10_000
 DEFAULT_SUBSET = "all"
 
 
@@ -97,6 +102,9 @@ def _builtin(spec: str, limit: int | None) -> tuple[list[CalibrationSample], "ha
     count = spec[len(BUILTIN_PREFIX):]
     if not count.isdigit() or int(count) < 1:
         raise UsageError(f"'{spec}' is not builtin:N with N a positive whole number", "Use e.g. builtin:200")
+    if int(count) > MAX_BUILTIN_QUESTIONS:
+        raise UsageError(f"builtin:{int(count):,} is over hawk's limit of {MAX_BUILTIN_QUESTIONS:,} generated questions",
+                         "Use e.g. builtin:400 (the shipped head weights used 400)")
     n = min(int(count), limit) if limit else int(count)
     digest = hashlib.sha256(f"builtin generator {GENERATOR_VERSION} seed {CALIBRATION_SEED}".encode())
     samples = []
@@ -118,30 +126,46 @@ def _text_field(record: dict, key: str, where: str, required: bool) -> str | Non
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InputError(f"{where}: '{key}' must be a string, got {type(value).__name__}", "Quote the value")
-    value = str(value).strip()
+    value = str(value)
+    if len(value) > MAX_QUESTION_CHARS:
+        raise InputError(f"{where}: '{key}' is {len(value):,} characters long, over hawk's limit of "
+                         f"{MAX_QUESTION_CHARS:,}", "Shorten it")
+    value = value.strip()
     if required and not value:
         raise InputError(f"{where}: '{key}' is empty", f"Give a non-empty {key}")
     return value
 
 
 def _jsonl(path: Path, limit: int | None) -> list[CalibrationSample]:
+    """The file's lines read as `hawk run` reads JSONL (bounded line length, UTF-8, a BOM allowed, strict JSON);
+    any bad line stops here, before the model loads, naming the file and the line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read '{path}' ({error})", "Give a UTF-8 JSONL file")
+        handle = open(path, "rb")
+    except OSError as error:
+        raise InputError(f"cannot read '{path}' ({error.strerror})", "Give a readable UTF-8 JSONL file")
+    with handle:
+        return _samples(decoded_lines(handle), path, limit)
+
+
+def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
     folder = path.parent
     samples: list[CalibrationSample] = []
     for number, line in enumerate(lines, start=1):
         if limit is not None and len(samples) >= limit:
             break
+        where = f"'{path}' line {number}"
+        if isinstance(line, InputError):
+            raise InputError(f"'{path}' {line.message}", line.fix)
         if not line.strip():
             continue
-        where = f"'{path}' line {number}"
         try:
-            record = json.loads(line)
+            record = strict_json(line)
         except json.JSONDecodeError as error:
             raise InputError(f"{where} is not valid JSON ({error.msg} at column {error.colno})",
                              "Write one JSON object per line")
+        except (ValueError, RecursionError) as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]
+            raise InputError(f"{where} is not valid JSON ({reason})", "Write one JSON object per line")
         if not isinstance(record, dict):
             raise InputError(f"{where} is not a JSON object", "Write one JSON object per line")
         images = record.get("image", record.get("images"))
@@ -154,9 +178,13 @@ def _jsonl(path: Path, limit: int | None) -> list[CalibrationSample]:
         for name in images:
             image = Path(name).expanduser()
             image = image if image.is_absolute() else folder / image
-            if not image.is_file():
+            if not image.exists() and not name.lower().startswith(URL_PREFIXES):
                 raise InputError(f"{where}: image '{name}' does not exist (looked for '{image}')",
                                  "Paths are relative to the JSONL file's folder")
+            try:
+                check_local_file(name if name.lower().startswith(URL_PREFIXES) else image)
+            except InputError as error:
+                raise InputError(f"{where}: {error.message}", error.fix)
             image_paths.append(image)
         question = _text_field(record, "question", where, required=True)
         answer = _text_field(record, "answer", where, required=False)

@@ -7,6 +7,7 @@ processor, each `<|image_pad|>` expanded to its merged patch count, left padding
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -139,21 +140,36 @@ def encode_request(tokenizer, image_processor, request: Request, defer_pixels: b
     images_u8: tuple[torch.Tensor, ...] = ()
     if request.images:
         recipe = PixelRecipe.of(image_processor) if defer_pixels else None
-        if recipe is not None:
-            images_u8 = tuple(recipe.resize(image) for image in request.images)
-            grids = torch.tensor([recipe.grid(image) for image in images_u8], dtype=torch.long)
-        else:
-            processed = image_processor(images=[im.convert("RGB") for im in request.images], return_tensors="pt")
-            pixels, grids = processed["pixel_values"], processed["image_grid_thw"]
+        with _processor_limits(request.images, "image"):
+            if recipe is not None:
+                images_u8 = tuple(recipe.resize(image) for image in request.images)
+                grids = torch.tensor([recipe.grid(image) for image in images_u8], dtype=torch.long)
+            else:
+                processed = image_processor(images=[im.convert("RGB") for im in request.images], return_tensors="pt")
+                pixels, grids = processed["pixel_values"], processed["image_grid_thw"]
         counts.extend(int(grid.prod()) // merge for grid in grids)
     if request.video:
-        video = build_video(image_processor, request.video, request.fps)
+        with _processor_limits(request.video[:1], "video frame"):
+            video = build_video(image_processor, request.video, request.fps)
         counts.append(int(video.video_grid_thw.prod()) // merge)
     return EncodedRequest(text=text, placeholder_tokens=tuple(counts), pixel_values=pixels, image_grid_thw=grids,
                           pixel_values_videos=None if video is None else video.pixel_values_videos,
                           video_grid_thw=None if video is None else video.video_grid_thw[None],
                           second_per_grid_t=None if video is None else video.second_per_grid_t,
                           images_u8=images_u8, recipe=recipe)
+
+
+@contextmanager
+def _processor_limits(images, what: str):
+    """The image processor's own refusals (Qwen's `smart_resize`: an aspect ratio of 200:1 or more) as input
+    errors naming the image's size, instead of internal errors."""
+    try:
+        yield
+    except ValueError as error:
+        sizes = ", ".join(f"{image.width}x{image.height}" for image in images)
+        which = f"the {what}" if len(images) == 1 else f"one of the {what}s"
+        raise InputError(f"the model's image processor refuses {which} ({sizes}): {error}",
+                         "Crop or pad it to a less extreme aspect ratio") from None
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | None:

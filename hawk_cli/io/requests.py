@@ -9,16 +9,67 @@ Relative paths resolve against `base` (the input file's folder, or the current f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from hawk_cli.errors import HawkError, InputError
-from hawk_cli.io.images import load_image
+from hawk_cli.io.images import MAX_IMAGES_PER_PROMPT, URL_PREFIXES, load_images
 from hawk_cli.io.prompts import Request
+from hawk_cli.io.text import check_question
 from hawk_cli.io.video import read_frames, validate_fps
 
 FIELDS = ("id", "images", "image", "video", "question", "ratio", "max_new_tokens", "fps")
+# A line holds one request: a question of at most 100 000 characters (400 kB of UTF-8 at most) and some paths.
+# A longer line is skipped (an error record) while it is read, never held in memory whole.
+MAX_LINE_BYTES = 1 << 20
+_SKIP_CHUNK = 1 << 16
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def decoded_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[str | InputError]:
+    """The lines of a binary stream as text, one item per line (so item k is line k): a str, or an InputError for
+    a line over `limit` bytes (read past in chunks, never held whole) or not valid UTF-8. A byte-order mark
+    opening the stream is dropped. Files and pipes go through here alike, so they decode identically."""
+    number = 0
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while True:
+                rest = stream.readline(_SKIP_CHUNK)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield InputError(f"line {number} is over hawk's limit of {limit:,} bytes per line",
+                             "Put one request per line, with a question of at most 100,000 characters")
+            continue
+        if number == 1 and line.startswith(UTF8_BOM):
+            line = line[len(UTF8_BOM):]
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield InputError(f"line {number} is not valid UTF-8 (byte 0x{line[error.start]:02x} at byte "
+                             f"{error.start + 1})", "Save the requests as UTF-8")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of the range of a number")
+    return value
+
+
+def strict_json(text: str):
+    """json.loads without Python's extensions: NaN, Infinity and numbers that overflow to infinity are refused
+    (they would make output records that are not JSON)."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 @dataclass(frozen=True)
@@ -44,8 +95,16 @@ class BadLine:
 
 def _paths(value, key: str, base: Path) -> tuple[Path, ...]:
     values = [value] if isinstance(value, str) else value
-    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
         raise InputError(f"'{key}' must be a path or a list of paths", f'Write e.g. "{key}": ["a.png"]')
+    if key == "images" and len(values) > MAX_IMAGES_PER_PROMPT:
+        raise InputError(f"'{key}' lists {len(values)} images, over hawk's limit of {MAX_IMAGES_PER_PROMPT} per "
+                         "prompt", "Give fewer images per request")
+    for text in values:
+        if text.lower().startswith(URL_PREFIXES):
+            raise InputError(f"'{key}' holds the URL '{text}'; hawk reads local files only", "Download it first")
+        if "\x00" in text:
+            raise InputError(f"'{key}' holds a path with a NUL character", "Check the path")
     return tuple(p if p.is_absolute() else base / p for p in (Path(v).expanduser() for v in values))
 
 
@@ -53,8 +112,9 @@ def _number(data: dict, key: str, kind: type):
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise InputError(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (kind is int and value != int(value)):
+        raise InputError(f"'{key}' must be {'an integer' if kind is int else 'a finite number'}, got {value!r}",
                          f"Fix '{key}' or leave it out")
     return kind(value)
 
@@ -68,6 +128,7 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
     question = data.get("question")
     if not isinstance(question, str) or not question.strip():
         raise InputError("'question' is missing or empty", 'Add "question": "..."')
+    question = check_question(question, "'question'")
     if "images" in data and "image" in data:
         raise InputError("both 'images' and 'image' are given", "Use one of them")
     images = _paths(data["images"] if "images" in data else data["image"], "images", base) \
@@ -86,19 +147,28 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
         if "video" not in data:
             raise InputError("'fps' is given without a 'video'", "Leave 'fps' out, or add the video")
         validate_fps(fps)
-    return RequestSpec(line=line, id=request_id, question=question.strip(), images=images, video=video, fps=fps,
+    return RequestSpec(line=line, id=request_id, question=question, images=images, video=video, fps=fps,
                        ratio=ratio, max_new_tokens=max_new_tokens)
 
 
-def read_requests(lines: Iterable[str], base: Path) -> Iterator[RequestSpec | BadLine]:
-    """Lazily parse JSONL lines (1-based numbers; blank lines skipped), so a pipe is read as it arrives."""
+def read_requests(lines: Iterable[str | HawkError], base: Path) -> Iterator[RequestSpec | BadLine]:
+    """Lazily parse JSONL lines (1-based numbers; blank lines skipped), so a pipe is read as it arrives. An item
+    may be an error already (a line `decoded_lines` could not read): it becomes that line's BadLine."""
     for number, text in enumerate(lines, start=1):
+        if isinstance(text, HawkError):
+            yield BadLine(line=number, id=None, error=text)
+            continue
         if not text.strip():
             continue
         try:
-            data = json.loads(text)
+            data = strict_json(text)
         except json.JSONDecodeError as error:
             yield BadLine(line=number, id=None, error=InputError(f"line {number} is not valid JSON ({error.msg})",
+                                                                 "Write one JSON object per line"))
+            continue
+        except (ValueError, RecursionError) as error:  # NaN / Infinity, a huge integer, nesting too deep
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]
+            yield BadLine(line=number, id=None, error=InputError(f"line {number} is not valid JSON ({reason})",
                                                                  "Write one JSON object per line"))
             continue
         try:
@@ -110,7 +180,7 @@ def read_requests(lines: Iterable[str], base: Path) -> Iterator[RequestSpec | Ba
 
 def load_request(spec: RequestSpec, default_fps: float) -> Request:
     """Open the request's images and frames (InputError on a missing or unreadable file)."""
-    images = tuple(load_image(path) for path in spec.images)
+    images = load_images(spec.images)
     frames = tuple(read_frames(list(spec.video))) if spec.video else ()
     return Request(question=spec.question, images=images, video=frames,
                    fps=spec.fps if spec.fps is not None else default_fps)
