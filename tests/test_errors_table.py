@@ -3,7 +3,9 @@ the fix, the documented exit code, no traceback, nothing on stdout. The table an
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -65,7 +67,27 @@ CASES = [
      "line 2"),
     ("eval-bad-ratio", ["eval", "--ratios", "0.5,2"], 2, "must be in [0, 1)"),
     ("bench-bad-batch", ["bench", "--batch", "0", "-m", "{model}"], 2, "batch"),
+    # Limits (docs/errors.md, "Limits"), each checked before the work it guards.
+    ("question-too-long", ["run", "{image}", "{long_question}", "-m", "{model}"], 2,
+     "the question is 100,001 characters long, over hawk's limit of 100,000"),
+    ("prompt-over-context", ["run", "{image}", "q ?", "-m", "{small_context}", "--max-new-tokens", "150"], 2,
+     "new tokens were asked for, over the model's context of 160 tokens"),
+    ("max-new-tokens-over-context", ["run", "{image}", "q ?", "-m", "{model}", "--max-new-tokens", "4096"], 2,
+     "--max-new-tokens 4,096 leaves no room for a prompt in the model's context of 4,096 tokens"),
+    ("image-aspect-ratio", ["run", "{thin}", "q ?", "-m", "{model}"], 2,
+     "the model's image processor refuses the image (201x1): absolute aspect ratio must be smaller than 200"),
+    ("too-many-images", ["run", "{images65}", "q ?", "-m", "{model}"], 2,
+     "the prompt has 65 images, over hawk's limit of 64"),
+    ("prompt-pixels", ["run", "{big_headers}", "q ?", "-m", "{model}"], 2,
+     "the prompt's images hold 245 Mpx together, over hawk's limit of 200 Mpx per prompt"),
+    ("builtin-n-too-large", ["calibrate", "builtin:10001", "-o", "{tmp}/w.safetensors", "-m", "{model}"], 2,
+     "builtin:10,001 is over hawk's limit of 10,000 generated questions"),
+    ("eval-n-too-large", ["eval", "-n", "10001"], 2, "-n must be at most 10,000"),
+    ("batch-size-too-large", ["run", "--input", "{bad_jsonl}", "--batch-size", "1025", "-m", "{model}"], 2,
+     "--batch-size must be at most 1,024"),
+    ("bench-too-many-repeats", ["bench", "--repeats", "1001", "-m", "{model}"], 2, "--repeats must be at most 1,000"),
 ]
+LIST_PLACEHOLDERS = ("{images65}", "{big_headers}")  # each stands for several arguments
 
 
 def _truncated_png(path: Path) -> None:
@@ -106,7 +128,20 @@ def places(tmp_path_factory, model_dir) -> dict[str, str]:
     (tmp / "llama").mkdir()
     LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                 vocab_size=68).save_pretrained(tmp / "llama")
-    return {"tmp": str(tmp), "model": str(model), "image": str(tmp / "image.png"), "missing": str(tmp / "missing.png"),
+    (tmp / "many").mkdir()
+    for index in range(65):
+        random_image(8, 8).save(tmp / "many" / f"{index}.png")
+    for index in range(5):  # 7000x7000 headers: 49 Mpx each, 245 Mpx together; never decoded
+        _huge_png_header(tmp / "many" / f"big{index}.png", 7000, 7000)
+    random_image(201, 1).save(tmp / "thin.png")
+    shutil.copytree(model, tmp / "small-context")
+    config = json.loads((tmp / "small-context" / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 160
+    (tmp / "small-context" / "config.json").write_text(json.dumps(config))
+    return {"tmp": str(tmp), "model": str(model), "long_question": "a" * 100_001, "thin": str(tmp / "thin.png"),
+            "images65": [str(tmp / "many" / f"{i}.png") for i in range(65)],
+            "big_headers": [str(tmp / "many" / f"big{i}.png") for i in range(5)],
+            "small_context": str(tmp / "small-context"), "image": str(tmp / "image.png"), "missing": str(tmp / "missing.png"),
             "empty": str(tmp / "empty.png"), "text": str(tmp / "text.png"), "truncated": str(tmp / "truncated.png"),
             "huge": str(tmp / "huge.png"), "corrupt": str(tmp / "corrupt.safetensors"),
             "weights28": str(tmp / "w28.safetensors"), "weights_llava": str(tmp / "wllava.safetensors"),
@@ -119,14 +154,17 @@ def test_documented_error_case(capsys, places, case_id, argv, exit_code, fragmen
     if case_id == "cuda-without-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     existing_before = Path(places["existing"]).read_text()
+    text_places = {key: value for key, value in places.items() if isinstance(value, str)}
+    expanded = [item for part in argv
+                for item in (places[part.strip("{}")] if part in LIST_PLACEHOLDERS else [part.format(**text_places)])]
     with pytest.raises(SystemExit) as exited:
-        main([part.format(**places) for part in argv])
+        main(expanded)
     captured = capsys.readouterr()
     assert exited.value.code == exit_code, captured.err
     assert captured.out == ""
     lines = [line for line in captured.err.splitlines() if line.startswith("hawk: error: ")]
     assert len(lines) == 1 and captured.err.rstrip("\n").endswith(lines[0]), captured.err
-    assert fragment.format(**places) in lines[0]
+    assert fragment.format(**text_places) in lines[0]
     assert "Traceback" not in captured.err
     assert Path(places["existing"]).read_text() == existing_before  # nothing overwritten
 
@@ -148,3 +186,18 @@ def test_docs_table_lists_exactly_the_tested_cases():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         documented[cells[0].strip("`")] = int(cells[2])
     assert documented == {case_id: code for case_id, _, code, _ in CASES}
+
+
+def test_every_test_the_docs_name_exists():
+    """The fault rows and limits name their pinning tests: each must exist (a renamed test would unpin a row)."""
+    import ast
+
+    named = set(re.findall(r"`(tests/[a-z_]+\.py)::([a-z0-9_]+)", DOCS.read_text()))
+    assert len(named) >= 10
+    root = DOCS.parent.parent
+    missing = []
+    for path, name in sorted(named):
+        tree = ast.parse((root / path).read_text())
+        if name not in {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}:
+            missing.append(f"{path}::{name}")
+    assert missing == []
