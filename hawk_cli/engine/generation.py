@@ -127,7 +127,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
     return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
-                            keep_mask=pruned.keep.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
+                            keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
                             step_logits=step_logits)
 
 

@@ -98,7 +98,9 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
     if model_type not in supported:
         raise ModelError(f"model type '{model_type}' is not supported", f"Supported: {', '.join(sorted(supported))}")
     try:
-        model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn)
+        # use_kernels=False: transformers 5.25 swaps in hub kernels on CUDA by default, which needs a download.
+        model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn,
+                                                            use_kernels=False)
         tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
         image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")

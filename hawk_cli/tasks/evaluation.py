@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from hawk_cli.engine.generation import GenerationSettings, generate
+from hawk_cli.engine.roles import token_roles
 from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.errors import InputError, UsageError
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import Scorer, get_scorer_class
 from hawk_cli.synthetic.scenes import GRID, HELDOUT_SEED, QUESTION_KINDS, SyntheticQuestion, heldout_set
 
@@ -235,8 +236,8 @@ def evaluate(session, settings: EvalSettings, progress: Callable[[int], None] | 
         batch = questions[start:start + settings.batch_size]
         keys = tuple(range(start, start + len(batch)))
         requests = [Request(question=q.question, images=(q.image,)) for q in batch]
-        inputs = build_inputs(session.tokenizer, session.loaded.image_processor, requests).to(device)
-        visual = inputs.mm_token_type_ids == 1
+        inputs = session.build_inputs(requests).to(device)
+        visual = token_roles(inputs.input_ids, inputs.attention_mask, session.adapter.tokens).visual
         targets = target_masks(visual, batch)
         runs = [(unpruned, None, 0.0)] + [(tallies[m, r], for_rows(scorers[m], keys), r)
                                           for m in settings.methods for r in settings.ratios]

@@ -27,13 +27,13 @@ import torch
 from PIL import Image
 
 from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
-from hawk_cli.engine.oracle import OracleReport, check_against_oracle
+from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.engine.session import HawkSession, versions
 from hawk_cli.engine.timing import PhaseTimer
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.models import LoadedModel, builtin_dir, resolve_device, resolve_dtype
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.requests import Request
 
 SCHEMA = "hawk.bench/1"
 RANDOM_WEIGHTS_NOTE = "random weights: speed and memory only"
@@ -150,26 +150,9 @@ def synthetic_image(size: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def downscaled(image: Image.Image, processor, visual_tokens: int) -> Image.Image:
-    """The image resized the way a user would (max_pixels) so that it yields at most `visual_tokens` tokens."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    factor = int(processor.patch_size) * int(processor.merge_size)
-    min_pixels = int(getattr(processor.size, "shortest_edge", None) or PUBLISHED_MIN_PIXELS)
-    height, width = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
-                                 max_pixels=visual_tokens * factor * factor)
-    return image.resize((width, height), Image.BICUBIC)
-
-
-def visual_tokens(image: Image.Image, processor) -> int:
-    """Visual tokens the processor makes of `image` (merged patches)."""
-    grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-    return int(grid.prod()) // int(processor.merge_size) ** 2
-
-
 def batch_inputs(session: HawkSession, images: list[Image.Image], batch: int, question: str):
     requests = [Request(question, (images[row % len(images)],)) for row in range(batch)]
-    return build_inputs(session.tokenizer, session.loaded.image_processor, requests).to(session.loaded.device)
+    return session.build_inputs(requests).to(session.loaded.device)
 
 
 # --- measurement ---------------------------------------------------------------------------------------------
@@ -245,20 +228,6 @@ def copy_bandwidth(device: torch.device) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def decoder_weight_bytes(model) -> int:
-    """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table is
-    only gathered (a few rows), so it is left out unless tied to the head."""
-    language_model = model.model.language_model
-    embed = language_model.get_input_embeddings().weight
-    seen, total = set(), 0
-    for parameter in list(language_model.parameters()) + list(model.lm_head.parameters()):
-        if id(parameter) in seen or (parameter is embed and parameter is not model.lm_head.weight):
-            continue
-        seen.add(id(parameter))
-        total += parameter.numel() * parameter.element_size()
-    return total
 
 
 @dataclass
@@ -338,8 +307,7 @@ class Bench:
 
         model, n = self.session.model, self.settings.max_new_tokens
         clock = _StepClock(self.device)
-        kwargs = {name: getattr(inputs, name) for name in ("input_ids", "attention_mask", "mm_token_type_ids",
-                                                           "pixel_values", "image_grid_thw")}
+        kwargs = self.session.adapter.stock_generate_inputs(inputs)
         _sync(self.device)
         start_bytes = self.probe.current()
         self.probe.reset_peak()
@@ -354,7 +322,7 @@ class Bench:
         with torch.inference_mode():  # the stock tower alone, for the vision column
             _sync(self.device)
             vision_start = time.perf_counter()
-            model.model.get_image_features(inputs.pixel_values.to(model.model.visual.dtype), inputs.image_grid_thw)
+            self.session.adapter.stock_vision(inputs)
             _sync(self.device)
             vision = time.perf_counter() - vision_start
         times = clock.times
@@ -367,7 +335,7 @@ class Bench:
 
     def _plan(self, batch: int) -> list[tuple[str, float, Callable[[], tuple[dict, dict]]]]:
         """(variant, ratio, run) for one batch size: the baseline, then each ratio's variants."""
-        question, processor = self.settings.question, self.session.loaded.image_processor
+        question, prompts = self.settings.question, self.session.prompts
         full = batch_inputs(self.session, self.images, batch, question)
         plan = [("unpruned", 0.0, lambda: self._engine_run(full, 0.0))]
         if self.settings.stock:
@@ -375,7 +343,7 @@ class Bench:
         for ratio in self.settings.ratios:
             plan.append(("pruned", ratio, lambda r=ratio: self._engine_run(full, r)))
             if self.settings.downscaled:
-                small = [downscaled(im, processor, keep_count(visual_tokens(im, processor), ratio))
+                small = [prompts.downscaled(im, keep_count(prompts.visual_tokens(im), ratio))
                          for im in self.images]
                 shrunk = batch_inputs(self.session, small, batch, question)
                 plan.append(("downscaled", ratio, lambda inputs=shrunk: self._engine_run(inputs, 0.0)))
@@ -452,7 +420,7 @@ class Bench:
                 "scorer": self.scorer.describe() if self.scorer else None, "random_weights": self.random_weights,
                 "images": [f"{im.width}x{im.height}" for im in self.images],
                 "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
-                "decoder_weight_bytes": decoder_weight_bytes(self.session.model),
+                "decoder_weight_bytes": self.session.adapter.decoder_weight_bytes(),
                 "weight_bytes": sum(p.numel() * p.element_size() for p in self.session.model.parameters()),
                 "cuda_graphs": self.compiled, "torch_threads": torch.get_num_threads()}
 
