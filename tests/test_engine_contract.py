@@ -42,11 +42,11 @@ class RandomScores(Scorer):
 class RenumberingAdapter(QwenVLAdapter):
     """Negative control: feeds the pruned prompt contiguous positions, as a naive implementation would."""
 
-    def decode(self, embeds, position_ids, attention_mask, cache):
+    def decode(self, embeds, position_ids, attention_mask, cache, extras=None):
         batch, length = embeds.shape[:2]
-        past = cache.get_seq_length()
+        past = int(cache.get_seq_length())
         contiguous = torch.arange(past, past + length, device=embeds.device).view(1, 1, length).expand(3, batch, length)
-        return super().decode(embeds, contiguous, attention_mask, cache)
+        return super().decode(embeds, contiguous, attention_mask, cache, extras)
 
 
 def _setup(family="qwen2_5_vl", attn="sdpa", requests=None):

@@ -74,6 +74,14 @@ class ModelAdapter(ABC):
     def num_layers(self) -> int: ...
 
     # --- inputs ----------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def standin_processors(cls, config) -> tuple:
+        """(tokenizer, image processor) for a model built from `config` alone (random weights, no checkpoint):
+        the family's real special-token ids and published image-processor settings."""
+
+    default_scoring_layer: int = 0  # the decoder layer HAWK scores at unless head weights say otherwise
+
     @abstractmethod
     def prompts(self, tokenizer, image_processor):
         """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),

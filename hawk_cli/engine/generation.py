@@ -109,6 +109,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()
+        extras = pruned.decoder_extras()
         batch, length = mask.shape
         capacity = length + settings.max_new_tokens
         mask_buffer = torch.zeros(batch, capacity, dtype=mask.dtype, device=device)
@@ -117,7 +118,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
         step = decode_step or DecodeStep(adapter, settings.compile)
         with timer.phase("prefill_s"):
             cache = step.new_cache(settings.cache, batch, capacity)
-            hidden = adapter.decode(embeds, positions, mask, cache)
+            hidden = adapter.decode(embeds, positions, mask, cache, extras)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(cache)
         next_positions = next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1)  # [P, B, 1]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from hawk_cli.adapters.base import ModelAdapter, Prefill
+from hawk_cli.adapters.base import ModelAdapter, Prefill, VisualExtras
 from hawk_cli.engine.compaction import Compaction, compact
 from hawk_cli.engine.roles import TokenRoles, token_roles
 from hawk_cli.engine.selection import select_keep
@@ -28,6 +28,13 @@ class PrunedPrefill:
         c = self.compaction
         return (c.gather_tokens(self.prefill.inputs_embeds), c.gather_positions(self.prefill.position_ids),
                 c.attention_mask)
+
+    def decoder_extras(self) -> VisualExtras | None:
+        """The kept visual tokens' per-token values, laid out like the compacted batch (same keep set)."""
+        extras = self.prefill.extras
+        if extras is None:
+            return None
+        return extras.pruned(self.keep, lambda mask: self.compaction.gather_tokens(mask.long()).bool())
 
 
 def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,

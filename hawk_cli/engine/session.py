@@ -73,7 +73,7 @@ class HawkSession:
         """The scorer with its head weights resolved and validated; notices go to the user's stderr."""
         recommended = self.recommended_settings() if name is None and weights_path is None else {}
         name = name or recommended.get("scorer", "hawk")
-        layer = layer if layer is not None else int(recommended.get("layer", 0))
+        layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hawk_cli.adapters import adapter_class
 from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
 from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 from hawk_cli.engine.selection import keep_count, validate_ratio
@@ -40,8 +41,6 @@ RANDOM_WEIGHTS_NOTE = "random weights: speed and memory only"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 DEFAULT_QUESTION = "what color is the circle ?"
 VARIANTS = ("unpruned", "pruned", "downscaled", "stock_generate")
-# Qwen2.5-VL's published preprocessor bounds (28x28 merged patches): a 1008x1008 image is 36x36 = 1296 tokens.
-PUBLISHED_MIN_PIXELS, PUBLISHED_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 # Metrics kept per run; each becomes {median, min, max} and a ratio to the unpruned baseline.
 TIME_METRICS = ("vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms", "tokens_per_s")
 MEMORY_METRICS = ("peak_prefill_bytes", "peak_run_bytes")
@@ -95,31 +94,9 @@ def resolve_config(spec: str) -> Path:
     raise UsageError(f"unknown config '{spec}'", f"Use one of {', '.join(named_configs())} or a config.json file")
 
 
-def qwen_id_tokenizer():
-    """Word-level tokenizer whose special tokens carry Qwen's real ids (151643...), for models built from a
-    published config without a checkpoint: prompts then have the released layout and vision ids."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from hawk_cli.synthetic import tokenizer as words
-
-    plain = dict.fromkeys((words.UNKNOWN_TOKEN,) + words.VOCABULARY[len(words.QWEN_SPECIAL_TOKENS):])
-    vocab = {word: index for index, word in enumerate(plain)}
-    vocab.update({token: 151643 + index for index, token in enumerate(words.QWEN_SPECIAL_TOKENS)})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=words.UNKNOWN_TOKEN))
-    backend.normalizer, backend.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token=words.UNKNOWN_TOKEN, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-        additional_special_tokens=[t for t in words.QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
-        padding_side="left")
-    tokenizer.chat_template = words.QWEN_VL_CHAT_TEMPLATE
-    return tokenizer
-
-
 def random_weight_session(config_spec: str, device: str, dtype: str, attn: str) -> HawkSession:
     """A model built from a config with random weights, directly on the device (speed and memory only)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     config_path = resolve_config(config_spec)
@@ -131,9 +108,7 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str) 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
         processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
     else:
-        tokenizer = qwen_id_tokenizer()
-        processor = Qwen2VLImageProcessorPil(size={"shortest_edge": PUBLISHED_MIN_PIXELS,
-                                                   "longest_edge": PUBLISHED_MAX_PIXELS})
+        tokenizer, processor = adapter_class(str(config.model_type)).standin_processors(config)
     torch.manual_seed(0)
     with torch.device(torch_device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype, attn_implementation=attn)

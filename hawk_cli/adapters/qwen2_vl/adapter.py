@@ -103,6 +103,12 @@ class QwenVLAdapter(ModelAdapter):
     def num_layers(self) -> int:
         return int(self.text_config.num_hidden_layers)
 
+    @classmethod
+    def standin_processors(cls, config) -> tuple:
+        from hawk_cli.adapters.qwen2_vl.standin import qwen2_vl_image_processor, qwen_id_tokenizer
+
+        return qwen_id_tokenizer(), qwen2_vl_image_processor()
+
     def prompts(self, tokenizer, image_processor) -> QwenPrompts:
         return QwenPrompts(tokenizer, image_processor)
 
