@@ -96,7 +96,7 @@ def test_jsonl_rows_over_the_context_get_error_records_and_the_rest_run(capsys, 
     records = {r["id"]: r for r in map(json.loads, out.splitlines())}
     assert code == 1 and list(records) == ["ok1", "absurd", "long", "ok2"]
     assert "answer" in records["ok1"] and "answer" in records["ok2"]
-    assert "new tokens were asked for, but the model's context holds 160 tokens" in records["absurd"]["error"]
+    assert records["absurd"]["error"].startswith("max_new_tokens 1,000,") and "context of 160 tokens" in records["absurd"]["error"]
     assert "over the model's context of 160 tokens" in records["long"]["error"]
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_ROUNDS, check_max_new_tokens, check_range
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_ROUNDS, check_range
 from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, ScorerOpt, WeightsOpt
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
@@ -117,7 +117,7 @@ def bench_command(
     Examples: hawk bench --repeats 3 | hawk bench --config qwen2.5-vl-7b --random-weights --batch 1,8 --json
     | hawk bench --model ./my-qwen --check
     """
-    from hawk_cli.engine.benchmark import Bench, BenchSettings, random_weight_session, synthetic_image
+    from hawk_cli.tasks.benchmark import Bench, BenchSettings, random_weight_session, synthetic_image
     from hawk_cli.engine.session import HawkSession
     from hawk_cli.io.images import load_image
 
@@ -140,8 +140,8 @@ def bench_command(
         session = random_weight_session(config or model or "builtin", device, dtype, attn)
     else:
         session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
-    check_max_new_tokens(session, max_new_tokens)
-    check_max_new_tokens(session, check_steps, "--check-steps")
+    session.check_new_tokens(max_new_tokens)
+    session.check_new_tokens(check_steps, "check_steps")
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)
@@ -167,7 +167,7 @@ def bench_command(
 
 
 def _check(out: Output, session, method, images, settings, steps: int, json_output: bool) -> None:
-    from hawk_cli.engine.benchmark import run_check
+    from hawk_cli.tasks.benchmark import run_check
 
     batch, ratio = settings.batches[0], settings.ratios[0]
     report = run_check(session, method, images, batch, ratio, steps, settings.question)

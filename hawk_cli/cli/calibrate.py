@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_max_new_tokens, check_range
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range
 from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import Interrupted
@@ -74,7 +74,7 @@ def calibrate_command(
     """
     from pathlib import Path
 
-    from hawk_cli.engine.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate
+    from hawk_cli.tasks.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate
     from hawk_cli.engine.head_weights import model_shape
     from hawk_cli.engine.session import HawkSession, versions
     from hawk_cli.io.atomic import check_writable
@@ -91,7 +91,7 @@ def calibrate_command(
     if method == "ablation":
         dataset.require_answers()
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
-    check_max_new_tokens(session, max_new_tokens)
+    session.check_new_tokens(max_new_tokens)
     _refuse_control_tokens(session, dataset)
     shape = model_shape(session.model.config)
     counts = dataset.subset_counts()

@@ -1,7 +1,6 @@
 """Checks of command-line values made before any model loads, worded with the flags the user typed.
 
-The limits are stated, with their reasons, in docs/errors.md ("Limits"). The engine's own errors name the
-problem; where one is about a flag's value, the commands map it here to the flag's name.
+The limits are stated, with their reasons, in docs/errors.md ("Limits").
 """
 
 from __future__ import annotations
@@ -27,17 +26,6 @@ def check_range(flag: str, value: int, low: int, high: int, example: str) -> int
         bound = f"at least {low:,}" if value < low else f"at most {high:,} (hawk's limit; see docs/errors.md)"
         raise UsageError(f"{flag} must be {bound}, got {value:,}", f"Use e.g. {flag} {example}")
     return value
-
-
-def check_max_new_tokens(session, value: int, flag: str = "--max-new-tokens") -> None:
-    """The engine's context check for the generation length, worded with the flag (before any work)."""
-    from hawk_cli.engine.session import NewTokensOverContext
-
-    try:
-        session.check_new_tokens(value)
-    except NewTokensOverContext as error:
-        raise UsageError(f"{flag} {value:,} leaves no room for a prompt in the model's context of "
-                         f"{error.context:,} tokens", f"Use e.g. {flag} 32") from None
 
 
 def _same_place(a: Path, b: Path) -> bool:

@@ -18,7 +18,7 @@ from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
-from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_max_new_tokens, check_range
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range
 from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
                                   QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
@@ -142,7 +142,7 @@ def run_command(
     | cat requests.jsonl | hawk run - --batch-size 8 > results.jsonl
     """
     from hawk_cli.engine.generation import GenerationSettings
-    from hawk_cli.io.video import validate_fps
+    from hawk_cli.io.frames import validate_fps
 
     out = Output(json_mode=json_output, quiet=quiet)
     arguments = list(arguments or [])
@@ -201,8 +201,8 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     from hawk_cli.io.atomic import check_writable
     from hawk_cli.io.images import load_images
     from hawk_cli.io.overlay import save_overlay
-    from hawk_cli.io.prompts import Request
-    from hawk_cli.io.video import read_frames
+    from hawk_cli.io.frames import read_frames
+    from hawk_cli.io.requests import Request
 
     image_paths, question = split_arguments(arguments, need_image=not video)
     settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
@@ -216,7 +216,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
-    check_max_new_tokens(session, max_new_tokens)
+    session.check_new_tokens(max_new_tokens)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
@@ -279,7 +279,7 @@ def _lines(input_file: str | None) -> tuple[Iterator, Path, ExitStack]:
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
                weights, scorer, max_new_tokens, device, dtype, attn) -> int:
     from hawk_cli.engine.session import versions
-    from hawk_cli.engine.stream import answer_stream, prepare_in_processes, prepare_workers
+    from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
 
     overlay_dir = None
@@ -297,7 +297,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
-    check_max_new_tokens(session, max_new_tokens)
+    session.check_new_tokens(max_new_tokens)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),
