@@ -87,6 +87,18 @@ CASES = [
      "--batch-size must be at most 1,024"),
     ("bench-too-many-repeats", ["bench", "--repeats", "1001", "-m", "{model}"], 2, "--repeats must be at most 1,000"),
 ]
+CASES += [
+    # Images and arguments (docs/errors.md rows)
+    ("question-missing", ["run", "{image}", "{image}", "-m", "{model}"], 2,
+     "the question is missing: the last argument '{image}' names a file"),
+    ("image-url", ["run", "https://example.com/a.png", "q ?", "-m", "{model}"], 2,
+     "image 'https://example.com/a.png' is a URL; hawk reads local files only"),
+    ("image-fifo", ["run", "{fifo}", "q ?", "-m", "{model}"], 2, "image '{fifo}' is a FIFO (named pipe), not a regular file"),
+    ("image-symlink-loop", ["run", "{loop}", "q ?", "-m", "{model}"], 2,
+     "cannot open image '{loop}' (Too many levels of symbolic links)"),
+    ("image-float-range", ["run", "{float_image}", "q ?", "-m", "{model}"], 2,
+     "holds floating-point pixels from 0 to 2; hawk reads float images as 0.0-1.0"),
+]
 LIST_PLACEHOLDERS = ("{images65}", "{big_headers}")  # each stands for several arguments
 
 
@@ -138,7 +150,19 @@ def places(tmp_path_factory, model_dir) -> dict[str, str]:
     config = json.loads((tmp / "small-context" / "config.json").read_text())
     config["text_config"]["max_position_embeddings"] = 160
     (tmp / "small-context" / "config.json").write_text(json.dumps(config))
-    return {"tmp": str(tmp), "model": str(model), "long_question": "a" * 100_001, "thin": str(tmp / "thin.png"),
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    os.mkfifo(tmp / "fifo.png")
+    os.symlink(tmp / "loop_b.png", tmp / "loop_a.png")
+    os.symlink(tmp / "loop_a.png", tmp / "loop_b.png")
+    float_pixels = np.zeros((4, 4), dtype=np.float32)
+    float_pixels[0, 0] = 2.0
+    Image.fromarray(float_pixels, "F").save(tmp / "float.tif")
+    return {"fifo": str(tmp / "fifo.png"), "loop": str(tmp / "loop_a.png"), "float_image": str(tmp / "float.tif"),
+            "tmp": str(tmp), "model": str(model), "long_question": "a" * 100_001, "thin": str(tmp / "thin.png"),
             "images65": [str(tmp / "many" / f"{i}.png") for i in range(65)],
             "big_headers": [str(tmp / "many" / f"big{i}.png") for i in range(5)],
             "small_context": str(tmp / "small-context"), "image": str(tmp / "image.png"), "missing": str(tmp / "missing.png"),

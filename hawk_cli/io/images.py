@@ -3,7 +3,7 @@
 Conversion to 8-bit RGB (docs/errors.md, "Images"), after the EXIF orientation is applied (a phone photo is
 seen upright, as an image viewer shows it):
 * 16-bit greyscale (`I;16*`, and `I` from files of at most 16 bits per sample): scaled, v * 255 / 65535
-  rounded (Pillow's own `convert` clips at 255, which turns almost every 16-bit picture white);
+  rounded (a TIFF declaring fewer bits, e.g. 12, by its own maximum) (Pillow's own `convert` clips at 255, which turns almost every 16-bit picture white);
 * 32-bit float (`F`): read as 0.0-1.0 (the usual convention of float images), scaled by 255 and rounded;
   values outside 0-1, NaN, and integer images of more than 16 bits are refused, since no scale is right for
   all of them;
@@ -141,6 +141,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
 
     Always a new image, independent of the (possibly closed) file `image` was read from."""
     image.load()
+    bits = _bits_per_sample(image)  # read before the copy below, which keeps no file tags
     upright = ImageOps.exif_transpose(image)
     image = upright if upright is not image else image.copy()
     mode = image.mode
@@ -150,7 +151,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     if mode == "RGB":
         return image
     if mode.startswith("I;16") or mode == "I":
-        return _from_grey(_sixteen_bit(image, name)).convert("RGB")
+        return _from_grey(_sixteen_bit(image, bits, name)).convert("RGB")
     if mode == "F":
         return _from_grey(_unit_float(image, name)).convert("RGB")
     if mode == "LAB":
@@ -175,12 +176,18 @@ def _from_grey(values: np.ndarray) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8), "L")
 
 
-def _sixteen_bit(image: Image.Image, name: str) -> np.ndarray:
-    bits = 16
+def _bits_per_sample(image: Image.Image) -> int:
+    """Bits per sample the file declares (TIFF BitsPerSample), else 16: PNG, the other source of `I` and `I;16`
+    images, stores at most 16."""
     tags = getattr(image, "tag_v2", None)
-    if tags is not None and 258 in tags:  # TIFF BitsPerSample
+    if tags is not None and 258 in tags:
         declared = tags[258]
-        bits = int(declared[0] if isinstance(declared, tuple) else declared)
+        return int(declared[0] if isinstance(declared, tuple) else declared)
+    return 16
+
+
+def _sixteen_bit(image: Image.Image, bits: int, name: str) -> np.ndarray:
+    """Grey values scaled from the declared bit depth (16 for PNG; 12 for a 12-bit TIFF) to 8 bits, rounded."""
     if bits > 16:
         raise InputError(f"image '{name}' holds {bits}-bit integer pixels, which have no single right scale to 8 bits",
                          "Convert it to 8- or 16-bit first")
