@@ -96,6 +96,8 @@ CASES += [
     ("image-fifo", ["run", "{fifo}", "q ?", "-m", "{model}"], 2, "image '{fifo}' is a FIFO (named pipe), not a regular file"),
     ("image-symlink-loop", ["run", "{loop}", "q ?", "-m", "{model}"], 2,
      "cannot open image '{loop}' (Too many levels of symbolic links)"),
+    ("question-control-token", ["run", "{image}", "what <|vision_start|> ?", "-m", "{model}"], 2,
+     "the question contains the model's control token '<|vision_start|>'"),
     ("image-float-range", ["run", "{float_image}", "q ?", "-m", "{model}"], 2,
      "holds floating-point pixels from 0 to 2; hawk reads float images as 0.0-1.0"),
 ]
@@ -207,7 +209,7 @@ def test_docs_table_lists_exactly_the_tested_cases():
     rows = [line for line in DOCS.read_text().splitlines() if re.match(r"^\| `[a-z0-9-]+` \|", line)]
     documented = {}
     for row in rows:
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip("|"))]  # "\|" is a literal pipe
         documented[cells[0].strip("`")] = int(cells[2])
     assert documented == {case_id: code for case_id, _, code, _ in CASES}
 
