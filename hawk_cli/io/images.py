@@ -57,6 +57,8 @@ def check_local_file(path: str | Path, what: str = "image") -> Path:
         raise InputError(f"{what} '{path}' does not exist", "Check the path")
     except OSError as error:  # a symlink loop, a name too long, no permission on a folder on the way
         raise InputError(f"cannot open {what} '{path}' ({error.strerror})", "Check the path")
+    except ValueError as error:  # not encodable as a file name
+        raise InputError(f"{what} path {text!r} is not a valid file name ({error})", "Check the path")
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{what} '{path}' is a folder", "Give an image file (PNG, JPEG, ...)")
     for test, kind in _FILE_KINDS:

@@ -84,8 +84,23 @@ def _finite_float(text: str) -> float:
 
 def strict_json(text: str):
     """json.loads without Python's extensions: NaN, Infinity and numbers that overflow to infinity are refused
-    (they would make output records that are not JSON)."""
-    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    (they would make output records that are not JSON), and so are strings with an unpaired surrogate escape
+    (`"\\ud800"`: not Unicode text, so no UTF-8 output, path or tokenizer can take it)."""
+    data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    pending = [data]
+    while pending:  # iterative: the parser's own nesting limit stays the only one
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds an unpaired surrogate escape") from None
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return data
 
 
 @dataclass(frozen=True)

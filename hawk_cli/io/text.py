@@ -24,6 +24,11 @@ def check_question(text: str, what: str = "the question") -> str:
     if len(text) > MAX_QUESTION_CHARS:
         raise InputError(f"{what} is {len(text):,} characters long, over hawk's limit of {MAX_QUESTION_CHARS:,}",
                          "Shorten it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # bytes the terminal could not decode (surrogate escapes)
+        raise InputError(f"{what} is not valid text (character {error.start + 1} is an undecodable byte)",
+                         "Give the question as UTF-8 text") from None
     text = text.strip()
     if not text:
         raise InputError(f"{what} is empty", "Give a non-empty text")
