@@ -36,7 +36,7 @@ def test_killed_mid_write_leaves_the_old_file_intact(tmp_path):
 def test_completed_write_replaces_the_file(tmp_path):
     target = tmp_path / "out.jsonl"
     target.write_text("old")
-    atomic_write_text(target, "new")
+    atomic_write_text(target, "new", overwrite=True)
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temp file left behind
 
@@ -66,7 +66,7 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     existing.write_text("old")
     existing.chmod(0o640)
     atomic_write_text(fresh, "new")
-    atomic_write_text(existing, "new")
+    atomic_write_text(existing, "new", overwrite=True)
     umask = os.umask(0)
     os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -98,6 +98,10 @@ CASES += [
      "cannot open image '{loop}' (Too many levels of symbolic links)"),
     ("question-control-token", ["run", "{image}", "what <|vision_start|> ?", "-m", "{model}"], 2,
      "the question contains the model's control token '<|vision_start|>'"),
+    ("output-is-an-input", ["run", "{image}", "q ?", "-o", "{image}", "--force", "-m", "{model}"], 2,
+     "--output '{image}' is also an input image; writing it would destroy the input"),
+    ("output-equals-overlay", ["run", "{image}", "q ?", "-o", "{tmp}/x.png", "--overlay", "{tmp}/x.png", "-m",
+                               "{model}"], 2, "--output and --overlay name the same file"),
     ("image-float-range", ["run", "{float_image}", "q ?", "-m", "{model}"], 2,
      "holds floating-point pixels from 0 to 2; hawk reads float images as 0.0-1.0"),
 ]

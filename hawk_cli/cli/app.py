@@ -6,7 +6,9 @@ HAWK_DEBUG=1 adds the traceback after the line.
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -17,9 +19,11 @@ from hawk_cli.cli.bench import bench_command
 from hawk_cli.cli.calibrate import calibrate_command
 from hawk_cli.cli.eval import eval_command
 from hawk_cli.cli.run import run_command
+from hawk_cli.cli.signals import signals_as_interrupts
 from hawk_cli.cli.options import flag_for
+from hawk_cli.cli.output import OutputClosed
 from hawk_cli.cli.weights import weights_app
-from hawk_cli.errors import HawkError, HawkWarning, from_library_error
+from hawk_cli.errors import HawkError, HawkWarning, Interrupted, from_library_error
 
 app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -50,17 +54,40 @@ def _exit_code_for(error: BaseException) -> int:
         return error.exit_code
     if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Abort":
         _error_line("interrupted")
-        return 130
+        return 130  # SIGTERM / SIGHUP: _run_app reports 128 + their number
     if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # the argument parser's usage errors
         command = getattr(getattr(error, "ctx", None), "command_path", None) or "hawk"
         _error_line(f"{error.format_message().strip().rstrip('.')}. Run '{command} --help' for usage.")
         return int(error.exit_code)
+    if isinstance(error, OutputClosed) or (isinstance(error, OSError) and error.errno in (
+            errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE)):
+        return _output_failed(error)
     mapped = from_library_error(error)
     if mapped is not None:
         return _exit_code_for(mapped)
     first_line = str(error).splitlines()[0] if str(error) else ""
     _error_line(f"internal error ({type(error).__name__}: {first_line}). "
                 "Please report it; set HAWK_DEBUG=1 for the traceback.")
+    return 1
+
+
+def _output_failed(error: OSError | OutputClosed) -> int:
+    """Writing stdout failed: a full disk under a redirect is one line and exit 1; a closed pipe (`| head`) is
+    the reader's choice, so it ends quietly with 141 (128 + SIGPIPE), as other tools do. Either way stdout is
+    pointed at /dev/null, so the interpreter's last flush cannot fail again with a traceback."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (an embedding caller)
+        pass
+    if isinstance(error, OutputClosed) or error.errno == errno.EPIPE:
+        return 141
+    _error_line(f"cannot write the output: {error.strerror}. Free some space, or write to another disk.")
     return 1
 
 
@@ -87,15 +114,29 @@ def _run_app(argv: list[str], debug: bool) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "transformers" in sys.modules:  # already imported (in-process callers): use its public switch
         sys.modules["transformers"].utils.logging.disable_progress_bar()
-    try:
-        code = app(args=[a for a in argv if a != "--debug"], prog_name="hawk", standalone_mode=False)
-    except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI
-        if isinstance(error, SystemExit):
-            raise
-        code = _exit_code_for(error)
-        if debug:
-            traceback.print_exception(error)
-    else:
-        if code == 130:  # Ctrl-C inside a command, turned into exit code 130 by the argument parser
-            _error_line("interrupted")
+    with signals_as_interrupts() as received:
+        try:
+            code = app(args=[a for a in argv if a != "--debug"], prog_name="hawk", standalone_mode=False)
+        except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI
+            if isinstance(error, SystemExit):
+                raise
+            code = _terminated(error, received[0]) if received else _exit_code_for(error)
+            if debug:
+                traceback.print_exception(error)
+        else:
+            if received:  # a signal whose interrupt the command absorbed: still report it
+                code = _terminated(None, received[0])
+            elif code == 130:  # Ctrl-C inside a command, turned into exit code 130 by the argument parser
+                _error_line("interrupted")
     return code
+
+
+def _terminated(error: BaseException | None, signum: int) -> int:
+    """SIGTERM / SIGHUP: the command unwound as for Ctrl-C (its own message, if it has one, says what was left
+    undone); the exit code is 128 + the signal's number, as shells report it."""
+    name = signal.Signals(signum).name
+    if isinstance(error, HawkError) and not isinstance(error, Interrupted):
+        return _exit_code_for(error)  # a failure of its own, not the interruption
+    message = error.render(flag_for).rstrip(".") if isinstance(error, Interrupted) else "interrupted"
+    _error_line(f"{message} ({name})")
+    return 128 + signum

@@ -114,7 +114,7 @@ def calibrate_command(
         }
         weights = HeadWeights(values=result.importance, source=str(path), metadata=metadata,
                               extra_tensors={"subset_drops": result.subset_drops})
-        save_head_weights(path, weights)
+        save_head_weights(path, weights, overwrite=force)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; no weights file was written")
     values = result.importance.tolist()

@@ -89,7 +89,7 @@ def require_matplotlib() -> None:
                             "Install it with: pip install 'hawk-vlm[plot]', or leave out --plot") from None
 
 
-def plot_retention(report, path: Path) -> None:
+def plot_retention(report, path: Path, overwrite: bool = False) -> None:
     """Retention against ratio, one line per method, with ±1 SE bars; written atomically as PNG."""
     require_matplotlib()
     import matplotlib
@@ -112,7 +112,7 @@ def plot_retention(report, path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite) as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
 
@@ -176,5 +176,5 @@ def eval_command(
                  "recall = kept target tokens / target tokens; scoring / prefill = scoring time as a share of the "
                  "unpruned prefill")
     if plot is not None:
-        plot_retention(report, plot)
+        plot_retention(report, plot, overwrite=force)
         out.note(f"wrote {plot}")

@@ -29,6 +29,19 @@ def json_line(data: dict) -> str:
     return json.dumps(_finite(data), ensure_ascii=False, allow_nan=False)
 
 
+class OutputClosed(Exception):
+    """The reader of stdout went away (`| head -1`): not a failure of hawk's. Not an OSError, so the argument
+    parser's own broken-pipe handling (a silent exit 1) does not take it; the CLI ends quietly with 141."""
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed() from None
+
+
 class Output:
     def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
@@ -37,13 +50,11 @@ class Output:
 
     # --- stdout: results only ----------------------------------------------------------------------
     def result(self, text: str) -> None:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        _write_stdout(text + "\n")
 
     def record(self, data: dict) -> None:
         """One JSON object on one line; values are never rounded."""
-        sys.stdout.write(json_line(data) + "\n")
-        sys.stdout.flush()
+        _write_stdout(json_line(data) + "\n")
 
     def table(self, renderable) -> None:
         Console(highlight=False, soft_wrap=True).print(renderable)

@@ -98,7 +98,7 @@ def _open_sink(stack: ExitStack, out: Output, output: str | None, force: bool) -
         return _Sink(out, None)
     from hawk_cli.io.atomic import atomic_path, check_writable
 
-    temporary = stack.enter_context(atomic_path(check_writable(Path(output), force)))
+    temporary = stack.enter_context(atomic_path(check_writable(Path(output), force), overwrite=force))
     return _Sink(out, stack.enter_context(open(temporary, "w", encoding="utf-8")))
 
 
@@ -220,7 +220,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
-        save_overlay(Path(overlay), _overlay_picture(session, request, answer, overlay_scores))
+        save_overlay(Path(overlay), _overlay_picture(session, request, answer, overlay_scores), overwrite=force)
     with ExitStack() as stack:
         sink = _open_sink(stack, out, output, force)
         if json_output:
@@ -298,8 +298,14 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
     session.check_new_tokens(max_new_tokens)
+    overlay_names = None
     if overlay_dir is not None:
+        from hawk_cli.io.overlay import OverlayNames
+
         overlay_dir.mkdir(parents=True, exist_ok=True)
+        beside = [Path(output).name] if output is not None and Path(output).resolve().parent == overlay_dir.resolve() \
+            else []
+        overlay_names = OverlayNames(tuple(beside))  # never the --output file's name
     context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),
                "versions": versions()}
     counts = {"done": 0, "failed": 0, "first_batch": 0}
@@ -327,8 +333,8 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
                     answer = outcome.pop("_answer")
                     record = {"id": row.id, "line": row.line, **outcome, **context}
                     if overlay_dir is not None:
-                        record["overlay"] = _write_row_overlay(out, session, overlay_dir, row, answer,
-                                                               overlay_scores, force)
+                        record["overlay"] = _write_row_overlay(out, session, overlay_dir / overlay_names.name_for(
+                            row.id, row.line), row, answer, overlay_scores, force)
                     sink.record(record)
                 counts["done"] += 1
                 advance()
@@ -347,12 +353,15 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     return 1 if counts["failed"] else 0
 
 
-def _write_row_overlay(out: Output, session, folder: Path, row, answer, by_score: bool, force: bool):
-    from hawk_cli.io.overlay import overlay_name, save_overlay
+def _write_row_overlay(out: Output, session, path: Path, row, answer, by_score: bool, force: bool):
+    from hawk_cli.io.overlay import save_overlay
 
-    path = folder / overlay_name(row.id, row.line)
     if path.exists() and not force:
         out.warn(f"line {row.line}: overlay '{path}' exists; not overwritten (pass --force)")
         return None
-    save_overlay(path, _overlay_picture(session, row.request, answer, by_score))
+    try:
+        save_overlay(path, _overlay_picture(session, row.request, answer, by_score), overwrite=force)
+    except InputError:  # another process took the name since the check above: still not overwritten
+        out.warn(f"line {row.line}: overlay '{path}' appeared meanwhile; not overwritten (pass --force)")
+        return None
     return str(path)

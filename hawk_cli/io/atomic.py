@@ -1,10 +1,14 @@
 """Every file hawk writes goes through here: a temp file in the same folder, fsync, then rename.
 
-An interrupted or failed write leaves the old file (or nothing) in place, never half a file.
+An interrupted or failed write (a signal, a full disk) leaves the old file (or nothing) in place, never half a
+file. Without `overwrite`, "no overwrite" holds at the moment the file appears, not only when the command
+started: the temp file is hard-linked to the final name, which fails if anything has taken that name since
+(another hawk, say); `check_writable` is the early, friendly version of the same rule.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -38,12 +42,51 @@ def _mode_for(path: Path) -> int:
     return 0o666 & ~umask
 
 
+# Errors of a full or capped disk: the message names the space, not the file's permissions.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failure(path: Path, error: OSError) -> ResourceError:
+    """A failed write as one actionable line (the caller has left the old file in place)."""
+    if error.errno in NO_SPACE:
+        return ResourceError(f"no space left to write '{path}' ({error.strerror}); the previous file, if any, "
+                             "is unchanged", "Free some space, or write to another disk")
+    return ResourceError(f"cannot write '{path}': {error.strerror}", "Choose an output path you can write to")
+
+
+def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
+    """Give the finished temp file its final name: replace (overwrite), or link-or-fail (no overwrite)."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise InputError(f"'{path}' appeared while hawk was running (another process wrote it); it was not "
+                         "overwritten", "Pass {force} to overwrite it, or choose another path") from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        # No hard links here (some network and FAT file systems): claim the name exclusively, then replace it.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise InputError(f"'{path}' appeared while hawk was running (another process wrote it); it was not "
+                             "overwritten", "Pass {force} to overwrite it, or choose another path") from None
+        os.replace(temporary, path)
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` atomically, on failure it vanishes."""
+def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it becomes `path` atomically, on failure it vanishes.
+
+    `overwrite` False: an existing `path` is never replaced, even one created after the command started."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise write_failure(path, error) from None
     os.close(handle)
     temporary = Path(temporary)
     try:
@@ -51,17 +94,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.chmod(temporary, _mode_for(path))
-        os.replace(temporary, path)
-    except PermissionError as error:
-        raise ResourceError(f"cannot write '{path}': {error.strerror}", "Choose an output path you can write to")
+        _publish(temporary, path, overwrite)
+    except OSError as error:
+        raise write_failure(path, error) from None
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as temporary:
+def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False) -> None:
+    with atomic_path(path, overwrite) as temporary:
         temporary.write_bytes(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, overwrite: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite)

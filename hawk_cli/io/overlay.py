@@ -88,16 +88,36 @@ def render_overlay(panels: list[tuple[Image.Image, int, int]], keep: torch.Tenso
     return canvas
 
 
-def save_overlay(path: Path, picture: Image.Image) -> None:
-    """Write atomically; the format follows the suffix (PNG when unknown)."""
+def save_overlay(path: Path, picture: Image.Image, overwrite: bool = False) -> None:
+    """Write atomically (an existing file only with `overwrite`); the format follows the suffix (PNG when
+    unknown)."""
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite) as temporary:
         picture.save(temporary, format=image_format)
+
+
+class OverlayNames:
+    """File names for one run's overlays, each used once: a request whose id's name is taken (a repeated id,
+    ids differing only in case or in characters made safe, a name `reserved` for another output) gets its line
+    number added, which no other request of the run has."""
+
+    def __init__(self, reserved: tuple[str, ...] = ()) -> None:
+        self._used = {name.casefold() for name in reserved}  # some file systems ignore case
+
+    def name_for(self, request_id: object, line: int) -> str:
+        name = overlay_name(request_id, line)
+        stem = name[: -len(".png")]
+        counter = 0
+        while name.casefold() in self._used:
+            counter += 1
+            name = f"{stem}-line{line}.png" if counter == 1 else f"{stem}-line{line}-{counter}.png"
+        self._used.add(name.casefold())
+        return name
 
 
 def overlay_name(request_id: object, line: int) -> str:
     """A safe file name for a JSONL row's overlay: the id's characters kept where harmless, else the line."""
     text = "" if request_id is None else str(request_id)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")[:100]  # file names: 255 B
     return f"{safe or f'line{line}'}.png"

@@ -42,15 +42,16 @@ def published_qwen2_5_vl_7b() -> HeadWeights:
                                  "method": "ablation (authors' release)"})
 
 
-def save_head_weights(path: Path, weights: HeadWeights) -> None:
-    """Write atomically; metadata values become strings (safetensors metadata is str -> str)."""
+def save_head_weights(path: Path, weights: HeadWeights, overwrite: bool = False) -> None:
+    """Write atomically (an existing file only with `overwrite`); metadata values become strings (safetensors
+    metadata is str -> str)."""
     from safetensors.torch import save_file
 
     tensors = {TENSOR_NAME: weights.values.float().contiguous().cpu()}
     tensors.update({k: v.float().contiguous().cpu() for k, v in weights.extra_tensors.items()})
     metadata = {"format_version": FORMAT_VERSION}
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in weights.metadata.items()})
-    with atomic_path(Path(path)) as temporary:
+    with atomic_path(Path(path), overwrite) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
 
 
