@@ -48,7 +48,7 @@ def check_record(record: dict) -> None:
 
 
 def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
-    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--batch", "1,2", "--json", *QUICK)
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--batch-size", "1,2", "--json", *QUICK)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [(r["batch"], r["variant"]) for r in records] == [(b, v) for b in (1, 2) for v in
@@ -67,7 +67,7 @@ def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
 
 @pytest.mark.skipif(not HAS_BUILTIN, reason="the built-in model is not installed")
 def test_table_on_the_builtin_model(capsys):
-    code, out, err = run_cli(capsys, "bench", "--batch", "1", *QUICK)
+    code, out, err = run_cli(capsys, "bench", "--batch-size", "1", *QUICK)
     assert code == 0, err
     assert "pruned r=0.8" in out and "unpruned" in out and "decode ms/token" in out
     assert "random weights" not in out
@@ -82,7 +82,7 @@ def test_random_weights_from_a_config_say_so(capsys, tmp_path):
                                    fullatt_block_indexes=[1])
     path = tmp_path / "small.json"
     path.write_text(json.dumps(config))
-    code, out, err = run_cli(capsys, "bench", "--config", str(path), "--random-weights", "--batch", "1", "--json",
+    code, out, err = run_cli(capsys, "bench", "--config", str(path), "--random-weights", "--batch-size", "1", "--json",
                              "--no-stock", *QUICK)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
@@ -120,7 +120,7 @@ def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, tied
 
 
 def test_check_passes_on_an_honest_engine(capsys, model_dir):
-    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch", "2", *QUICK)
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch-size", "2", *QUICK)
     assert code == 0, err
     assert out.startswith("PASS") and "tokens equal" in out
 
@@ -132,7 +132,7 @@ def test_check_fails_when_the_engine_renumbers_positions(capsys, model_dir, monk
     honest = session_module.adapter_for
     monkeypatch.setattr(session_module, "adapter_for",
                         lambda model, tokenizer: RenumberingAdapter(model, honest(model, tokenizer).tokens))
-    code, out, _ = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch", "2", "--json", *QUICK)
+    code, out, _ = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch-size", "2", "--json", *QUICK)
     assert code == 1
     record = json.loads(out)
     assert record["check"] == "FAIL" and max(record["step_max_abs_logit_diff"]) > record["tolerance"]
@@ -141,7 +141,7 @@ def test_check_fails_when_the_engine_renumbers_positions(capsys, model_dir, monk
 def test_images_are_read_from_files(capsys, model_dir, tmp_path):
     path = tmp_path / "a.png"
     random_image(140, 112, 3).save(path)
-    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--image", str(path), "--batch", "1",
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--image", str(path), "--batch-size", "1",
                              "--json", "--no-stock", *QUICK)
     assert code == 0, err
     assert {json.loads(line)["environment"]["images"][0] for line in out.splitlines()} == {"140x112"}

@@ -67,7 +67,7 @@ def test_run_uses_the_file_and_refuses_wrong_head_count_or_model_type(capsys, ca
                                          (original.values, "qwen2_vl", "calibrated for model type 'qwen2_vl', not")):
         bad = tmp_path / "bad.safetensors"
         save_head_weights(bad, HeadWeights(values=values, source="t",
-                                           metadata={**original.metadata, "model_type": model_type}))
+                                           metadata={**original.metadata, "model_type": model_type}), overwrite=True)
         code, out, err = run_cli(capsys, "run", image, "q ?", "--model", model_dir, "--weights", bad)
         last = err.strip().splitlines()[-1]  # (transformers may draw its loading bar first)
         assert code == 2 and out == "" and last.startswith("hawk: error: ") and fragment in last

@@ -65,8 +65,8 @@ CASES = [
      "does not exist"),
     ("calibration-jsonl-malformed", ["calibrate", "{bad_jsonl}", "-o", "{tmp}/w.safetensors", "-m", "{model}"], 2,
      "line 2"),
-    ("eval-bad-ratio", ["eval", "--ratios", "0.5,2"], 2, "must be in [0, 1)"),
-    ("bench-bad-batch", ["bench", "--batch", "0", "-m", "{model}"], 2, "batch"),
+    ("eval-bad-ratio", ["eval", "--ratio", "0.5,2"], 2, "must be in [0, 1)"),
+    ("bench-bad-batch", ["bench", "--batch-size", "0", "-m", "{model}"], 2, "batch"),
     # Limits (docs/errors.md, "Limits"), each checked before the work it guards.
     ("question-too-long", ["run", "{image}", "{long_question}", "-m", "{model}"], 2,
      "the question is 100,001 characters long, over hawk's limit of 100,000"),
@@ -102,6 +102,10 @@ CASES += [
      "--output '{image}' is also an input image; writing it would destroy the input"),
     ("output-equals-overlay", ["run", "{image}", "q ?", "-o", "{tmp}/x.png", "--overlay", "{tmp}/x.png", "-m",
                                "{model}"], 2, "--output and --overlay name the same file"),
+    ("budget-given-twice", ["run", "{image}", "q ?", "--ratio", "0.5", "--keep", "0.5", "-m", "{model}"], 2,
+     "--ratio and --keep each set the visual-token budget"),
+    ("keep-out-of-range", ["run", "{image}", "q ?", "--keep", "1.5", "-m", "{model}"], 2,
+     "--keep must be in (0, 1], got 1.5"),
     ("image-float-range", ["run", "{float_image}", "q ?", "-m", "{model}"], 2,
      "holds floating-point pixels from 0 to 2; hawk reads float images as 0.0-1.0"),
 ]

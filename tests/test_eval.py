@@ -115,8 +115,8 @@ def test_bad_settings_are_usage_errors(kwargs, fragment):
 
 
 def test_json_records_one_per_method_and_ratio_with_the_environment(capsys, model_dir):
-    code, out, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "4", "--ratios", "0.5,0.8",
-                             "--methods", "random,oracle", "--json", "--batch-size", "4")
+    code, out, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "4", "--ratio", "0.5,0.8",
+                             "--scorer", "random,oracle", "--json", "--batch-size", "4")
     assert code == 0, err
     records = [json.loads(line) for line in out.strip().splitlines()]
     assert [(r["method"], r["ratio"]) for r in records] == [("random", 0.5), ("random", 0.8), ("oracle", 0.5),
@@ -137,8 +137,8 @@ def test_json_records_one_per_method_and_ratio_with_the_environment(capsys, mode
 def test_plot_is_a_png_written_atomically(capsys, model_dir, tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "retention.png"
-    code, _, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "2", "--ratios", "0.5,0.8",
-                           "--methods", "random", "--plot", str(plot), "-q")
+    code, _, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "2", "--ratio", "0.5,0.8",
+                           "--scorer", "random", "--plot", str(plot), "-q")
     assert code == 0, err
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["retention.png"]  # no temporary file left behind
@@ -153,17 +153,17 @@ def test_plot_without_matplotlib_fails_before_any_work(capsys, monkeypatch, mode
 
 
 def test_table_on_stdout(capsys, model_dir):
-    code, out, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "2", "--ratios", "0.8",
-                             "--methods", "norm,oracle", "-q")
+    code, out, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "2", "--ratio", "0.8",
+                             "--scorer", "norm,oracle", "-q")
     assert code == 0, err
     assert "unpruned" in out and "oracle (upper bound)" in out and "norm" in out and "count" in out
     assert "proxy" in out and "hawk: note" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--ratios", "0.5,x"], "--ratios must be comma-separated numbers"),
-    (["--ratios", "1.2"], "--ratio must be in [0, 1), got 1.2"),
-    (["--methods", "hawk,bogus"], "unknown scorer 'bogus'"),
+    (["--ratio", "0.5,x"], "--ratio must be numbers in (0, 1)"),
+    (["--ratio", "1.2"], "--ratio must be in [0, 1), got 1.2"),
+    (["--scorer", "hawk,bogus"], "unknown scorer 'bogus'"),
     (["-n", "0"], "-n must be at least 1"),
     (["--plot", "out.jpg"], "--plot writes a PNG"),
     (["--plot", "/no/such/folder/x.png"], "does not exist"),
@@ -177,6 +177,6 @@ def test_bad_arguments_are_one_line_errors(capsys, model_dir, argv, fragment):
 def test_existing_plot_needs_force(capsys, model_dir, tmp_path):
     plot = tmp_path / "r.png"
     plot.write_bytes(b"old")
-    code, _, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "1", "--ratios", "0.8",
-                           "--methods", "random", "--plot", str(plot), "-q")
+    code, _, err = run_cli(capsys, "eval", "--model", str(model_dir), "-n", "1", "--ratio", "0.8",
+                           "--scorer", "random", "--plot", str(plot), "-q")
     assert code == 2 and "--force" in err and plot.read_bytes() == b"old"

@@ -13,6 +13,8 @@ import sys
 import traceback
 import warnings
 
+from typing import Annotated
+
 import typer
 
 from hawk_cli.cli.bench import bench_command
@@ -20,23 +22,41 @@ from hawk_cli.cli.calibrate import calibrate_command
 from hawk_cli.cli.eval import eval_command
 from hawk_cli.cli.run import run_command
 from hawk_cli.cli.signals import signals_as_interrupts
-from hawk_cli.cli.options import flag_for
+from hawk_cli.cli.options import HELP_SETTINGS, DebugOpt, flag_for
 from hawk_cli.cli.output import OutputClosed
 from hawk_cli.cli.weights import weights_app
 from hawk_cli.errors import HawkError, HawkWarning, Interrupted, from_library_error
 
+# Help text is shown as written (rich_markup_mode None): brackets such as 'hawk-vlm[plot]' or '[0, 1)' are text,
+# not markup. `-h` works wherever `--help` does. Completion: `hawk --install-completion` (bash, zsh, fish).
 app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-app.command("run")(run_command)
-app.command("bench")(bench_command)
-app.command("calibrate")(calibrate_command)
-app.command("eval")(eval_command)
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings=HELP_SETTINGS)
+app.command("run", context_settings=HELP_SETTINGS)(run_command)
+app.command("bench", context_settings=HELP_SETTINGS)(bench_command)
+app.command("calibrate", context_settings=HELP_SETTINGS)(calibrate_command)
+app.command("eval", context_settings=HELP_SETTINGS)(eval_command)
 app.add_typer(weights_app, name="weights")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from hawk_cli import __version__
+
+        typer.echo(f"hawk {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """hawk: training-free visual-token pruning for Qwen2-VL / Qwen2.5-VL. Results on stdout, logs on stderr."""
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print hawk's version and exit.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """hawk: training-free visual-token pruning for Qwen2-VL / Qwen2.5-VL. Results on stdout, logs on stderr.
+
+    Exit codes: 0 success, 1 runtime failure, 2 bad input or usage, 128 + signal when interrupted (130 Ctrl-C).
+    """
 
 
 def _error_line(message: str) -> None:
@@ -52,6 +72,11 @@ def _exit_code_for(error: BaseException) -> int:
     if isinstance(error, HawkError):
         _error_line(error.render(flag_for))
         return error.exit_code
+    if type(error).__name__ == "NoArgsIsHelpError":  # bare `hawk` / `hawk weights`: help, and no error
+        context = getattr(error, "ctx", None)
+        if context is not None:
+            typer.echo(context.get_help())
+        return 0
     if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Abort":
         _error_line("interrupted")
         return 130  # SIGTERM / SIGHUP: _run_app reports 128 + their number
@@ -116,7 +141,7 @@ def _run_app(argv: list[str], debug: bool) -> int:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
     with signals_as_interrupts() as received:
         try:
-            code = app(args=[a for a in argv if a != "--debug"], prog_name="hawk", standalone_mode=False)
+            code = app(args=argv, prog_name="hawk", standalone_mode=False)
         except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI
             if isinstance(error, SystemExit):
                 raise

@@ -10,13 +10,14 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_ROUNDS, check_range
-from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, ScorerOpt, WeightsOpt
+from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, ScorerOpt,
+                                  WeightsOpt)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
 
 
 def _numbers(values: list[str], kind, what: str) -> tuple:
-    """Accept repeated options and comma lists alike: --batch 1,8 or --batch 1 --batch 8."""
+    """Accept repeated options and comma lists alike: --batch-size 1,8 or --batch-size 1 --batch-size 8."""
     try:
         return tuple(kind(part) for value in values for part in value.split(",") if part.strip())
     except ValueError:
@@ -90,7 +91,9 @@ def bench_command(
                                                  "(speed and memory only; no checkpoint needed).")] = False,
     ratio: Annotated[list[str], typer.Option("--ratio", "-r", help="Fraction of visual tokens removed; repeat "
                                              "or comma-separate for several.")] = ["0.8"],  # noqa: B006
-    batch: Annotated[list[str], typer.Option("--batch", help="Batch sizes, e.g. 1,8.")] = ["1,8"],  # noqa: B006
+    batch_size: Annotated[Optional[list[str]], typer.Option(
+        "--batch-size", "-b", help="Batch sizes; comma-separate or repeat (default 1,8).")] = None,
+    batch_alias: Annotated[Optional[list[str]], typer.Option("--batch", hidden=True)] = None,  # before 0.2
     image: Annotated[Optional[list[str]], typer.Option("--image", help="Image file(s); row r uses image "
                                                        "r mod n. Default: a synthetic --size image.")] = None,
     size: Annotated[int, typer.Option("--size", help="Side of the synthetic square image.")] = 1008,
@@ -111,11 +114,15 @@ def bench_command(
     check_steps: Annotated[int, typer.Option("--check-steps", help="Decode steps compared by --check.")] = 4,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Time pruned vs unpruned runs of one model in one process, interleaved, through the same engine loop.
 
-    Examples: hawk bench --repeats 3 | hawk bench --config qwen2.5-vl-7b --random-weights --batch 1,8 --json
-    | hawk bench --model ./my-qwen --check
+    \b
+    Examples:
+      hawk bench --repeats 3
+      hawk bench --config qwen2.5-vl-7b --random-weights --batch-size 1,8 --json
+      hawk bench --model ./my-qwen --check
     """
     from hawk_cli.tasks.benchmark import Bench, BenchSettings, random_weight_session, synthetic_image
     from hawk_cli.engine.session import HawkSession
@@ -126,9 +133,10 @@ def bench_command(
         raise UsageError("--model and --config exclude each other", "Give one of them")
     if config is not None and not random_weights:
         raise UsageError("--config builds a model without weights", "Add --random-weights")
-    batches = _numbers(batch, int, "batch")
+    batches = _numbers((batch_size or []) + (batch_alias or []) or ["1,8"], int, "batch-size")
     for value in batches:
-        check_range("--batch", value, 1, MAX_BATCH_SIZE, "1,8")
+        if value >= 1:  # below 1: the engine's own message
+            check_range("--batch-size", value, 1, MAX_BATCH_SIZE, "1,8")
     check_range("--repeats", repeats, 1, MAX_ROUNDS, "5")
     check_range("--warmup", warmup, 0, MAX_ROUNDS, "2")
     settings = BenchSettings(ratios=_numbers(ratio, float, "ratio"), batches=batches,

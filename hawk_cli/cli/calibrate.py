@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range
-from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt
+from hawk_cli.cli.options import DebugOpt, AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import Interrupted
 
@@ -22,7 +22,7 @@ MethodOpt = Annotated[str, typer.Option("--method", help="ablation: drop of the 
                                         "label-free, KL between unablated and ablated next-token distributions.")]
 LayerOpt = Annotated[int, typer.Option("--layer", help="Decoder layer whose query heads are ablated (HAWK scores "
                                        "at layer 0).")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N questions.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Use only the first N questions.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Questions per forward pass; each is replicated "
                                        "once per head plus once unablated.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="kl: longest greedy answer measured.")]
@@ -66,11 +66,15 @@ def calibrate_command(
     attn: AttnOpt = "sdpa",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Measure how much each query head of the scoring layer matters, and save the weights for 'hawk run --weights'.
 
-    Examples: hawk calibrate builtin:200 -o heads.safetensors | hawk calibrate my_images/ -o heads.safetensors
-    --model ./Qwen2.5-VL-3B-Instruct --method kl | hawk weights show heads.safetensors
+    \b
+    Examples:
+      hawk calibrate builtin:200 -o heads.safetensors
+      hawk calibrate my_images/ -o heads.safetensors --model ./Qwen2.5-VL-3B-Instruct --method kl
+      hawk weights show heads.safetensors
     """
     from pathlib import Path
 

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_EVAL_QUESTIONS, check_range
-from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, WeightsOpt)
+from hawk_cli.cli.options import (SCORER_CHOICES, AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt,
+                                  QuietOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import ResourceError, UsageError
 
@@ -17,21 +18,24 @@ DEFAULT_METHODS = "hawk,hawk-uniform,random,norm,oracle"
 KINDS = ("color", "shape", "digit", "count")
 
 
-def parse_ratios(text: str) -> tuple[float, ...]:
-    values = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            values.append(float(part))
-        except ValueError:
-            raise UsageError(f"--ratios must be comma-separated numbers in (0, 1), got '{text}'",
-                             "Use e.g. --ratios 0.5,0.8,0.9") from None
-    return tuple(values)
+def _parts(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists alike: --ratio 0.5,0.8 or --ratio 0.5 --ratio 0.8."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    methods = tuple(p.strip() for p in text.split(",") if p.strip())
+def parse_ratios(values: list[str] | str) -> tuple[float, ...]:
+    parts = _parts([values] if isinstance(values, str) else values)
+    try:
+        return tuple(float(part) for part in parts)
+    except ValueError:
+        raise UsageError(f"--ratio must be numbers in (0, 1), got '{','.join(parts)}'",
+                         "Use e.g. --ratio 0.5,0.8,0.9") from None
+
+
+def parse_methods(values: list[str] | str) -> tuple[str, ...]:
+    methods = tuple(_parts([values] if isinstance(values, str) else values))
     if not methods:
-        raise UsageError("--methods is empty", f"Use e.g. --methods {DEFAULT_METHODS}")
+        raise UsageError("--scorer is empty", f"Use e.g. --scorer {DEFAULT_METHODS}")
     return methods
 
 
@@ -119,12 +123,17 @@ def plot_retention(report, path: Path, overwrite: bool = False) -> None:
 
 def eval_command(
     model: ModelOpt = None,
-    ratios: Annotated[str, typer.Option("--ratios", help="Comma-separated fractions of visual tokens REMOVED.")]
-    = DEFAULT_RATIOS,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated scorers (see 'hawk run --scorer'); "
-                                         "random and oracle are the bounds.")] = DEFAULT_METHODS,
+    ratio: Annotated[Optional[list[str]], typer.Option(
+        "--ratio", "-r", help=f"Fractions of visual tokens REMOVED, each in (0, 1); comma-separate or repeat "
+                              f"(default {DEFAULT_RATIOS}).")] = None,
+    scorer: Annotated[Optional[list[str]], typer.Option(
+        "--scorer", help=f"Scorers to compare: {', '.join(SCORER_CHOICES)}, oracle; comma-separate or repeat "
+                         f"(default {DEFAULT_METHODS}). random and oracle are the bounds.")] = None,
     weights: WeightsOpt = None,
-    n: Annotated[int, typer.Option("-n", "--questions", help="Held-out questions to evaluate (the first n).")] = 2000,
+    n: Annotated[int, typer.Option("-n", "--limit", help="Held-out questions to evaluate (the first N).")] = 2000,
+    ratios_alias: Annotated[Optional[list[str]], typer.Option("--ratios", hidden=True)] = None,  # before 0.2
+    methods_alias: Annotated[Optional[list[str]], typer.Option("--methods", hidden=True)] = None,  # before 0.2
+    questions_alias: Annotated[Optional[int], typer.Option("--questions", hidden=True)] = None,  # before 0.2
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random scorer and the oracle's tie-breaks.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Questions per forward pass.")] = 16,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of retention against ratio "
@@ -135,22 +144,29 @@ def eval_command(
     attn: AttnOpt = "sdpa",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Accuracy kept under pruning on the synthetic held-out set, per method x ratio, with random and oracle bounds.
 
     A synthetic proxy for the built-in model: not a measure of any released Qwen-VL model's accuracy.
 
-    Examples: hawk eval | hawk eval -n 200 --ratios 0.8 --methods hawk,random,oracle
-    | hawk eval --json > eval.jsonl --plot retention.png
+    \b
+    Examples:
+      hawk eval
+      hawk eval -n 200 --ratio 0.8 --scorer hawk,random,oracle
+      hawk eval --json --plot retention.png > eval.jsonl
     """
     from hawk_cli.tasks.evaluation import EvalSettings, evaluate
     from hawk_cli.engine.session import HawkSession, versions
     from hawk_cli.io.atomic import check_writable
 
     out = Output(json_mode=json_output, quiet=quiet)
+    n = questions_alias if questions_alias is not None else n
     check_range("-n", n, 1, MAX_EVAL_QUESTIONS, "2000")
     check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "16")
-    settings = EvalSettings(ratios=parse_ratios(ratios), methods=parse_methods(methods), n=n, seed=seed,
+    ratios = parse_ratios((ratio or []) + (ratios_alias or []) or [DEFAULT_RATIOS])
+    methods = parse_methods((scorer or []) + (methods_alias or []) or [DEFAULT_METHODS])
+    settings = EvalSettings(ratios=ratios, methods=methods, n=n, seed=seed,
                             batch_size=batch_size, weights=weights)
     if plot is not None:
         if plot.suffix.lower() != ".png":

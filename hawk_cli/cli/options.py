@@ -8,11 +8,20 @@ import typer
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="'builtin' (default), a hub id or a local "
                                                  "folder of a Qwen2-VL / Qwen2.5-VL checkpoint.")]
-RatioOpt = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, 1); "
-                                         "0.8 keeps 20%. 0 disables pruning.")]
+RatioOpt = Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, "
+                                                   "1); 0.8 keeps 20%. 0 disables pruning. Default 0.8.")]
+KeepOpt = Annotated[Optional[float], typer.Option("--keep", help="Fraction of visual tokens KEPT, in (0, 1]: --keep "
+                                                  "0.2 is --ratio 0.8. Give one of --ratio, --keep, --keep-tokens.")]
+KeepTokensOpt = Annotated[Optional[int], typer.Option("--keep-tokens", help="Visual tokens kept per prompt, one "
+                                                      "budget over all its images and frames (all of them when it "
+                                                      "has fewer).")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Head-importance file from 'hawk calibrate'.")]
-ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="Scoring method (default: hawk, the published "
-                                                  "method; the built-in model may recommend another).")]
+# The scorers a user can pick for real images, as the registry (hawk_cli/scorers) names them; kept here so that
+# help needs no torch import, and pinned to the registry by tests/test_cli_conventions.py.
+SCORER_CHOICES = ("hawk", "hawk-uniform", "hawk-attn", "hawk-attn-prior", "norm", "random")
+ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help=f"Scoring method: {', '.join(SCORER_CHOICES)} "
+                                                  "(default: hawk, the published method; the built-in model "
+                                                  "recommends norm).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, "
                                        "float16.")]
@@ -21,6 +30,9 @@ MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tok
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or progress on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+# Read from the command line before parsing (so parse errors get a traceback too); declared for the help.
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Print the traceback after an error (also HAWK_DEBUG=1).")]
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
 def flag_for(setting: str) -> str:

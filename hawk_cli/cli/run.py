@@ -18,9 +18,9 @@ from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
-from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range
-from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
-                                  QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
+from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range, resolve_budget
+from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, KeepOpt, KeepTokensOpt,
+                                  MaxNewTokensOpt, ModelOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import InputError, UsageError
 
@@ -65,8 +65,14 @@ def split_arguments(arguments: list[str], need_image: bool = True) -> tuple[list
     return images, check_question(question)
 
 
-def stats_line(stats, ratio: float, seconds: float) -> str:
-    return (f"kept {stats.visual_tokens_kept}/{stats.visual_tokens} visual tokens (ratio {ratio:.2f}), "
+def stats_line(answer, ratio: float, seconds: float, keep_tokens: int | None = None) -> str:
+    """One line on stderr: what was kept, of which image (when there are several), from what budget."""
+    stats = answer.stats
+    budget = f"keep-tokens {keep_tokens}" if keep_tokens is not None else f"ratio {ratio:.2f}"
+    blocks = answer.visual_blocks
+    per_image = ("; per image " + ", ".join(f"{kept}/{size}" for kept, size in zip(answer.kept_per_block(), blocks))
+                 if len(blocks) > 1 else "")
+    return (f"kept {stats.visual_tokens_kept}/{stats.visual_tokens} visual tokens ({budget}{per_image}), "
             f"prompt {stats.prompt_tokens}\u2192{stats.prompt_tokens_kept}, {seconds:.2f} s"
             + (" (no instruction after the image: scored with the user's text)" if stats.query_fallback else ""))
 
@@ -125,7 +131,9 @@ def run_command(
     overlay_scores: Annotated[bool, typer.Option("--overlay-scores", help="Colour kept cells by score rank "
                                                                           "(blue low, red high).")] = False,
     model: ModelOpt = None,
-    ratio: RatioOpt = DEFAULT_RATIO,
+    ratio: RatioOpt = None,
+    keep: KeepOpt = None,
+    keep_tokens: KeepTokensOpt = None,
     weights: WeightsOpt = None,
     scorer: ScorerOpt = None,
     max_new_tokens: MaxNewTokensOpt = 32,
@@ -134,12 +142,16 @@ def run_command(
     attn: AttnOpt = "sdpa",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> int:
     """Answer QUESTION about IMAGE(s) or a video with HAWK pruning. The answer goes to stdout, stats to stderr.
 
-    Examples: hawk run a.jpg b.jpg "what changed?" --ratio 0.9
-    | hawk run --video frames/ "what happens?" --fps 2 --overlay kept.png
-    | cat requests.jsonl | hawk run - --batch-size 8 > results.jsonl
+    \b
+    Examples:
+      hawk run a.jpg b.jpg "what changed?" --ratio 0.9
+      hawk run photo.jpg "what is on the table?" --keep-tokens 64 --json
+      hawk run --video frames/ "what happens?" --fps 2 --overlay kept.png
+      cat requests.jsonl | hawk run - --batch-size 8 > results.jsonl
     """
     from hawk_cli.engine.generation import GenerationSettings
     from hawk_cli.io.frames import validate_fps
@@ -155,15 +167,16 @@ def run_command(
         validate_fps(fps)
     except InputError as error:
         raise UsageError(error.message, error.fix)
-    GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)  # validates the flags before loading
+    ratio, keep_tokens = resolve_budget(ratio, keep, keep_tokens, DEFAULT_RATIO)
+    settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens, keep_tokens=keep_tokens)  # validated
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
                              'Write e.g. {"video": "clip.gif", "question": "..."}')
-        return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-                          weights, scorer, max_new_tokens, device, dtype, attn)
-    return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, ratio, weights,
-                    scorer, max_new_tokens, device, dtype, attn, json_output)
+        return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, settings,
+                          weights, scorer, device, dtype, attn)
+    return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, settings,
+                    weights, scorer, device, dtype, attn, json_output)
 
 
 def _open_session(out: Output, model, device, dtype, attn, scorer, weights):
@@ -194,9 +207,8 @@ def _overlay_picture(session, request, answer, by_score: bool):
                           cell_pixels=int(processor.patch_size) * merge, by_score=by_score)
 
 
-def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, ratio, weights,
-             scorer, max_new_tokens, device, dtype, attn, json_output) -> int:
-    from hawk_cli.engine.generation import GenerationSettings
+def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, settings, weights,
+             scorer, device, dtype, attn, json_output) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.io.atomic import check_writable
     from hawk_cli.io.images import load_images
@@ -205,7 +217,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     from hawk_cli.io.requests import Request
 
     image_paths, question = split_arguments(arguments, need_image=not video)
-    settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
+    ratio, keep_tokens, max_new_tokens = settings.ratio, settings.keep_tokens, settings.max_new_tokens
     check_distinct_paths({"--output": output, "--overlay": overlay},
                          {"an input image": image_paths, "a video input": video})
     if output is not None:
@@ -224,9 +236,12 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     with ExitStack() as stack:
         sink = _open_sink(stack, out, output, force)
         if json_output:
-            record = {"answer": answer.text, "ratio": ratio, **method.describe(),
+            record = {"answer": answer.text, "ratio": ratio if keep_tokens is None else None,
+                      "keep_tokens": keep_tokens, **method.describe(),
                       **_settings_origin(session, scorer, weights), **session.describe(),
-                      **answer.stats.to_dict(), "generated_tokens": len(answer.tokens), "timings": timings,
+                      **answer.stats.to_dict(), "visual_tokens_per_image": list(answer.visual_blocks),
+                      "visual_tokens_kept_per_image": list(answer.kept_per_block()),
+                      "generated_tokens": len(answer.tokens), "timings": timings,
                       "kv_cache_bytes": batch.result.kv_cache_bytes, "versions": versions()}
             if frames:
                 record.update(video_frames=len(frames), fps=fps)
@@ -236,7 +251,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
         else:
             sink.text(answer.text)
     if not json_output:
-        out.info(stats_line(answer.stats, ratio, timings["total_s"]))
+        out.info(stats_line(answer, ratio, timings["total_s"], keep_tokens))
     return 0
 
 
@@ -276,8 +291,8 @@ def _lines(input_file: str | None) -> tuple[Iterator, Path, ExitStack]:
     return decoded_lines(handle), path.resolve().parent, stack
 
 
-def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-               weights, scorer, max_new_tokens, device, dtype, attn) -> int:
+def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, settings,
+               weights, scorer, device, dtype, attn) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
@@ -297,7 +312,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
-    session.check_new_tokens(max_new_tokens)
+    session.check_new_tokens(settings.max_new_tokens)
     overlay_names = None
     if overlay_dir is not None:
         from hawk_cli.io.overlay import OverlayNames
@@ -318,8 +333,9 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
         workers = prepare_workers(session, int(configured) if configured.isdigit() else None)
         # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
         stream = answer_stream(session, method, read_requests(lines, base), batch_size=batch_size,
-                               wait_for_full=input_file not in (None, "-"), default_ratio=ratio,
-                               default_tokens=max_new_tokens, fps=fps, workers=workers,
+                               wait_for_full=input_file not in (None, "-"), default_ratio=settings.ratio,
+                               default_keep_tokens=settings.keep_tokens, default_tokens=settings.max_new_tokens,
+                               fps=fps, workers=workers,
                                processes=in_processes,
                                pin_cpus=os.environ.get("HAWK_PREPARE_PIN", "1").strip() != "0",
                                on_close=stack.callback)

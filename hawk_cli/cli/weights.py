@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from hawk_cli.cli.options import JsonOpt
+from hawk_cli.cli.options import HELP_SETTINGS, DebugOpt, JsonOpt
 from hawk_cli.cli.output import Output
 
 weights_app = typer.Typer(name="weights", help="Inspect head-importance files made by 'hawk calibrate'.",
-                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                          rich_markup_mode=None, context_settings=HELP_SETTINGS)
 
 BAR_WIDTH = 32
 EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -53,14 +54,18 @@ def render(path: str, values: list[float], metadata: dict, extra: dict) -> str:
     return "\n".join(lines)
 
 
-@weights_app.command("show")
+@weights_app.command("show", context_settings=HELP_SETTINGS)
 def show_command(
     file: Annotated[str, typer.Argument(metavar="FILE", help="A .safetensors file from 'hawk calibrate'.")],
     json_output: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Print a head-importance file's weights as a bar chart, with its metadata.
 
-    Examples: hawk weights show heads.safetensors | hawk weights show heads.safetensors --json
+    \b
+    Examples:
+      hawk weights show heads.safetensors
+      hawk weights show heads.safetensors --json
     """
     from hawk_cli.io.weights import load_head_weights
 

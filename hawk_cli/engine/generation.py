@@ -14,7 +14,7 @@ from torch import Tensor
 from hawk_cli.adapters.base import ModelAdapter
 from hawk_cli.engine.pruning import PrunedPrefill, prune_prefill
 from hawk_cli.engine.results import GenerationResult, RowStats
-from hawk_cli.engine.selection import validate_ratio
+from hawk_cli.engine.selection import validate_keep_tokens, validate_ratio
 from hawk_cli.engine.timing import EventTimer, PhaseTimer
 from hawk_cli.errors import UsageError
 from hawk_cli.scorers.base import Scorer
@@ -27,9 +27,11 @@ class GenerationSettings:
     cache: str = "dynamic"  # "dynamic" | "static"
     compile: bool = False  # compile the static-cache decode step (CUDA)
     record_logits: bool = False
+    keep_tokens: int | None = None  # visual tokens kept per prompt; when given, `ratio` is not used
 
     def __post_init__(self) -> None:
         validate_ratio(self.ratio)
+        validate_keep_tokens(self.keep_tokens)
         if self.max_new_tokens < 1:
             raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
                              "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
@@ -107,7 +109,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     device = inputs.input_ids.device
     timer = timer or EventTimer(device)
     with torch.inference_mode():
-        pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
+        pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask, settings.keep_tokens)
         embeds, positions, mask = pruned.decoder_inputs()
         extras = pruned.decoder_extras()
         batch, length = mask.shape

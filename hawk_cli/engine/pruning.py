@@ -51,20 +51,21 @@ def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,
 
 def prune_prefill(adapter: ModelAdapter, inputs, scorer: Scorer | None, ratio: float,
                   timer: PhaseTimer | EventTimer,
-                  target_mask: Tensor | None = None) -> PrunedPrefill:
-    """Encode vision, build the stock prefill, then keep each row's top visual tokens (ratio 0: keep all)."""
+                  target_mask: Tensor | None = None, keep_tokens: int | None = None) -> PrunedPrefill:
+    """Encode vision, build the stock prefill, then keep each row's top visual tokens: `keep_tokens` of them when
+    given, else by `ratio` (ratio 0: keep all)."""
     with timer.phase("vision_s"):
         features = adapter.encode_vision(inputs)
         prefill = adapter.build_prefill(inputs, features)
     with timer.phase("scoring_s"):
         roles = token_roles(prefill.input_ids, prefill.attention_mask, adapter.tokens)
         valid = prefill.attention_mask.bool()
-        if ratio > 0 and scorer is not None:
+        if (ratio > 0 or keep_tokens is not None) and scorer is not None:
             if not bool(roles.visual.any(dim=1).all()):
                 raise InputError("a prompt has no visual tokens to prune",
                                  "Give an image with each question, or use {ratio=}0")
             scores = scorer.score(scoring_inputs(adapter, prefill, roles, target_mask))
-            keep = select_keep(scores, roles.visual, valid, ratio)
+            keep = select_keep(scores, roles.visual, valid, ratio, keep_tokens)
         else:
             scores, keep = None, valid.clone()
         compaction = compact(keep)

@@ -30,8 +30,22 @@ def keep_count(n_visual: int, ratio: float) -> int:
     return min(n_visual, max(1, math.ceil(kept)))
 
 
-def select_keep(scores: Tensor, visual: Tensor, valid: Tensor, ratio: float) -> Tensor:
-    """[B, L] bool: every valid non-visual token, plus each row's top `keep_count` visual tokens.
+def validate_keep_tokens(keep_tokens: int | None) -> int | None:
+    """`keep_tokens`: visual tokens kept per prompt (all of them when the prompt has fewer); None: use the ratio."""
+    if keep_tokens is not None and (isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int)
+                                    or keep_tokens < 1):
+        raise UsageError(f"must be a whole number of at least 1, got {keep_tokens}", "Use e.g. {keep_tokens=}64",
+                         setting="keep_tokens")
+    return keep_tokens
+
+
+def row_keep_count(n_visual: int, ratio: float, keep_tokens: int | None = None) -> int:
+    """Visual tokens a row keeps: `keep_tokens` (at most all of them) when given, else `keep_count(n, ratio)`."""
+    return min(n_visual, keep_tokens) if keep_tokens is not None else keep_count(n_visual, ratio)
+
+
+def select_keep(scores: Tensor, visual: Tensor, valid: Tensor, ratio: float, keep_tokens: int | None = None) -> Tensor:
+    """[B, L] bool: every valid non-visual token, plus each row's top `row_keep_count` visual tokens.
 
     Ties go to the earlier token (stable sort), so the choice does not depend on the backend's topk. One host
     round trip for the whole batch (the per-row counts), whatever the batch size.
@@ -41,5 +55,6 @@ def select_keep(scores: Tensor, visual: Tensor, valid: Tensor, ratio: float) -> 
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # rank of each token within its row
-    counts = torch.tensor([keep_count(n, ratio) for n in visual.sum(dim=1).tolist()], device=scores.device)
+    counts = torch.tensor([row_keep_count(n, ratio, keep_tokens) for n in visual.sum(dim=1).tolist()],
+                          device=scores.device)
     return keep | (visual & (rank < counts[:, None]))

@@ -31,6 +31,18 @@ class Answer:
     visual_keep: torch.Tensor | None = None  # [n_visual] bool: the row's visual tokens, prompt order
     visual_scores: torch.Tensor | None = None  # [n_visual] float32 scores (None at ratio 0)
     visual_grids: tuple[tuple[int, int, int], ...] = ()  # (t, h, w) in patches: the row's images, then its video
+    visual_blocks: tuple[int, ...] = ()  # visual tokens of each image, then of the video, in prompt order
+
+    def kept_per_block(self) -> tuple[int, ...]:
+        """Visual tokens kept of each image (then of the video): how the prompt's one budget was spent."""
+        if self.visual_keep is None:
+            return self.visual_blocks
+        flags = self.visual_keep.tolist()
+        counts, start = [], 0
+        for size in self.visual_blocks:
+            counts.append(int(sum(flags[start:start + size])))
+            start += size
+        return tuple(counts)
 
 
 @dataclass
@@ -116,8 +128,8 @@ class HawkSession:
         visual = ((inputs.mm_token_type_ids > 0) & inputs.attention_mask.bool()).sum(dim=1).tolist()
         for length, n_visual, max_new_tokens in zip(lengths, visual, new_tokens):
             if length + max_new_tokens > context:
-                raise InputError(f"the prompt is {length:,} tokens ({n_visual:,} of them visual) and {max_new_tokens:,} "
-                                 f"new tokens were asked for, over the model's context of {context:,} tokens",
+                raise InputError(f"the prompt is {length:,} tokens ({n_visual:,} of them visual) and "
+                                 f"{max_new_tokens:,} new tokens were asked for, over the model's context of {context:,} tokens",
                                  "Use fewer or smaller images or frames, a shorter question, or fewer new tokens")
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
@@ -142,7 +154,7 @@ class HawkSession:
         answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
                           visual_keep=result.keep_mask[row][visual[row]],
                           visual_scores=None if result.scores is None else result.scores[row][visual[row]],
-                          visual_grids=grids)
+                          visual_grids=grids, visual_blocks=_runs(visual[row]))
                    for row, (tokens, stats, grids) in enumerate(zip(result.tokens, result.rows,
                                                                     self.prompts.row_grids(inputs, requests)))]
         return BatchOutput(answers=answers, result=result)
@@ -202,3 +214,16 @@ def versions() -> dict:
     from hawk_cli import __version__
 
     return {"hawk": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _runs(flags: torch.Tensor) -> tuple[int, ...]:
+    """Lengths of the runs of True in a [L] bool row: each image's (and the video's) visual tokens are one run,
+    since the prompt puts vision start / end tokens around each."""
+    lengths: list[int] = []
+    previous = None
+    for index in flags.nonzero().flatten().tolist():
+        if previous is None or index != previous + 1:
+            lengths.append(0)
+        lengths[-1] += 1
+        previous = index
+    return tuple(lengths)

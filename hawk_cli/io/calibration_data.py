@@ -103,7 +103,8 @@ def _builtin(spec: str, limit: int | None) -> tuple[list[CalibrationSample], "ha
     if not count.isdigit() or int(count) < 1:
         raise UsageError(f"'{spec}' is not builtin:N with N a positive whole number", "Use e.g. builtin:200")
     if int(count) > MAX_BUILTIN_QUESTIONS:
-        raise UsageError(f"builtin:{int(count):,} is over hawk's limit of {MAX_BUILTIN_QUESTIONS:,} generated questions",
+        raise UsageError(f"builtin:{int(count):,} is over hawk's limit of {MAX_BUILTIN_QUESTIONS:,} generated "
+                         "questions",
                          "Use e.g. builtin:400 (the shipped head weights used 400)")
     n = min(int(count), limit) if limit else int(count)
     digest = hashlib.sha256(f"builtin generator {GENERATOR_VERSION} seed {CALIBRATION_SEED}".encode())

@@ -3,7 +3,8 @@
 Conversion to 8-bit RGB (docs/errors.md, "Images"), after the EXIF orientation is applied (a phone photo is
 seen upright, as an image viewer shows it):
 * 16-bit greyscale (`I;16*`, and `I` from files of at most 16 bits per sample): scaled, v * 255 / 65535
-  rounded (a TIFF declaring fewer bits, e.g. 12, by its own maximum) (Pillow's own `convert` clips at 255, which turns almost every 16-bit picture white);
+  rounded, a TIFF declaring fewer bits (e.g. 12) by its own maximum (Pillow's own `convert` clips at 255,
+  which turns almost every 16-bit picture white);
 * 32-bit float (`F`): read as 0.0-1.0 (the usual convention of float images), scaled by 255 and rounded;
   values outside 0-1, NaN, and integer images of more than 16 bits are refused, since no scale is right for
   all of them;
@@ -112,7 +113,8 @@ class _opened:
         except Image.DecompressionBombError:
             raise _too_large(self.path, None)
         except UnidentifiedImageError:
-            raise InputError(f"'{self.path}' is not an image Pillow can read", "Give a PNG, JPEG, WebP, GIF or BMP file")
+            raise InputError(f"'{self.path}' is not an image Pillow can read",
+                             "Give a PNG, JPEG, WebP, GIF or BMP file")
         except (OSError, SyntaxError, ValueError) as error:
             raise InputError(f"image '{self.path}' is unreadable or truncated ({error})", "Re-export or re-download it")
         width, height = self.image.size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -36,7 +37,8 @@ class Request:
     fps: float = DEFAULT_FPS
 
 
-FIELDS = ("id", "images", "image", "video", "question", "ratio", "max_new_tokens", "fps")
+FIELDS = ("id", "images", "image", "video", "question", "ratio", "keep", "keep_tokens", "max_new_tokens", "fps")
+BUDGET_FIELDS = ("ratio", "keep", "keep_tokens")  # one visual-token budget: at most one of them per request
 # A line holds one request: a question of at most 100 000 characters (400 kB of UTF-8 at most) and some paths.
 # A longer line is skipped (an error record) while it is read, never held in memory whole.
 MAX_LINE_BYTES = 1 << 20
@@ -115,6 +117,13 @@ class RequestSpec:
     fps: float | None = None
     ratio: float | None = None
     max_new_tokens: int | None = None
+    keep_tokens: int | None = None  # visual tokens kept, instead of a ratio
+
+
+def ratio_for_keep(keep: float) -> float:
+    """The ratio removing what `keep` does not keep, as the decimal 1 - keep (exact: `keep_count` reads the
+    ratio's decimal, so keep 0.7 must give 0.3, not 0.30000000000000004)."""
+    return float(1 - Fraction(str(float(keep))))
 
 
 @dataclass(frozen=True)
@@ -167,9 +176,21 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
     video = _paths(data["video"], "video", base) if "video" in data else ()
     if not images and not video:
         raise InputError("the request has no 'images' and no 'video'", 'Add "images": ["a.png"] or "video": "clip.gif"')
+    budget = [key for key in BUDGET_FIELDS if data.get(key) is not None]
+    if len(budget) > 1:
+        raise InputError(f"{' and '.join(repr(k) for k in budget)} all set the visual-token budget",
+                         "Give one of 'ratio', 'keep' or 'keep_tokens'")
     ratio = _number(data, "ratio", float)
     if ratio is not None and not 0 <= ratio < 1:
         raise InputError(f"'ratio' must be in [0, 1), got {ratio}", "0.8 removes 80% of the visual tokens")
+    keep = _number(data, "keep", float)
+    if keep is not None:
+        if not 0 < keep <= 1:
+            raise InputError(f"'keep' must be in (0, 1], got {keep}", "0.2 keeps 20% of the visual tokens")
+        ratio = ratio_for_keep(keep)
+    keep_tokens = _number(data, "keep_tokens", int)
+    if keep_tokens is not None and keep_tokens < 1:
+        raise InputError(f"'keep_tokens' must be at least 1, got {keep_tokens}", "Use e.g. 64")
     max_new_tokens = _number(data, "max_new_tokens", int)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"'max_new_tokens' must be at least 1, got {max_new_tokens}", "Use e.g. 16")
@@ -179,7 +200,7 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
             raise InputError("'fps' is given without a 'video'", "Leave 'fps' out, or add the video")
         validate_fps(fps)
     return RequestSpec(line=line, id=request_id, question=question, images=images, video=video, fps=fps,
-                       ratio=ratio, max_new_tokens=max_new_tokens)
+                       ratio=ratio, max_new_tokens=max_new_tokens, keep_tokens=keep_tokens)
 
 
 def read_requests(lines: Iterable[str | HawkError], base: Path) -> Iterator[RequestSpec | BadLine]:

@@ -154,19 +154,26 @@ class _PrepareLater:
         return self.function(self.argument)
 
 
-def run_window(session, method, rows: list[RequestRow], default_ratio: float, default_tokens: int) -> list:
-    """Run the window's good rows in batches of equal ratio; per row a result dict or an error string."""
+def run_window(session, method, rows: list[RequestRow], default_ratio: float, default_tokens: int,
+               default_keep_tokens: int | None = None) -> list:
+    """Run the window's good rows in batches of one visual-token budget (a ratio, or a number of tokens kept);
+    per row a result dict or an error string. A row's own budget replaces the defaults."""
     from hawk_cli.engine.generation import GenerationSettings
 
     outcomes: list = [failure_text(row.error) if row.error is not None else None for row in rows]
     groups: dict[float, list[int]] = {}
     for index, row in enumerate(rows):
         if row.request is not None and row.error is None:
-            row_ratio = row.spec.ratio if row.spec.ratio is not None else default_ratio
-            groups.setdefault(row_ratio, []).append(index)
-    for group_ratio, indices in groups.items():
+            if row.spec.ratio is not None:
+                budget = (row.spec.ratio, None)
+            elif row.spec.keep_tokens is not None:
+                budget = (default_ratio, row.spec.keep_tokens)
+            else:
+                budget = (default_ratio, default_keep_tokens)
+            groups.setdefault(budget, []).append(index)
+    for (group_ratio, keep_tokens), indices in groups.items():
         limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
-        settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits))
+        settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits), keep_tokens=keep_tokens)
         results = session.run_isolated([rows[i].request for i in indices], method, settings,
                                        [rows[i].encoded for i in indices], limits)
         for index, limit, (answer, timings, rows_run) in zip(indices, limits, results):
@@ -174,13 +181,17 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
                 outcomes[index] = failure_text(answer)
                 continue
             tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
-            outcomes[index] = {"answer": session.decode(tokens), "ratio": group_ratio, **answer.stats.to_dict(),
+            outcomes[index] = {"answer": session.decode(tokens),
+                               "ratio": group_ratio if keep_tokens is None else None, "keep_tokens": keep_tokens,
+                               **answer.stats.to_dict(), "visual_tokens_per_image": list(answer.visual_blocks),
+                               "visual_tokens_kept_per_image": list(answer.kept_per_block()),
                                "generated_tokens": len(tokens), "batch_size": rows_run, "batch_timings": timings,
                                "_answer": answer}
     return outcomes
 
 
 def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for_full: bool, default_ratio: float,
+                  default_keep_tokens: int | None = None,
                   default_tokens: int, fps: float, workers: int, processes: bool = False,
                   pin_cpus: bool = True, on_close: Callable[[Callable[[], None]], None] | None = None,
                   ) -> Iterator[list[tuple[RequestRow, object]]]:
@@ -206,7 +217,7 @@ def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for
         on_close(reader.close)
     try:
         for window in reader.windows(batch_size, wait_for_full=wait_for_full):
-            outcomes = run_window(session, method, window, default_ratio, default_tokens)
+            outcomes = run_window(session, method, window, default_ratio, default_tokens, default_keep_tokens)
             merged: dict[int, dict] = {}  # the wait belongs to the window: added to each of its batches' timings
             for outcome in outcomes:
                 if isinstance(outcome, dict):

@@ -69,7 +69,7 @@ class BenchSettings:
         if not self.ratios or any(r == 0 for r in self.ratios):
             raise UsageError("bench needs ratios above 0 (the unpruned baseline always runs)", "Use e.g. 0.8")
         if not self.batches or min(self.batches) < 1:
-            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. 1,8")
+            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. {batch_size=}1,8")
         if self.max_new_tokens < 2:
             raise UsageError(f"must be at least 2 for a bench (one decode step), got {self.max_new_tokens}", "Use e.g. 16",
                              setting="max_new_tokens")
