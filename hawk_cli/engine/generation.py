@@ -31,12 +31,12 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         validate_ratio(self.ratio)
         if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. --max-new-tokens 16")
+            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
+                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
         if self.cache not in ("dynamic", "static"):
             raise UsageError(f"unknown cache kind '{self.cache}'", "Use dynamic or static")
         if self.compile and self.cache != "static":
-            raise UsageError("a compiled decode step needs the static cache", "Add --cache static")
+            raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
 
 
 def cache_bytes(cache) -> int:
@@ -109,6 +109,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()
+        extras = pruned.decoder_extras()
         batch, length = mask.shape
         capacity = length + settings.max_new_tokens
         mask_buffer = torch.zeros(batch, capacity, dtype=mask.dtype, device=device)
@@ -117,7 +118,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
         step = decode_step or DecodeStep(adapter, settings.compile)
         with timer.phase("prefill_s"):
             cache = step.new_cache(settings.cache, batch, capacity)
-            hidden = adapter.decode(embeds, positions, mask, cache)
+            hidden = adapter.decode(embeds, positions, mask, cache, extras)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(cache)
         next_positions = next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1)  # [P, B, 1]
@@ -127,7 +128,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
     return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
-                            keep_mask=pruned.keep.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
+                            keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
                             step_logits=step_logits)
 
 
