@@ -39,8 +39,11 @@ def group_of(name: str) -> str | None:
 
 def package_files(tree: Path) -> list[str]:
     """The source package's files as wheel paths (`hawk_cli/...`), caches left out."""
-    return sorted(f"{tree.name}/{p.relative_to(tree).as_posix()}" for p in tree.rglob("*")
-                  if p.is_file() and not any(part in CACHES or part.endswith(CACHES) for part in p.parts))
+    return sorted(
+        f"{tree.name}/{p.relative_to(tree).as_posix()}"
+        for p in tree.rglob("*")
+        if p.is_file() and not any(part in CACHES or part.endswith(CACHES) for part in p.parts)
+    )
 
 
 def problems(names: list[str], tree_files: list[str] | None) -> list[str]:

@@ -14,13 +14,24 @@ _spec.loader.exec_module(wheel_contents)
 
 META = "hawk_vlm-0.1.0.dist-info"
 GOOD = [
-    "hawk_cli/__init__.py", "hawk_cli/py.typed", "hawk_cli/engine/selection.py",
+    "hawk_cli/__init__.py",
+    "hawk_cli/py.typed",
+    "hawk_cli/engine/selection.py",
     "hawk_cli/adapters/qwen2_vl/adapter.py",
-    "hawk_cli/builtin/model.safetensors", "hawk_cli/builtin/config.json", "hawk_cli/builtin/chat_template.jinja",
-    "hawk_cli/builtin/MODEL_CARD.md", "hawk_cli/data/configs/qwen2.5-vl-7b.json",
-    "hawk_cli/synthetic/data/optdigits_8x8.npz", "hawk_cli/synthetic/data/README.md",
-    f"{META}/METADATA", f"{META}/WHEEL", f"{META}/RECORD", f"{META}/entry_points.txt", f"{META}/top_level.txt",
-    f"{META}/licenses/LICENSE", f"{META}/licenses/NOTICE",
+    "hawk_cli/builtin/model.safetensors",
+    "hawk_cli/builtin/config.json",
+    "hawk_cli/builtin/chat_template.jinja",
+    "hawk_cli/builtin/MODEL_CARD.md",
+    "hawk_cli/data/configs/qwen2.5-vl-7b.json",
+    "hawk_cli/synthetic/data/optdigits_8x8.npz",
+    "hawk_cli/synthetic/data/README.md",
+    f"{META}/METADATA",
+    f"{META}/WHEEL",
+    f"{META}/RECORD",
+    f"{META}/entry_points.txt",
+    f"{META}/top_level.txt",
+    f"{META}/licenses/LICENSE",
+    f"{META}/licenses/NOTICE",
 ]
 
 
@@ -46,11 +57,20 @@ def test_a_wheel_of_package_and_data_files_passes(tmp_path, capsys):
     assert f"{len(GOOD)} files" in out and "modules 3" in out and "licence files 2" in out
 
 
-@pytest.mark.parametrize("intruder", [
-    "tests/test_cli_run.py", "hawk_cli/engine/__pycache__/selection.cpython-311.pyc", "docs/release.md",
-    "training/train_builtin.py", "benchmarks/load_test.py", "hawk_cli/builtin/notes.txt", "sample_images/scene_1.png",
-    "hawk_cli/engine/selection.py.orig", "conftest.py",
-])
+@pytest.mark.parametrize(
+    "intruder",
+    [
+        "tests/test_cli_run.py",
+        "hawk_cli/engine/__pycache__/selection.cpython-311.pyc",
+        "docs/release.md",
+        "training/train_builtin.py",
+        "benchmarks/load_test.py",
+        "hawk_cli/builtin/notes.txt",
+        "sample_images/scene_1.png",
+        "hawk_cli/engine/selection.py.orig",
+        "conftest.py",
+    ],
+)
 def test_any_file_outside_the_allow_list_is_named(tmp_path, capsys, intruder):
     assert wheel_contents.main([str(_wheel(tmp_path, [*GOOD, intruder]))]) == 1
     assert capsys.readouterr().err == f"wheel_contents: not allowed in the wheel: {intruder}\n"
