@@ -12,10 +12,11 @@ import signal
 import sys
 import traceback
 import warnings
-
 from typing import Annotated
 
 import typer
+
+from hawk_cli import __version__
 
 from hawk_cli.cli.bench import bench_command
 from hawk_cli.cli.calibrate import calibrate_command
@@ -39,10 +40,8 @@ app.command("eval", context_settings=HELP_SETTINGS)(eval_command)
 app.add_typer(weights_app, name="weights")
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        from hawk_cli import __version__
-
+def _print_version(requested: bool) -> None:
+    if requested:
         typer.echo(f"hawk {__version__}")
         raise typer.Exit()
 
