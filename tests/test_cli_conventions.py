@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import typer.main
-
 from cli_helpers import run_cli
+from tiny_models import random_image
+
 from hawk_cli import __version__
 from hawk_cli.cli.app import app
 from hawk_cli.cli.options import SCORER_CHOICES
-from tiny_models import random_image
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [["run"], ["bench"], ["calibrate"], ["eval"], ["weights", "show"]]
@@ -92,10 +92,17 @@ def test_scorer_choices_in_help_are_the_registry(capsys):
 
 
 # One flag per concept, in every command that has the concept; the old names only as hidden aliases.
-CONCEPTS = {"--batch-size": ["run", "bench", "calibrate", "eval"], "--ratio": ["run", "bench", "eval"],
-            "--scorer": ["run", "bench", "eval"], "--limit": ["calibrate", "eval"], "-n": ["calibrate", "eval"],
-            "--max-new-tokens": ["run", "bench", "calibrate"], "--model": ["run", "bench", "calibrate", "eval"],
-            "--json": ["run", "bench", "calibrate", "eval"], "--debug": ["run", "bench", "calibrate", "eval"]}
+CONCEPTS = {
+    "--batch-size": ["run", "bench", "calibrate", "eval"],
+    "--ratio": ["run", "bench", "eval"],
+    "--scorer": ["run", "bench", "eval"],
+    "--limit": ["calibrate", "eval"],
+    "-n": ["calibrate", "eval"],
+    "--max-new-tokens": ["run", "bench", "calibrate"],
+    "--model": ["run", "bench", "calibrate", "eval"],
+    "--json": ["run", "bench", "calibrate", "eval"],
+    "--debug": ["run", "bench", "calibrate", "eval"],
+}
 OLD_NAMES = ("--batch", "--ratios", "--methods", "--questions")
 
 
@@ -109,12 +116,15 @@ def test_one_name_per_concept_across_commands():
         assert not visible & set(OLD_NAMES), name
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["eval", "--ratios", "0.5,2"], "--ratio must be in [0, 1), got 2.0"),
-    (["eval", "--methods", "bogus"], "unknown scorer 'bogus'"),
-    (["eval", "--questions", "0"], "-n must be at least 1"),
-    (["bench", "--batch", "0"], "batch sizes must be at least 1, got [0]"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["eval", "--ratios", "0.5,2"], "--ratio must be in [0, 1), got 2.0"),
+        (["eval", "--methods", "bogus"], "unknown scorer 'bogus'"),
+        (["eval", "--questions", "0"], "-n must be at least 1"),
+        (["bench", "--batch", "0"], "batch sizes must be at least 1, got [0]"),
+    ],
+)
 def test_old_names_still_work(capsys, argv, fragment):
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and fragment in err
@@ -122,12 +132,23 @@ def test_old_names_still_work(capsys, argv, fragment):
 
 def test_shell_completion_is_installable_and_completes():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = subprocess.run([sys.executable, "-m", "hawk_cli", "--show-completion", "bash"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    script = subprocess.run(
+        [sys.executable, "-m", "hawk_cli", "--show-completion", "bash"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert script.returncode == 0 and "_HAWK_COMPLETE" in script.stdout and "hawk" in script.stdout
-    completed = subprocess.run([sys.executable, "-m", "hawk_cli"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=60, env={**env, "_HAWK_COMPLETE": "complete_bash", "COMP_WORDS": "hawk run --kee",
-                                                "COMP_CWORD": "2"})
+    completed = subprocess.run(
+        [sys.executable, "-m", "hawk_cli"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "_HAWK_COMPLETE": "complete_bash", "COMP_WORDS": "hawk run --kee", "COMP_CWORD": "2"},
+    )
     assert set(completed.stdout.split()) == {"--keep", "--keep-tokens"}
 
 
@@ -143,8 +164,19 @@ def images(tmp_path_factory):
 
 
 def _record(capsys, model_dir, images, *flags):
-    code, out, err = run_cli(capsys, "run", images / "big.png", images / "small.png", "what color ?", "-m",
-                             model_dir, "--max-new-tokens", 1, "--json", *flags)
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        images / "big.png",
+        images / "small.png",
+        "what color ?",
+        "-m",
+        model_dir,
+        "--max-new-tokens",
+        1,
+        "--json",
+        *flags,
+    )
     assert code == 0, err
     return json.loads(out)
 
@@ -162,22 +194,36 @@ def test_keep_tokens_keeps_that_many_and_reports_them_per_image(capsys, model_di
     assert record["visual_tokens_kept"] == expected and record["keep_tokens"] == budget and record["ratio"] is None
     assert record["visual_tokens_per_image"] == [64, 16]
     assert sum(record["visual_tokens_kept_per_image"]) == expected
-    assert all(0 <= k <= n for k, n in zip(record["visual_tokens_kept_per_image"], [64, 16]))
+    assert all(0 <= k <= n for k, n in zip(record["visual_tokens_kept_per_image"], [64, 16], strict=True))
 
 
 def test_the_stats_line_shows_the_budget_and_each_images_kept_count(capsys, model_dir, images):
-    code, _, err = run_cli(capsys, "run", images / "big.png", images / "small.png", "what color ?", "-m", model_dir,
-                           "--max-new-tokens", 1, "--keep-tokens", 10)
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        images / "big.png",
+        images / "small.png",
+        "what color ?",
+        "-m",
+        model_dir,
+        "--max-new-tokens",
+        1,
+        "--keep-tokens",
+        10,
+    )
     match = re.search(r"kept 10/80 visual tokens \(keep-tokens 10; per image (\d+)/64, (\d+)/16\)", err)
     assert code == 0 and match and int(match.group(1)) + int(match.group(2)) == 10, err
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--ratio", "0.5", "--keep", "0.5"], "--ratio and --keep each set the visual-token budget"),
-    (["--keep", "0.2", "--keep-tokens", "5"], "--keep and --keep-tokens each set the visual-token budget"),
-    (["--keep", "0"], "--keep must be in (0, 1], got 0.0"),
-    (["--keep-tokens", "0"], "--keep-tokens must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--ratio", "0.5", "--keep", "0.5"], "--ratio and --keep each set the visual-token budget"),
+        (["--keep", "0.2", "--keep-tokens", "5"], "--keep and --keep-tokens each set the visual-token budget"),
+        (["--keep", "0"], "--keep must be in (0, 1], got 0.0"),
+        (["--keep-tokens", "0"], "--keep-tokens must be at least 1, got 0"),
+    ],
+)
 def test_budget_flags_exclude_each_other_before_the_model_loads(capsys, tmp_path, images, flags, fragment):
     code, out, err = run_cli(capsys, "run", images / "big.png", "q ?", "-m", tmp_path / "no-model", *flags)
     assert code == 2 and out == "" and fragment in err
@@ -185,14 +231,33 @@ def test_budget_flags_exclude_each_other_before_the_model_loads(capsys, tmp_path
 
 def test_jsonl_lines_take_keep_and_keep_tokens(capsys, model_dir, images, tmp_path):
     requests = tmp_path / "r.jsonl"
-    requests.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"id": "tokens", "images": ["big.png", "small.png"], "question": "what ?", "keep_tokens": 5},
-        {"id": "keep", "images": ["big.png"], "question": "what ?", "keep": 0.5},
-        {"id": "both", "images": ["big.png"], "question": "what ?", "keep": 0.5, "ratio": 0.5},
-        {"id": "default", "images": ["small.png"], "question": "what ?"}]).replace("big.png", str(images / "big.png"))
-        .replace("small.png", str(images / "small.png")))
-    code, out, _ = run_cli(capsys, "run", "--input", requests, "-m", model_dir, "--max-new-tokens", 1,
-                           "--batch-size", 4, "--keep-tokens", 3)
+    requests.write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in [
+                {"id": "tokens", "images": ["big.png", "small.png"], "question": "what ?", "keep_tokens": 5},
+                {"id": "keep", "images": ["big.png"], "question": "what ?", "keep": 0.5},
+                {"id": "both", "images": ["big.png"], "question": "what ?", "keep": 0.5, "ratio": 0.5},
+                {"id": "default", "images": ["small.png"], "question": "what ?"},
+            ]
+        )
+        .replace("big.png", str(images / "big.png"))
+        .replace("small.png", str(images / "small.png"))
+    )
+    code, out, _ = run_cli(
+        capsys,
+        "run",
+        "--input",
+        requests,
+        "-m",
+        model_dir,
+        "--max-new-tokens",
+        1,
+        "--batch-size",
+        4,
+        "--keep-tokens",
+        3,
+    )
     records = {r["id"]: r for r in map(json.loads, out.splitlines())}
     assert code == 1
     assert records["tokens"]["visual_tokens_kept"] == 5 and sum(records["tokens"]["visual_tokens_kept_per_image"]) == 5
@@ -206,6 +271,11 @@ def test_kept_per_image_splits_the_keep_mask_at_image_boundaries():
 
     flags = torch.tensor([0, 1, 1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)  # text, 3 image tokens, 2, then 1
     assert _runs(flags) == (3, 2, 1)
-    answer = Answer(text="", tokens=[], stats=None, visual_keep=torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool),
-                    visual_blocks=(3, 2, 1))
+    answer = Answer(
+        text="",
+        tokens=[],
+        stats=None,
+        visual_keep=torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool),
+        visual_blocks=(3, 2, 1),
+    )
     assert answer.kept_per_block() == (2, 0, 1)

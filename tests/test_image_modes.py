@@ -16,8 +16,9 @@ from PIL import Image
 from hawk_cli.errors import InputError
 from hawk_cli.io.images import BACKGROUND, load_image, to_rgb
 
-PROFILE = settings(max_examples=15, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROFILE = settings(
+    max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 WHITE = np.array(BACKGROUND, dtype=np.float64)
 
 
@@ -91,8 +92,9 @@ def test_float_images_are_read_as_zero_to_one(tmp_path, values):
     assert np.array_equal(result, _grey_rgb(np.floor(values.astype(np.float64) * 255 + 0.5)))
 
 
-@pytest.mark.parametrize("bad, message", [(2.0, "from 0 to 2"), (-0.5, "from -0.5 to 0"),
-                                          (float("nan"), "NaN pixel values")])
+@pytest.mark.parametrize(
+    "bad, message", [(2.0, "from 0 to 2"), (-0.5, "from -0.5 to 0"), (float("nan"), "NaN pixel values")]
+)
 def test_float_images_outside_zero_to_one_are_refused(tmp_path, bad, message):
     values = np.zeros((2, 2), dtype=np.float32)
     values[1, 1] = bad
@@ -153,8 +155,9 @@ def test_cmyk(tmp_path, pixels):
 @given(pixels=u8(3))
 def test_ycbcr_uses_the_jpeg_full_range_formulas(pixels):
     y, cb, cr = (pixels[..., i].astype(np.float64) for i in range(3))
-    expected = np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
-                         y + 1.772 * (cb - 128)], axis=-1).clip(0, 255)
+    expected = np.stack(
+        [y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)], axis=-1
+    ).clip(0, 255)
     image = Image.frombytes("YCbCr", pixels.shape[1::-1], pixels.tobytes())
     assert np.abs(np.asarray(to_rgb(image), dtype=np.float64) - expected).max() <= 1.5
 
@@ -189,9 +192,16 @@ def test_rgbx_drops_the_padding_channel(pixels):
 
 
 # EXIF orientation tag -> the transform that makes the stored pixels upright (EXIF 2.32, tag 0x0112).
-ORIENTATIONS = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-                5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-                8: lambda a: np.rot90(a, 1)}
+ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 @pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))

@@ -9,32 +9,44 @@ import math
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cli_helpers import run_cli
-from hawk_cli.io.requests import BadLine, RequestSpec, decoded_lines, read_requests
 from tiny_models import random_image
 
-FAST = settings(max_examples=300, deadline=None, derandomize=True)
-SLOW = settings(max_examples=8, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+from hawk_cli.io.requests import BadLine, RequestSpec, decoded_lines, read_requests
 
-NUMBERS = st.one_of(st.integers(-10, 10), st.integers(-(10 ** 40), 10 ** 40), st.floats(allow_nan=False,
-                    allow_infinity=False), st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e400",
-                                                            "9" * 5000]))
-VALUES = st.recursive(st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=6),
-                                st.sampled_from(["a.png", "", "\\ud800", "https://x/a.png", "a\\u0000b"])),
-                      lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                              st.dictionaries(st.text(max_size=3), inner, max_size=3)),
-                      max_leaves=6)
+FAST = settings(max_examples=300, deadline=None, derandomize=True)
+SLOW = settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+NUMBERS = st.one_of(
+    st.integers(-10, 10),
+    st.integers(-(10**40), 10**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "9" * 5000]),
+)
+VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        NUMBERS,
+        st.text(max_size=6),
+        st.sampled_from(["a.png", "", "\\ud800", "https://x/a.png", "a\\u0000b"]),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=6,
+)
 KEYS = st.sampled_from(["id", "images", "image", "video", "question", "ratio", "max_new_tokens", "fps", "x"])
 
 
 def _literal(value) -> str:
     """JSON text for `value`, letting the bare literals above (NaN, 1e400, escapes) through unquoted."""
-    if isinstance(value, str) and (value in ("NaN", "Infinity", "-Infinity", "1e400", "-1e400")
-                                   or value.isdigit()):
+    if isinstance(value, str) and (value in ("NaN", "Infinity", "-Infinity", "1e400", "-1e400") or value.isdigit()):
         return value
     if isinstance(value, str) and value.startswith(("\\u", "a\\u")):
         return f'"{value}"'
@@ -45,11 +57,15 @@ def _literal(value) -> str:
     return json.dumps(value)
 
 
-LINES = st.lists(st.one_of(st.dictionaries(KEYS, VALUES, max_size=6).map(lambda d: _literal(d).encode()),
-                           st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),  # any bytes, bad UTF-8
-                           st.sampled_from([b"", b"   ", b"\r", b"[" * 5000,
-                                            b'{"question": "q", "images": ["a.png"]}'])),
-                 min_size=1, max_size=6)
+LINES = st.lists(
+    st.one_of(
+        st.dictionaries(KEYS, VALUES, max_size=6).map(lambda d: _literal(d).encode()),
+        st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),  # any bytes, bad UTF-8
+        st.sampled_from([b"", b"   ", b"\r", b"[" * 5000, b'{"question": "q", "images": ["a.png"]}']),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 def _as_bytes(lines: list[bytes], bom: bool = False) -> bytes:
@@ -65,9 +81,11 @@ def _strict(text: str):
 def test_every_non_blank_line_gives_exactly_one_item_with_its_number(lines, bom):
     data = _as_bytes(lines, bom)
     physical = data.split(b"\n")[:-1]
-    expected = [number for number, line in enumerate(physical, start=1)
-                if line.replace(b"\xef\xbb\xbf", b"", 1 if number == 1 else 0).strip()
-                or not _decodes(line)]
+    expected = [
+        number
+        for number, line in enumerate(physical, start=1)
+        if line.replace(b"\xef\xbb\xbf", b"", 1 if number == 1 else 0).strip() or not _decodes(line)
+    ]
     items = list(read_requests(decoded_lines(io.BytesIO(data)), Path("/base")))
     assert [item.line for item in items] == expected
     for item in items:
@@ -98,21 +116,24 @@ def _check_spec(spec: RequestSpec) -> None:
     json.dumps({"id": spec.id}, allow_nan=False)
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ('{"id": NaN, "image": "a.png", "question": "q"}', "NaN is not a JSON value"),
-    ('{"id": 1e400, "image": "a.png", "question": "q"}', "1e400 is out of the range of a number"),
-    ('{"image": "a.png", "question": "q", "ratio": Infinity}', "Infinity is not a JSON value"),
-    ('{"image": "a.png", "question": "q", "max_new_tokens": 1e400}', "out of the range of a number"),
-    ('{"image": "a.png", "question": "\\ud800"}', "unpaired surrogate"),
-    ('[' * 100000, "nested too deeply"),
-    ('{"image": "a.png", "question": "q", "max_new_tokens": ' + "9" * 5000 + '}', "not valid JSON"),
-    ('{"image": "a.png", "question": "q", "ratio": "0.5"}', "'ratio' must be a finite number"),
-    ('{"image": "a.png", "question": "q", "max_new_tokens": 2.5}', "'max_new_tokens' must be an integer"),
-    ('{"video": "c.gif", "question": "q", "fps": 1e9}', "fps must be a number from 0.01 to 1000"),
-    ('{"images": [], "question": "q"}', "'images' must be a path or a list of paths"),
-    ('{"image": "a\\u0000.png", "question": "q"}', "NUL character"),
-    ('{"image": "http://host/a.png", "question": "q"}', "hawk reads local files only"),
-])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"id": NaN, "image": "a.png", "question": "q"}', "NaN is not a JSON value"),
+        ('{"id": 1e400, "image": "a.png", "question": "q"}', "1e400 is out of the range of a number"),
+        ('{"image": "a.png", "question": "q", "ratio": Infinity}', "Infinity is not a JSON value"),
+        ('{"image": "a.png", "question": "q", "max_new_tokens": 1e400}', "out of the range of a number"),
+        ('{"image": "a.png", "question": "\\ud800"}', "unpaired surrogate"),
+        ("[" * 100000, "nested too deeply"),
+        ('{"image": "a.png", "question": "q", "max_new_tokens": ' + "9" * 5000 + "}", "not valid JSON"),
+        ('{"image": "a.png", "question": "q", "ratio": "0.5"}', "'ratio' must be a finite number"),
+        ('{"image": "a.png", "question": "q", "max_new_tokens": 2.5}', "'max_new_tokens' must be an integer"),
+        ('{"video": "c.gif", "question": "q", "fps": 1e9}', "fps must be a number from 0.01 to 1000"),
+        ('{"images": [], "question": "q"}', "'images' must be a path or a list of paths"),
+        ('{"image": "a\\u0000.png", "question": "q"}', "NUL character"),
+        ('{"image": "http://host/a.png", "question": "q"}', "hawk reads local files only"),
+    ],
+)
 def test_each_bad_value_is_an_error_record_naming_it(line, fragment):
     items = list(read_requests(decoded_lines(io.BytesIO(line.encode() + b"\n")), Path("/base")))
     assert len(items) == 1 and isinstance(items[0], BadLine), items
@@ -146,11 +167,18 @@ def test_the_stream_goes_on_and_every_output_line_is_strict_json(capsys, monkeyp
 
 def test_stdin_and_input_file_decode_the_same_bytes_identically(capsys, monkeypatch, model_dir, folder):
     good = json.dumps({"id": "g", "image": str(folder / "a.png"), "question": "what color ?"}).encode()
-    data = (b"\xef\xbb\xbf" + good + b"\r\n" + b'{"id": "bad", "question": "caf\xe9"}\n' + good.replace(b'"g"', b'"h"')
-            + b"\n")
+    data = (
+        b"\xef\xbb\xbf"
+        + good
+        + b"\r\n"
+        + b'{"id": "bad", "question": "caf\xe9"}\n'
+        + good.replace(b'"g"', b'"h"')
+        + b"\n"
+    )
     (folder / "mixed.jsonl").write_bytes(data)
-    code_file, out_file, _ = run_cli(capsys, "run", "--input", folder / "mixed.jsonl", "-m", model_dir,
-                                     "--max-new-tokens", 1)
+    code_file, out_file, _ = run_cli(
+        capsys, "run", "--input", folder / "mixed.jsonl", "-m", model_dir, "--max-new-tokens", 1
+    )
     _stdin_with(monkeypatch, data)
     code_stdin, out_stdin, _ = run_cli(capsys, "run", "-", "-m", model_dir, "--max-new-tokens", 1)
     volatile = ("batch_timings",)
@@ -159,5 +187,4 @@ def test_stdin_and_input_file_decode_the_same_bytes_identically(capsys, monkeypa
     assert code_file == code_stdin == 1
     assert from_file == from_stdin
     assert [r["id"] for r in from_file] == ["g", None, "h"]  # the BOM did not spoil line 1
-    assert from_file[1]["error"] == ("line 2 is not valid UTF-8 (byte 0xe9 at byte 31). Save the requests as "
-                                     "UTF-8.")
+    assert from_file[1]["error"] == ("line 2 is not valid UTF-8 (byte 0xe9 at byte 31). Save the requests as UTF-8.")

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import run_cli
+from tiny_models import random_image
+
 from hawk_cli.io.requests import MAX_LINE_BYTES, decoded_lines
 from hawk_cli.io.text import MAX_QUESTION_CHARS
-from tiny_models import random_image
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = 160  # the small-context copy of the tiny model
@@ -53,50 +53,74 @@ def _expected_prompt_tokens(model_dir, visual: int, question: str) -> int:
     return len(tokenizer(text)["input_ids"]) - 1 + visual
 
 
-def test_a_prompt_over_the_context_is_refused_before_work_and_one_that_fits_runs(capsys, small_context_model,
-                                                                                   files):
+def test_a_prompt_over_the_context_is_refused_before_work_and_one_that_fits_runs(capsys, small_context_model, files):
     question = "what color is the circle ?"
     prompt = _expected_prompt_tokens(small_context_model, 64, question)
     fits = CONTEXT - prompt
-    code, out, err = run_cli(capsys, "run", files / "a.png", question, "-m", small_context_model,
-                             "--max-new-tokens", fits + 1)
+    code, out, err = run_cli(
+        capsys, "run", files / "a.png", question, "-m", small_context_model, "--max-new-tokens", fits + 1
+    )
     assert code == 2 and out == "" and "Traceback" not in err
-    assert (f"the prompt is {prompt} tokens (64 of them visual) and {fits + 1} new tokens were asked for, over "
-            f"the model's context of {CONTEXT} tokens") in err
-    code, out, err = run_cli(capsys, "run", files / "a.png", question, "-m", small_context_model,
-                             "--max-new-tokens", fits, "--json")
+    assert (
+        f"the prompt is {prompt} tokens (64 of them visual) and {fits + 1} new tokens were asked for, over "
+        f"the model's context of {CONTEXT} tokens"
+    ) in err
+    code, out, err = run_cli(
+        capsys, "run", files / "a.png", question, "-m", small_context_model, "--max-new-tokens", fits, "--json"
+    )
     assert code == 0, err  # negative control: exactly at the context is allowed
     assert json.loads(out)["prompt_tokens"] == prompt
 
 
 def test_video_frames_count_towards_the_context(capsys, small_context_model, files):
-    code, out, err = run_cli(capsys, "run", "--video", files / "clip.gif", "what shape is there ?", "-m",
-                             small_context_model, "--max-new-tokens", 60)
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--video",
+        files / "clip.gif",
+        "what shape is there ?",
+        "-m",
+        small_context_model,
+        "--max-new-tokens",
+        60,
+    )
     assert code == 2 and "(128 of them visual)" in err and f"context of {CONTEXT} tokens" in err
 
 
 def test_max_new_tokens_at_the_context_is_a_usage_error_naming_the_flag(capsys, small_context_model, files):
-    code, out, err = run_cli(capsys, "run", files / "a.png", "q ?", "-m", small_context_model,
-                             "--max-new-tokens", CONTEXT)
+    code, out, err = run_cli(
+        capsys, "run", files / "a.png", "q ?", "-m", small_context_model, "--max-new-tokens", CONTEXT
+    )
     assert code == 2 and out == ""
-    assert err.strip().endswith(f"--max-new-tokens {CONTEXT} leaves no room for a prompt in the model's context of "
-                                f"{CONTEXT} tokens. Use e.g. --max-new-tokens 32.")
+    assert err.strip().endswith(
+        f"--max-new-tokens {CONTEXT} leaves no room for a prompt in the model's context of "
+        f"{CONTEXT} tokens. Use e.g. --max-new-tokens 32."
+    )
 
 
 def test_jsonl_rows_over_the_context_get_error_records_and_the_rest_run(capsys, small_context_model, files):
     requests = files / "context.jsonl"
-    requests.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"id": "ok1", "image": "small.png", "question": "what color ?"},
-        {"id": "absurd", "image": "small.png", "question": "what color ?", "max_new_tokens": 10 ** 30},
-        {"id": "long", "image": "a.png", "question": "what color ?", "max_new_tokens": 150},
-        {"id": "ok2", "image": "small.png", "question": "what shape ?", "max_new_tokens": 3},
-    ]))
-    code, out, err = run_cli(capsys, "run", "--input", requests, "-m", small_context_model, "--batch-size", 4,
-                             "--max-new-tokens", 2)
+    requests.write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in [
+                {"id": "ok1", "image": "small.png", "question": "what color ?"},
+                {"id": "absurd", "image": "small.png", "question": "what color ?", "max_new_tokens": 10**30},
+                {"id": "long", "image": "a.png", "question": "what color ?", "max_new_tokens": 150},
+                {"id": "ok2", "image": "small.png", "question": "what shape ?", "max_new_tokens": 3},
+            ]
+        )
+    )
+    code, out, err = run_cli(
+        capsys, "run", "--input", requests, "-m", small_context_model, "--batch-size", 4, "--max-new-tokens", 2
+    )
     records = {r["id"]: r for r in map(json.loads, out.splitlines())}
     assert code == 1 and list(records) == ["ok1", "absurd", "long", "ok2"]
     assert "answer" in records["ok1"] and "answer" in records["ok2"]
-    assert records["absurd"]["error"].startswith("max_new_tokens 1,000,") and "context of 160 tokens" in records["absurd"]["error"]
+    assert (
+        records["absurd"]["error"].startswith("max_new_tokens 1,000,")
+        and "context of 160 tokens" in records["absurd"]["error"]
+    )
     assert "over the model's context of 160 tokens" in records["long"]["error"]
 
 
@@ -122,8 +146,9 @@ def test_image_count_and_pixel_total_are_checked_from_headers_before_the_model_l
     assert code == 1 and "model path" in err  # 64 images pass the check (negative control)
     for index in range(5):  # headers of 7000x7000: 49 Mpx each, 245 Mpx together; never decoded
         _huge_png_header(tmp_path / f"big{index}.png", 7000, 7000)
-    code, _, err = run_cli(capsys, "run", *[tmp_path / f"big{i}.png" for i in range(5)], "q ?", "-m",
-                           tmp_path / "no-model")
+    code, _, err = run_cli(
+        capsys, "run", *[tmp_path / f"big{i}.png" for i in range(5)], "q ?", "-m", tmp_path / "no-model"
+    )
     assert code == 2 and "hold 245 Mpx together, over hawk's limit of 200 Mpx per prompt" in err
 
 
@@ -153,9 +178,12 @@ def test_line_reader_bounds_each_line_and_keeps_numbering(tmp_path):
 def test_question_length_is_checked_before_tokenising_in_every_entry(capsys, model_dir, files, tmp_path):
     long_question = "a" * (MAX_QUESTION_CHARS + 1)
     requests = tmp_path / "q.jsonl"
-    requests.write_text(json.dumps({"id": 1, "image": str(files / "a.png"), "question": long_question}) + "\n"
-                        + json.dumps({"id": 2, "image": str(files / "a.png"),
-                                      "question": "a" * MAX_QUESTION_CHARS}) + "\n")
+    requests.write_text(
+        json.dumps({"id": 1, "image": str(files / "a.png"), "question": long_question})
+        + "\n"
+        + json.dumps({"id": 2, "image": str(files / "a.png"), "question": "a" * MAX_QUESTION_CHARS})
+        + "\n"
+    )
     code, out, err = run_cli(capsys, "run", "--input", requests, "-m", model_dir, "--max-new-tokens", 1)
     records = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and records[0]["error"].startswith("'question' is 100,001 characters long, over hawk's limit")
@@ -164,24 +192,33 @@ def test_question_length_is_checked_before_tokenising_in_every_entry(capsys, mod
 
 # Runs a Python program and reports, at exit, the peak resident memory of this very process image (VmHWM of
 # /proc/self/status). ru_maxrss will not do: Linux carries the forking parent's peak over into the child's.
-_MEASURED = ("import atexit, runpy, sys\n"
-             "def report():\n"
-             "    peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-             "    sys.stderr.write(f'PEAK_KIB {peak}\\n')\n"
-             "atexit.register(report)\n"
-             "sys.argv = sys.argv[1:]\n"
-             "if sys.argv[0] == '-c':\n"
-             "    exec(sys.argv[1])\n"
-             "else:\n"
-             "    runpy.run_module(sys.argv[0], run_name='__main__')\n")
+_MEASURED = (
+    "import atexit, runpy, sys\n"
+    "def report():\n"
+    "    peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "    sys.stderr.write(f'PEAK_KIB {peak}\\n')\n"
+    "atexit.register(report)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "if sys.argv[0] == '-c':\n"
+    "    exec(sys.argv[1])\n"
+    "else:\n"
+    "    runpy.run_module(sys.argv[0], run_name='__main__')\n"
+)
 
 
 def _peak_rss_kib(argv: list[str], stdin_path: Path | None = None) -> tuple[int, int, str]:
     """Run `python ARGV...` (a module name or -c CODE); (exit code, its peak resident memory in KiB, stderr)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     with open(stdin_path or os.devnull, "rb") as stdin:
-        done = subprocess.run([sys.executable, "-c", _MEASURED, *argv], cwd=ROOT, env=env, stdin=stdin,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURED, *argv],
+            cwd=ROOT,
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
     err = done.stderr.decode()
     peak = int(err.rsplit("PEAK_KIB ", 1)[1].split()[0])
     return done.returncode, peak, err
@@ -212,8 +249,10 @@ def test_a_very_long_jsonl_question_is_refused_with_bounded_memory(tmp_path, mod
     assert rss - base_rss < GROWTH_BOUND_KIB, (base_rss, rss)
 
 
-READ_STDIN_QUESTION = ("import sys\nfrom hawk_cli.errors import InputError\nfrom hawk_cli.io.text import read_question\n"
-                       "try:\n    read_question(sys.stdin)\nexcept InputError as error:\n    print(error.render())")
+READ_STDIN_QUESTION = (
+    "import sys\nfrom hawk_cli.errors import InputError\nfrom hawk_cli.io.text import read_question\n"
+    "try:\n    read_question(sys.stdin)\nexcept InputError as error:\n    print(error.render())"
+)
 
 
 def test_a_very_long_stdin_question_is_refused_with_bounded_memory(tmp_path):

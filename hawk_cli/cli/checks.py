@@ -46,29 +46,38 @@ def check_distinct_paths(outputs: dict[str, str | Path | None], inputs: dict[str
     for index, (flag, path) in enumerate(given):
         for other_flag, other in given[:index]:
             if _same_place(path, other):
-                raise UsageError(f"{other_flag} and {flag} name the same file '{path}'",
-                                 "Give each output its own path")
+                raise UsageError(
+                    f"{other_flag} and {flag} name the same file '{path}'", "Give each output its own path"
+                )
         for what, paths in inputs.items():
             for source in paths or []:
                 if source is not None and _same_place(path, Path(source)):
-                    raise UsageError(f"{flag} '{path}' is also {what}; writing it would destroy the input",
-                                     "Choose another output path")
+                    raise UsageError(
+                        f"{flag} '{path}' is also {what}; writing it would destroy the input",
+                        "Choose another output path",
+                    )
 
 
-def resolve_budget(ratio: float | None, keep: float | None, keep_tokens: int | None,
-                   default_ratio: float) -> tuple[float, int | None]:
+def resolve_budget(
+    ratio: float | None, keep: float | None, keep_tokens: int | None, default_ratio: float
+) -> tuple[float, int | None]:
     """(ratio, keep_tokens) from --ratio, --keep or --keep-tokens, exactly one of which may be given."""
     from hawk_cli.io.requests import ratio_for_keep
 
-    given = [flag for flag, value in (("--ratio", ratio), ("--keep", keep), ("--keep-tokens", keep_tokens))
-             if value is not None]
+    given = [
+        flag
+        for flag, value in (("--ratio", ratio), ("--keep", keep), ("--keep-tokens", keep_tokens))
+        if value is not None
+    ]
     if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} each set the visual-token budget",
-                         "Give one of --ratio, --keep or --keep-tokens")
+        raise UsageError(
+            f"{' and '.join(given)} each set the visual-token budget", "Give one of --ratio, --keep or --keep-tokens"
+        )
     if keep is not None:
         if not 0 < keep <= 1:
-            raise UsageError(f"--keep must be in (0, 1], got {keep}",
-                             "Use e.g. --keep 0.2 to keep 20% of visual tokens")
+            raise UsageError(
+                f"--keep must be in (0, 1], got {keep}", "Use e.g. --keep 0.2 to keep 20% of visual tokens"
+            )
         return ratio_for_keep(keep), None
     if keep_tokens is not None:
         if keep_tokens < 1:

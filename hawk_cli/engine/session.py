@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -116,7 +117,7 @@ class HawkSession:
             raise UsageError(f"{max_new_tokens:,} leaves no room for a prompt in the model's context of {context:,} "
                              "tokens", f"Use e.g. {{{setting}=}}32", setting=setting)
 
-    def check_fits_context(self, inputs, new_tokens: list[int]) -> None:
+    def check_fits_context(self, inputs: Any, new_tokens: list[int]) -> None:
         """Each row's whole prompt (every visual token counted: pruning happens inside the model's run) plus its
         new tokens must fit the context; checked on the host before any device work."""
         context = self.context_tokens

@@ -38,8 +38,12 @@ MAX_PROMPT_PIXELS = 4 * MAX_IMAGE_PIXELS
 MAX_IMAGES_PER_PROMPT = 64
 BACKGROUND = (255, 255, 255)  # what transparent pixels are composited over
 URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://", "hf://", "file://")
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def check_local_file(path: str | Path, what: str = "image") -> Path:
@@ -54,12 +58,14 @@ def check_local_file(path: str | Path, what: str = "image") -> Path:
         info = path.stat()
     except FileNotFoundError:
         if os.path.lexists(path):
-            raise InputError(f"{what} '{path}' is a symbolic link to a missing file", "Check where the link points")
-        raise InputError(f"{what} '{path}' does not exist", "Check the path")
+            raise InputError(
+                f"{what} '{path}' is a symbolic link to a missing file", "Check where the link points"
+            ) from None
+        raise InputError(f"{what} '{path}' does not exist", "Check the path") from None
     except OSError as error:  # a symlink loop, a name too long, no permission on a folder on the way
-        raise InputError(f"cannot open {what} '{path}' ({error.strerror})", "Check the path")
+        raise InputError(f"cannot open {what} '{path}' ({error.strerror})", "Check the path") from None
     except ValueError as error:  # not encodable as a file name
-        raise InputError(f"{what} path {text!r} is not a valid file name ({error})", "Check the path")
+        raise InputError(f"{what} path {text!r} is not a valid file name ({error})", "Check the path") from None
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{what} '{path}' is a folder", "Give an image file (PNG, JPEG, ...)")
     for test, kind in _FILE_KINDS:
@@ -87,8 +93,10 @@ def load_image(path: str | Path) -> Image.Image:
 def load_images(paths: list[str | Path] | tuple[str | Path, ...]) -> tuple[Image.Image, ...]:
     """One prompt's images, with the count and the pixel total checked from the headers before any decoding."""
     if len(paths) > MAX_IMAGES_PER_PROMPT:
-        raise InputError(f"the prompt has {len(paths)} images, over hawk's limit of {MAX_IMAGES_PER_PROMPT}",
-                         "Give fewer images per prompt")
+        raise InputError(
+            f"the prompt has {len(paths)} images, over hawk's limit of {MAX_IMAGES_PER_PROMPT}",
+            "Give fewer images per prompt",
+        )
     check_pixel_total([image_header(path)[:2] for path in paths], "the prompt's images")
     return tuple(load_image(path) for path in paths)
 
@@ -96,8 +104,11 @@ def load_images(paths: list[str | Path] | tuple[str | Path, ...]) -> tuple[Image
 def check_pixel_total(sizes: list[tuple[int, int]], what: str) -> None:
     total = sum(width * height for width, height in sizes)
     if total > MAX_PROMPT_PIXELS:
-        raise InputError(f"{what} hold {total / 1e6:.0f} Mpx together, over hawk's limit of "
-                         f"{MAX_PROMPT_PIXELS / 1e6:.0f} Mpx per prompt", "Downscale them or give fewer")
+        raise InputError(
+            f"{what} hold {total / 1e6:.0f} Mpx together, over hawk's limit of "
+            f"{MAX_PROMPT_PIXELS / 1e6:.0f} Mpx per prompt",
+            "Downscale them or give fewer",
+        )
 
 
 class _opened:
@@ -111,12 +122,15 @@ class _opened:
         try:
             self.image = Image.open(self.path)
         except Image.DecompressionBombError:
-            raise _too_large(self.path, None)
+            raise _too_large(self.path, None) from None
         except UnidentifiedImageError:
-            raise InputError(f"'{self.path}' is not an image Pillow can read",
-                             "Give a PNG, JPEG, WebP, GIF or BMP file")
+            raise InputError(
+                f"'{self.path}' is not an image Pillow can read", "Give a PNG, JPEG, WebP, GIF or BMP file"
+            ) from None
         except (OSError, SyntaxError, ValueError) as error:
-            raise InputError(f"image '{self.path}' is unreadable or truncated ({error})", "Re-export or re-download it")
+            raise InputError(
+                f"image '{self.path}' is unreadable or truncated ({error})", "Re-export or re-download it"
+            ) from None
         width, height = self.image.size
         if width * height > MAX_IMAGE_PIXELS:
             self.image.close()
@@ -135,8 +149,11 @@ class _opened:
 
 def _too_large(path: Path, size: tuple[int, int] | None) -> InputError:
     limit = f"hawk's {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit"
-    where = (f"is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} Mpx), over {limit}" if size
-             else f"is over {limit} (Pillow refuses to decode it)")
+    where = (
+        f"is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} Mpx), over {limit}"
+        if size
+        else f"is over {limit} (Pillow refuses to decode it)"
+    )
     return InputError(f"image '{path}' {where}", "Downscale it first (the model resizes to at most a few Mpx anyway)")
 
 
@@ -161,8 +178,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     if mode == "LAB":
         from PIL import ImageCms
 
-        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
-                                            "LAB", "RGB")
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
         return ImageCms.applyTransform(image, transform)
     if mode == "La":  # premultiplied: Pillow has no conversion from it
         grey = np.asarray(image, dtype=np.float64)
@@ -172,8 +188,10 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         return _over_background(Image.fromarray(np.rint(rgba).astype(np.uint8), "RGBA"))
     if mode in ("1", "L", "P", "CMYK", "YCbCr", "HSV", "RGBX"):
         return image.convert("RGB")
-    raise InputError(f"image '{name}' has pixel mode '{mode}', which hawk cannot convert to RGB",
-                     "Re-export it as an 8-bit RGB PNG or JPEG")
+    raise InputError(
+        f"image '{name}' has pixel mode '{mode}', which hawk cannot convert to RGB",
+        "Re-export it as an 8-bit RGB PNG or JPEG",
+    )
 
 
 def _from_grey(values: np.ndarray) -> Image.Image:
@@ -193,8 +211,10 @@ def _bits_per_sample(image: Image.Image) -> int:
 def _sixteen_bit(image: Image.Image, bits: int, name: str) -> np.ndarray:
     """Grey values scaled from the declared bit depth (16 for PNG; 12 for a 12-bit TIFF) to 8 bits, rounded."""
     if bits > 16:
-        raise InputError(f"image '{name}' holds {bits}-bit integer pixels, which have no single right scale to 8 bits",
-                         "Convert it to 8- or 16-bit first")
+        raise InputError(
+            f"image '{name}' holds {bits}-bit integer pixels, which have no single right scale to 8 bits",
+            "Convert it to 8- or 16-bit first",
+        )
     values = np.asarray(image).astype(np.int64)
     top = (1 << bits) - 1
     return (np.clip(values, 0, top) * 255 + top // 2) // top
@@ -206,8 +226,10 @@ def _unit_float(image: Image.Image, name: str) -> np.ndarray:
         raise InputError(f"image '{name}' holds NaN pixel values", "Re-export it as an 8-bit image")
     low, high = float(values.min()), float(values.max())
     if low < 0.0 or high > 1.0:
-        raise InputError(f"image '{name}' holds floating-point pixels from {low:g} to {high:g}; hawk reads float "
-                         "images as 0.0-1.0", "Scale it to 0-1, or re-export it as an 8-bit image")
+        raise InputError(
+            f"image '{name}' holds floating-point pixels from {low:g} to {high:g}; hawk reads float images as 0.0-1.0",
+            "Scale it to 0-1, or re-export it as an 8-bit image",
+        )
     return np.floor(values * 255.0 + 0.5)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from PIL import Image
 
