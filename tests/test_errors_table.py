@@ -106,6 +106,9 @@ CASES += [
      "--ratio and --keep each set the visual-token budget"),
     ("keep-out-of-range", ["run", "{image}", "q ?", "--keep", "1.5", "-m", "{model}"], 2,
      "--keep must be in (0, 1], got 1.5"),
+    ("hub-id-offline", ["run", "{image}", "q ?", "-m", "Qwen/Qwen2.5-VL-7B-Instruct"], 1,
+     "'Qwen/Qwen2.5-VL-7B-Instruct' is a hub id, the hub is switched off (HF_HUB_OFFLINE=1), and the model is not "
+     "in the local cache"),
     ("image-float-range", ["run", "{float_image}", "q ?", "-m", "{model}"], 2,
      "holds floating-point pixels from 0 to 2; hawk reads float images as 0.0-1.0"),
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from hawk_cli.errors import ModelError, ResourceError, UsageError
+from hawk_cli.io.hub import resolve_hub_id
 
 BUILTIN_NAMES = ("builtin",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,11 +74,11 @@ def _locate(spec: str) -> tuple[str, bool]:
     return spec, False
 
 
-def read_model_type(location: str) -> str:
+def read_model_type(location: str, local_only: bool = False) -> str:
     from transformers import AutoConfig
 
     try:
-        return str(AutoConfig.from_pretrained(location).model_type)
+        return str(AutoConfig.from_pretrained(location, local_files_only=local_only).model_type)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as error:
         raise ModelError(f"cannot load model '{location}': {str(error).splitlines()[0][:200]}",
                          "Pass a local checkpoint folder (no hub downloads happen offline)")
@@ -85,25 +86,27 @@ def read_model_type(location: str) -> str:
 
 def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
                attn: str = "sdpa") -> LoadedModel:
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
-
     if attn not in ATTENTION_BACKENDS:
         raise UsageError(f"unknown attention backend '{attn}'", f"Use one of: {', '.join(ATTENTION_BACKENDS)}")
     name = spec or "builtin"
     location, is_builtin = _locate(name)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    model_type = read_model_type(location)
+    # A hub id: fail at once offline unless cached, and then load from the cache alone (no retries).
+    local_only = resolve_hub_id(location) if location == name and not Path(location).exists() else False
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    model_type = read_model_type(location, local_only)
     if model_type not in supported:
         raise ModelError(f"model type '{model_type}' is not supported", f"Supported: {', '.join(sorted(supported))}")
     try:
         # use_kernels=False: transformers 5.25 swaps in hub kernels on CUDA by default, which needs a download.
         model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn,
-                                                            use_kernels=False)
-        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
+                                                            use_kernels=False, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", local_files_only=local_only)
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
-        image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")
+        image_processor = AutoImageProcessor.from_pretrained(location, backend="pil", local_files_only=local_only)
     except ImportError as error:
         raise ModelError(f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
                          "Use {attn=}sdpa, or install the missing package")
