@@ -22,7 +22,7 @@ from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_rang
 from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, KeepOpt, KeepTokensOpt,
                                   MaxNewTokensOpt, ModelOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
-from hawk_cli.errors import InputError, UsageError
+from hawk_cli.errors import InputError, UsageError, worded
 
 DEFAULT_RATIO = 0.8
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -196,6 +196,15 @@ def _settings_origin(session, scorer: str | None, weights: str | None) -> dict:
     return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
 
 
+def _builtin_notes(session, request) -> list[str]:
+    """The built-in model answers only its synthetic world: say so when a question or picture is outside it."""
+    if not session.loaded.is_builtin:
+        return []
+    from hawk_cli.synthetic.familiarity import builtin_notes
+
+    return builtin_notes(session.tokenizer, request.question, request.images + request.video[:1])
+
+
 def _overlay_picture(session, request, answer, by_score: bool):
     from hawk_cli.io.overlay import panels_for, render_overlay
 
@@ -229,6 +238,8 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     request = Request(question=question, images=images, video=frames, fps=fps)
     session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
     session.check_new_tokens(max_new_tokens)
+    for note in _builtin_notes(session, request):
+        out.note(note)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
@@ -348,6 +359,9 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
                 else:
                     answer = outcome.pop("_answer")
                     record = {"id": row.id, "line": row.line, **outcome, **context}
+                    notes = _builtin_notes(session, row.request)
+                    if notes:
+                        record["notes"] = [worded(note) for note in notes]
                     if overlay_dir is not None:
                         record["overlay"] = _write_row_overlay(out, session, overlay_dir / overlay_names.name_for(
                             row.id, row.line), row, answer, overlay_scores, force)
