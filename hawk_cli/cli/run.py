@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Iterator, Optional, TextIO
+from typing import Annotated, Optional
 
 import typer
 
@@ -22,7 +21,8 @@ from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_rang
 from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, KeepOpt, KeepTokensOpt,
                                   MaxNewTokensOpt, ModelOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
 from hawk_cli.cli.output import Output
-from hawk_cli.errors import InputError, UsageError, worded
+from hawk_cli.cli.run_shared import builtin_notes, open_session, open_sink, overlay_picture, settings_origin
+from hawk_cli.errors import InputError, UsageError
 
 DEFAULT_RATIO = 0.8
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -70,42 +70,11 @@ def stats_line(answer, ratio: float, seconds: float, keep_tokens: int | None = N
     stats = answer.stats
     budget = f"keep-tokens {keep_tokens}" if keep_tokens is not None else f"ratio {ratio:.2f}"
     blocks = answer.visual_blocks
-    per_image = ("; per image " + ", ".join(f"{kept}/{size}" for kept, size in zip(answer.kept_per_block(), blocks))
-                 if len(blocks) > 1 else "")
+    kept_sizes = zip(answer.kept_per_block(), blocks, strict=True)
+    per_image = "; per image " + ", ".join(f"{kept}/{size}" for kept, size in kept_sizes) if len(blocks) > 1 else ""
     return (f"kept {stats.visual_tokens_kept}/{stats.visual_tokens} visual tokens ({budget}{per_image}), "
             f"prompt {stats.prompt_tokens}\u2192{stats.prompt_tokens_kept}, {seconds:.2f} s"
             + (" (no instruction after the image: scored with the user's text)" if stats.query_fallback else ""))
-
-
-class _Sink:
-    """Where results go: stdout (flushed per line), or a temp file moved over --output at the end."""
-
-    def __init__(self, out: Output, handle: TextIO | None) -> None:
-        self.out, self.handle = out, handle
-
-    def record(self, data: dict) -> None:
-        if self.handle is None:
-            self.out.record(data)
-        else:
-            from hawk_cli.cli.output import json_line
-
-            self.handle.write(json_line(data) + "\n")
-            self.handle.flush()
-
-    def text(self, line: str) -> None:
-        if self.handle is None:
-            self.out.result(line)
-        else:
-            self.handle.write(line + "\n")
-
-
-def _open_sink(stack: ExitStack, out: Output, output: str | None, force: bool) -> _Sink:
-    if output is None:
-        return _Sink(out, None)
-    from hawk_cli.io.atomic import atomic_path, check_writable
-
-    temporary = stack.enter_context(atomic_path(check_writable(Path(output), force), overwrite=force))
-    return _Sink(out, stack.enter_context(open(temporary, "w", encoding="utf-8")))
 
 
 def run_command(
@@ -166,54 +135,19 @@ def run_command(
     try:
         validate_fps(fps)
     except InputError as error:
-        raise UsageError(error.message, error.fix)
+        raise UsageError(error.message, error.fix) from None
     ratio, keep_tokens = resolve_budget(ratio, keep, keep_tokens, DEFAULT_RATIO)
     settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens, keep_tokens=keep_tokens)  # validated
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
                              'Write e.g. {"video": "clip.gif", "question": "..."}')
-        return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, settings,
-                          weights, scorer, device, dtype, attn)
+        from hawk_cli.cli.run_jsonl import run_jsonl
+
+        return run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, settings,
+                         weights, scorer, device, dtype, attn)
     return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, settings,
                     weights, scorer, device, dtype, attn, json_output)
-
-
-def _open_session(out: Output, model, device, dtype, attn, scorer, weights):
-    from hawk_cli.engine.session import HawkSession
-
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
-    method, notices = session.make_scorer(scorer, weights)
-    for notice in notices:
-        out.note(notice)
-    return session, method
-
-
-def _settings_origin(session, scorer: str | None, weights: str | None) -> dict:
-    """Echoed in JSON: whether the pruning settings came from the user, the model's recommendation or defaults."""
-    if scorer is not None or weights is not None:
-        return {"settings_from": "user"}
-    return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
-
-
-def _builtin_notes(session, request) -> list[str]:
-    """The built-in model answers only its synthetic world: say so when a question or picture is outside it."""
-    if not session.loaded.is_builtin:
-        return []
-    from hawk_cli.synthetic.familiarity import builtin_notes
-
-    return builtin_notes(session.tokenizer, request.question, request.images + request.video[:1])
-
-
-def _overlay_picture(session, request, answer, by_score: bool):
-    from hawk_cli.io.overlay import panels_for, render_overlay
-
-    processor = session.loaded.image_processor
-    panels = panels_for(request.images, request.video, list(answer.visual_grids),
-                        int(processor.temporal_patch_size))
-    merge = int(processor.merge_size)
-    return render_overlay(panels, answer.visual_keep, answer.visual_scores, merge_size=merge,
-                          cell_pixels=int(processor.patch_size) * merge, by_score=by_score)
 
 
 def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, settings, weights,
@@ -236,20 +170,20 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     images = load_images(image_paths)
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    session, method = open_session(out, model, device, dtype, attn, scorer, weights)
     session.check_new_tokens(max_new_tokens)
-    for note in _builtin_notes(session, request):
+    for note in builtin_notes(session, request):
         out.note(note)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
-        save_overlay(Path(overlay), _overlay_picture(session, request, answer, overlay_scores), overwrite=force)
+        save_overlay(Path(overlay), overlay_picture(session, request, answer, overlay_scores), overwrite=force)
     with ExitStack() as stack:
-        sink = _open_sink(stack, out, output, force)
+        sink = open_sink(stack, out, output, force)
         if json_output:
             record = {"answer": answer.text, "ratio": ratio if keep_tokens is None else None,
                       "keep_tokens": keep_tokens, **method.describe(),
-                      **_settings_origin(session, scorer, weights), **session.describe(),
+                      **settings_origin(session, scorer, weights), **session.describe(),
                       **answer.stats.to_dict(), "visual_tokens_per_image": list(answer.visual_blocks),
                       "visual_tokens_kept_per_image": list(answer.kept_per_block()),
                       "generated_tokens": len(answer.tokens), "timings": timings,
@@ -264,134 +198,3 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     if not json_output:
         out.info(stats_line(answer, ratio, timings["total_s"], keep_tokens))
     return 0
-
-
-def _count_lines(path: Path) -> int | None:
-    """Non-blank lines of a regular file, read in chunks (a huge line is never held whole); None for a pipe."""
-    if not path.is_file():
-        return None
-    count, open_line_has_text = 0, False
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            *complete, last = chunk.split(b"\n")
-            for part in complete:
-                count += int(open_line_has_text or bool(part.strip()))
-                open_line_has_text = False
-            open_line_has_text = open_line_has_text or bool(last.strip())
-    return count + int(open_line_has_text)
-
-
-def _lines(input_file: str | None) -> tuple[Iterator, Path, ExitStack]:
-    """The input's lines decoded by `decoded_lines` (stdin and files alike), and the folder paths resolve against."""
-    import io
-
-    from hawk_cli.io.requests import decoded_lines
-
-    stack = ExitStack()
-    if input_file is None or input_file == "-":
-        binary = getattr(sys.stdin, "buffer", None)
-        if binary is None:  # a text stream standing in for stdin (tests, embedding callers)
-            binary = io.BytesIO(sys.stdin.read().encode("utf-8"))
-        return decoded_lines(binary), Path.cwd(), stack
-    path = Path(input_file)
-    if not path.exists():
-        raise InputError(f"input file '{path}' does not exist", "Give a JSONL file, or '-' to read requests from stdin")
-    if path.is_dir():
-        raise InputError(f"'{path}' is not a file", "Give a JSONL file, or '-' to read requests from stdin")
-    handle = stack.enter_context(open(path, "rb"))  # a regular file or a pipe
-    return decoded_lines(handle), path.resolve().parent, stack
-
-
-def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, settings,
-               weights, scorer, device, dtype, attn) -> int:
-    from hawk_cli.engine.session import versions
-    from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
-    from hawk_cli.io.requests import read_requests
-
-    overlay_dir = None
-    if overlay is not None:
-        overlay_dir = Path(overlay)
-        if overlay_dir.exists() and not overlay_dir.is_dir():
-            raise UsageError(f"--overlay '{overlay_dir}' is a file; in JSONL mode it is a folder",
-                             "Give a folder (created if missing)")
-    check_distinct_paths({"--output": output}, {"the --input file": [input_file if input_file != "-" else None]})
-    if output is not None:
-        from hawk_cli.io.atomic import check_writable
-
-        check_writable(Path(output), force)  # before the model loads
-    in_processes = prepare_in_processes(os.environ.get("HAWK_PREPARE", "threads").strip())  # before the model loads
-    lines, base, input_stack = _lines(input_file)
-    total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
-    session.check_new_tokens(settings.max_new_tokens)
-    overlay_names = None
-    if overlay_dir is not None:
-        from hawk_cli.io.overlay import OverlayNames
-
-        overlay_dir.mkdir(parents=True, exist_ok=True)
-        beside = [Path(output).name] if output is not None and Path(output).resolve().parent == overlay_dir.resolve() \
-            else []
-        overlay_names = OverlayNames(tuple(beside))  # never the --output file's name
-    context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),
-               "versions": versions()}
-    counts = {"done": 0, "failed": 0, "first_batch": 0}
-    started = time.perf_counter()
-    first_batch_end = None
-    with input_stack, ExitStack() as stack, out.progress("requests", total) as advance:
-        sink = _open_sink(stack, out, output, force)
-
-        configured = os.environ.get("HAWK_PREPARE_WORKERS", "").strip()
-        workers = prepare_workers(session, int(configured) if configured.isdigit() else None)
-        # A file fills every batch; a stream runs what has arrived, so a slow producer is answered at once.
-        stream = answer_stream(session, method, read_requests(lines, base), batch_size=batch_size,
-                               wait_for_full=input_file not in (None, "-"), default_ratio=settings.ratio,
-                               default_keep_tokens=settings.keep_tokens, default_tokens=settings.max_new_tokens,
-                               fps=fps, workers=workers,
-                               processes=in_processes,
-                               pin_cpus=os.environ.get("HAWK_PREPARE_PIN", "1").strip() != "0",
-                               on_close=stack.callback)
-        for window in stream:
-            for row, outcome in window:
-                if isinstance(outcome, str):
-                    counts["failed"] += 1
-                    out.warn(f"line {row.line} (id {row.id!r}): {outcome}")
-                    sink.record({"id": row.id, "line": row.line, "error": outcome})
-                else:
-                    answer = outcome.pop("_answer")
-                    record = {"id": row.id, "line": row.line, **outcome, **context}
-                    notes = _builtin_notes(session, row.request)
-                    if notes:
-                        record["notes"] = [worded(note) for note in notes]
-                    if overlay_dir is not None:
-                        record["overlay"] = _write_row_overlay(out, session, overlay_dir / overlay_names.name_for(
-                            row.id, row.line), row, answer, overlay_scores, force)
-                    sink.record(record)
-                counts["done"] += 1
-                advance()
-            if first_batch_end is None:
-                first_batch_end, counts["first_batch"] = time.perf_counter(), counts["done"]
-    if counts["done"] == 0:
-        out.warn("no requests in the input")
-    ended = time.perf_counter()
-    seconds = ended - started
-    summary = (f"{counts['done']} requests, {counts['failed']} failed, {seconds:.2f} s after loading "
-               f"({counts['done'] / max(seconds, 1e-9):.2f} requests/s, batch size {batch_size}")
-    steady = counts["done"] - counts["first_batch"]
-    if first_batch_end is not None and steady > 0:  # the first batch carries the device's warm-up
-        summary += f"; after the first batch: {steady / max(ended - first_batch_end, 1e-9):.2f} requests/s"
-    out.info(summary + ")")
-    return 1 if counts["failed"] else 0
-
-
-def _write_row_overlay(out: Output, session, path: Path, row, answer, by_score: bool, force: bool):
-    from hawk_cli.io.overlay import save_overlay
-
-    if path.exists() and not force:
-        out.warn(f"line {row.line}: overlay '{path}' exists; not overwritten (pass --force)")
-        return None
-    try:
-        save_overlay(path, _overlay_picture(session, row.request, answer, by_score), overwrite=force)
-    except InputError:  # another process took the name since the check above: still not overwritten
-        out.warn(f"line {row.line}: overlay '{path}' appeared meanwhile; not overwritten (pass --force)")
-        return None
-    return str(path)

@@ -1,0 +1,82 @@
+"""What both modes of `hawk run` share: where results go, opening the session, and what a record says about it."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TextIO
+
+from hawk_cli.cli.output import Output
+
+
+class Sink:
+    """Where results go: stdout (flushed per line), or a temp file moved over --output at the end."""
+
+    def __init__(self, out: Output, handle: TextIO | None) -> None:
+        self.out, self.handle = out, handle
+
+    def record(self, data: dict) -> None:
+        if self.handle is None:
+            self.out.record(data)
+        else:
+            from hawk_cli.cli.output import json_line
+
+            self.handle.write(json_line(data) + "\n")
+            self.handle.flush()
+
+    def text(self, line: str) -> None:
+        if self.handle is None:
+            self.out.result(line)
+        else:
+            self.handle.write(line + "\n")
+
+
+def open_sink(stack: ExitStack, out: Output, output: str | None, force: bool) -> Sink:
+    if output is None:
+        return Sink(out, None)
+    from hawk_cli.io.atomic import atomic_path, check_writable
+
+    temporary = stack.enter_context(atomic_path(check_writable(Path(output), force), overwrite=force))
+    return Sink(out, stack.enter_context(open(temporary, "w", encoding="utf-8")))
+
+
+def open_session(out: Output, model, device, dtype, attn, scorer, weights):
+    from hawk_cli.engine.session import HawkSession
+
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    method, notices = session.make_scorer(scorer, weights)
+    for notice in notices:
+        out.note(notice)
+    return session, method
+
+
+def settings_origin(session, scorer: str | None, weights: str | None) -> dict:
+    """Echoed in JSON: whether the pruning settings came from the user, the model's recommendation or defaults."""
+    if scorer is not None or weights is not None:
+        return {"settings_from": "user"}
+    return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
+
+
+def builtin_notes(session, request) -> list[str]:
+    """The built-in model answers only its synthetic world: say so when a question or picture is outside it."""
+    if not session.loaded.is_builtin:
+        return []
+    from hawk_cli.synthetic.familiarity import builtin_notes as notes_for
+
+    return notes_for(session.tokenizer, request.question, request.images + request.video[:1])
+
+
+def overlay_picture(session, request, answer, by_score: bool):
+    from hawk_cli.io.overlay import panels_for, render_overlay
+
+    processor = session.loaded.image_processor
+    panels = panels_for(request.images, request.video, list(answer.visual_grids), int(processor.temporal_patch_size))
+    merge = int(processor.merge_size)
+    return render_overlay(
+        panels,
+        answer.visual_keep,
+        answer.visual_scores,
+        merge_size=merge,
+        cell_pixels=int(processor.patch_size) * merge,
+        by_score=by_score,
+    )
