@@ -109,6 +109,8 @@ CASES += [
     ("hub-id-offline", ["run", "{image}", "q ?", "-m", "Qwen/Qwen2.5-VL-7B-Instruct"], 1,
      "'Qwen/Qwen2.5-VL-7B-Instruct' is a hub id, the hub is switched off (HF_HUB_OFFLINE=1), and the model is not "
      "in the local cache"),
+    ("model-url", ["run", "{image}", "q ?", "-m", "https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct"], 1,
+     "is a URL. Pass the hub id (--model Qwen/Qwen2.5-VL-7B-Instruct) or a local folder"),
     ("image-float-range", ["run", "{float_image}", "q ?", "-m", "{model}"], 2,
      "holds floating-point pixels from 0 to 2; hawk reads float images as 0.0-1.0"),
 ]

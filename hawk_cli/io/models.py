@@ -63,6 +63,10 @@ def _locate(spec: str) -> tuple[str, bool]:
             raise ModelError("the built-in model is not installed with this copy of hawk",
                              "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL checkpoint")
         return str(folder), True
+    if spec.lower().startswith(("http://", "https://", "hf://")):
+        repo = "/".join(spec.split("://", 1)[1].split("/")[1:3]) if "huggingface.co" in spec else ""
+        raise ModelError(f"model '{spec}' is a URL", f"Pass the hub id ({{model=}}{repo or 'ORG/NAME'}) or a local "
+                         "folder")
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
