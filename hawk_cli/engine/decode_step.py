@@ -201,6 +201,11 @@ class Decoding:
     def capacity(self) -> int:
         return int(self.state.valid.shape[1])
 
+    @property
+    def cache_slots(self) -> int:
+        """Positions a static cache holds (0 for a dynamic cache, which grows)."""
+        return self.capacity if self.static else 0
+
     def advance(self, t: int) -> tuple[Tensor, Tensor]:
         """Decode step `t` (feeding the token chosen `t` steps after the prefill)."""
         if self.length + t >= self.capacity:

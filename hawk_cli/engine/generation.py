@@ -98,7 +98,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
     return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
                             keep_mask=pruned.keep.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
-                            step_logits=step_logits, kv_cache_slots=decoding.capacity)
+                            step_logits=step_logits, kv_cache_slots=decoding.cache_slots)
 
 
 def _greedy_loop(decoding: Decoding, logits: Tensor, eos_ids: set[int], settings: GenerationSettings,

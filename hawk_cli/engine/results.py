@@ -31,4 +31,4 @@ class GenerationResult:
     keep_mask: Tensor  # [B, L] bool over the original prompt
     scores: Tensor | None = None  # [B, L] float32, -inf off visual tokens
     step_logits: list[Tensor] = field(default_factory=list)  # per step [B, V] float32 (when recorded)
-    kv_cache_slots: int = 0  # positions the cache was sized for (a captured step's static cache: a bucket)
+    kv_cache_slots: int = 0  # positions a static cache holds (a captured step's: a bucket); 0: dynamic cache
