@@ -172,7 +172,8 @@ class DecodeStep:
     def choose(self, state: DecodeState, logits: Tensor) -> Tensor:
         """Greedy next token [B] (the pad id for finished rows); marks rows that produced an end id."""
         chosen = torch.where(state.finished, self.adapter.tokens.pad, logits.argmax(-1))
-        state.finished.logical_or_(torch.isin(chosen, state.eos))
+        # a broadcast compare, not torch.isin: isin sorts (and synchronises) for larger id sets
+        state.finished.logical_or_((chosen[:, None] == state.eos[None, :]).any(-1))
         state.token.copy_(chosen[:, None])
         return chosen
 
