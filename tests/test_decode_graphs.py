@@ -135,6 +135,35 @@ def test_a_backend_that_builds_its_mask_per_step_is_not_captured():
     assert adapter.decode_capturable and adapter.decode_mask(torch.ones(2, 5, dtype=torch.bool)).shape == (2, 1, 1, 5)
 
 
+class MaskRecorder:
+    """Wraps an adapter's `decode` to note the mask each one-token step received."""
+
+    def __init__(self, adapter) -> None:
+        self.adapter, self.masks = adapter, []
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+    def decode(self, embeds, position_ids, attention_mask, cache):
+        if embeds.shape[1] == 1:
+            self.masks.append(None if attention_mask is None else tuple(attention_mask.shape))
+        return self.adapter.decode(embeds, position_ids, attention_mask, cache)
+
+
+@pytest.mark.parametrize("rows, cache, expect", [
+    (REQUESTS[:1], "dynamic", "none"),  # one row: nothing to mask, as stock generate
+    (REQUESTS, "dynamic", "4d"),  # rows of different lengths: left padding must be masked
+    (REQUESTS[:1], "static", "4d")])  # a static cache: its unwritten slots must be masked
+def test_a_step_passes_a_mask_only_when_something_must_be_masked(rows, cache, expect):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    recorder = MaskRecorder(adapter_for(model, tokenizer))
+    inputs = _inputs(tokenizer, rows)
+    settings = GenerationSettings(ratio=0.5, max_new_tokens=4, cache=cache)
+    generate(recorder, inputs, HawkScorer(), settings, EOS, decode_step=DecodeStep(recorder, "eager"))
+    assert len(recorder.masks) == 3
+    assert all((m is None) if expect == "none" else (m is not None and len(m) == 4) for m in recorder.masks)
+
+
 def test_decode_buffers_cannot_be_rebound():
     """A captured graph reads the buffers it was captured with: the state only allows in-place updates."""
     state = DecodeState.allocate(2, 8, 3, 1, torch.device("cpu"))

@@ -14,7 +14,8 @@ of the capture into the graph; replays then write the cache at the captured slot
 position as a device tensor (`cumulative_length`) and advance it in place inside `update`, and build the write
 index from it, so a captured step writes one slot further on every replay, as long as the cache object, and so
 that tensor, is the one the graph was captured with. The decoder gets its mask prepared (`adapter.decode_mask`:
-for sdpa a view of `valid`), so transformers builds none per step.
+for sdpa a view of `valid`), so transformers builds none per step; an eager step over a dynamic cache of
+unpadded rows passes none at all, as stock `generate` does.
 
 Captured and compiled steps keep one static cache, state and graph per (batch, capacity bucket) (`buckets.py`),
 the least recently used dropped past `pool_size`: a graph cannot outlive the tensors it was captured on.
@@ -138,14 +139,19 @@ class DecodeStep:
         return "static" if self.mode != "eager" else "dynamic"
 
     def start(self, batch: int, length: int, rope_rows: int, max_new_tokens: int, eos_count: int,
-              cache_kind: str, device: torch.device) -> "Decoding":
-        """The cache and buffers of one generation (a prompt of `length` columns), before its prefill."""
+              cache_kind: str, device: torch.device, padded: bool = True) -> "Decoding":
+        """The cache and buffers of one generation (a prompt of `length` columns), before its prefill.
+
+        `padded`: whether some prompt row is left-padded. Without padding a dynamic cache holds only real
+        tokens, so steps pass no mask at all, as stock `generate` does (sdpa then attends grouped kv heads
+        natively instead of repeating them per query head)."""
         needed = length + max_new_tokens
         pooled = self.mode != "eager" and cache_kind == "static"
         if not pooled:
+            static = cache_kind == "static"
             return Decoding(self, self.adapter.new_cache(cache_kind, needed),
                             DecodeState.allocate(batch, needed, rope_rows, eos_count, device), length, None,
-                            static=cache_kind == "static")
+                            static=static, masked=static or padded)
         capacity = capacity_bucket(needed)
         key = (batch, capacity, rope_rows, max(1, eos_count), str(device))
         entry = self._pool.get(key)
@@ -165,8 +171,8 @@ class DecodeStep:
         return list(self._pool)
 
     # --- the step itself: the same code runs eagerly and is what a graph records --------------------------
-    def _forward_eager(self, token: Tensor, positions: Tensor, valid: Tensor, cache) -> Tensor:
-        hidden = self.adapter.decode(self.adapter.embed(token), positions, self.adapter.decode_mask(valid), cache)
+    def _forward_eager(self, token: Tensor, positions: Tensor, mask: Tensor | None, cache) -> Tensor:
+        hidden = self.adapter.decode(self.adapter.embed(token), positions, mask, cache)
         return self.adapter.logits(hidden[:, -1]).float()
 
     def choose(self, state: DecodeState, logits: Tensor) -> Tensor:
@@ -177,14 +183,16 @@ class DecodeStep:
         state.token.copy_(chosen[:, None])
         return chosen
 
-    def advance(self, state: DecodeState, cache, mask_length: int | None = None) -> tuple[Tensor, Tensor]:
+    def advance(self, state: DecodeState, cache, mask_length: int | None = None,
+                masked: bool = True) -> tuple[Tensor, Tensor]:
         """Feed `state.token`; returns (its next-token logits [B, V] float32, the chosen tokens [B]).
 
         `mask_length`: for a dynamic cache, the slots it holds after this step (a static cache's mask covers
-        all of its slots)."""
+        all of its slots); `masked` False: every cached slot is a real token (a dynamic cache, no padding)."""
         state.valid.index_fill_(1, state.slot, True)
         valid = state.valid if mask_length is None else state.valid[:, :mask_length]
-        logits = self._forward(state.token, state.positions, valid, cache)
+        mask = self.adapter.decode_mask(valid) if masked else None
+        logits = self._forward(state.token, state.positions, mask, cache)
         state.positions.add_(1)
         state.slot.add_(1)
         return logits, self.choose(state, logits)
@@ -194,9 +202,10 @@ class Decoding:
     """One generation's decode steps: eager, or the pooled graph (captured after the warm-up steps)."""
 
     def __init__(self, step: DecodeStep, cache, state: DecodeState, length: int, entry: _Pooled | None,
-                 static: bool) -> None:
+                 static: bool, masked: bool = True) -> None:
         self.step, self.cache, self.state, self.length, self.entry, self.static = (step, cache, state, length,
                                                                                    entry, static)
+        self.masked = masked
 
     @property
     def capacity(self) -> int:
@@ -221,4 +230,4 @@ class Decoding:
                 entry.replay = step.runner.capture(lambda: step.advance(state, cache))
                 step.captures += 1
             return entry.replay()
-        return step.advance(self.state, self.cache, None if self.static else self.length + t + 1)
+        return step.advance(self.state, self.cache, None if self.static else self.length + t + 1, self.masked)

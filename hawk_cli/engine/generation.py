@@ -85,7 +85,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
         next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
         with timer.phase("prefill_s"):
             decoding = step.start(batch, length, positions.shape[0], settings.max_new_tokens, len(eos_ids),
-                                  step.cache_kind(settings.cache), device)
+                                  step.cache_kind(settings.cache), device, padded=pruned.compaction.padded)
             hidden = adapter.decode(embeds, positions, mask, decoding.cache)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(decoding.cache)
