@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hawk_cli.engine.benchmark import (batch_inputs, copy_bandwidth, decoder_weight_bytes,  # noqa: E402
-                                       random_weight_session, synthetic_image)
+from hawk_cli.tasks.benchmark import (batch_inputs, copy_bandwidth, random_weight_session,  # noqa: E402
+                                      synthetic_image)
 from hawk_cli.engine.decode_step import DecodeStep  # noqa: E402
 from hawk_cli.engine.generation import GenerationSettings, generate  # noqa: E402
 from hawk_cli.engine.timing import PhaseTimer  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
     scorer, _ = session.make_scorer()
     device = session.loaded.device
     bandwidth = copy_bandwidth(device)
-    floor_ms = 1e3 * decoder_weight_bytes(session.model) / bandwidth
+    floor_ms = 1e3 * session.adapter.decoder_weight_bytes() / bandwidth
     image = synthetic_image(args.size)
     for batch in (int(b) for b in args.batches.split(",")):
         inputs = batch_inputs(session, [image], batch, "what color is the circle ?")

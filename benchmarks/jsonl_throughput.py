@@ -30,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hawk_cli.engine.stream import (PREPARE_MODES, answer_stream, prepare_in_processes,  # noqa: E402
+from hawk_cli.serving.stream import (PREPARE_MODES, answer_stream, prepare_in_processes,  # noqa: E402
                                     prepare_workers)
 from hawk_cli.io.requests import read_requests  # noqa: E402
 
@@ -97,7 +97,7 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
 
 def _kept_free(session, workers: int, args) -> list[int]:
     """The CPUs the stream keeps preparation off (engine/affinity.py), as it decides them."""
-    from hawk_cli.engine.affinity import HelperCpus
+    from hawk_cli.serving.affinity import HelperCpus
 
     helpers = HelperCpus(enabled=not args.no_pin and workers > 0 and session.loaded.device.type == "cuda")
     return sorted(helpers.split.launcher) if helpers.active else []
@@ -133,7 +133,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         if args.config:
-            from hawk_cli.engine.benchmark import random_weight_session
+            from hawk_cli.tasks.benchmark import random_weight_session
 
             session = random_weight_session(args.config, "auto", args.dtype, "sdpa")
             method, _ = session.make_scorer("hawk")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from hawk_cli.engine.generation import GenerationSettings  # noqa: E402
 from hawk_cli.engine.session import HawkSession  # noqa: E402
-from hawk_cli.engine.stream import prepare_request  # noqa: E402
+from hawk_cli.serving.stream import prepare_request  # noqa: E402
 from hawk_cli.io.requests import read_requests  # noqa: E402
 
 

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from hawk_cli.engine.affinity import CpuSplit, HelperCpus, plan_split
-from hawk_cli.engine.stream import Prefetcher, prepare_in_processes
+from hawk_cli.serving.affinity import CpuSplit, HelperCpus, plan_split
+from hawk_cli.serving.stream import Prefetcher, prepare_in_processes
 from hawk_cli.errors import UsageError
 
 linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,

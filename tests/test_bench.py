@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hawk_cli.engine.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
+from hawk_cli.tasks.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
 from hawk_cli.io.models import builtin_dir
 from tiny_models import DEVICE, DTYPE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 from cli_helpers import run_cli
@@ -183,7 +183,8 @@ def test_compiled_decode_equals_eager_on_cuda():
     across prompt lengths and repeated calls (cache reuse)."""
     from hawk_cli.adapters import adapter_for
     from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
-    from hawk_cli.io.prompts import Request, build_inputs
+    from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+    from hawk_cli.io.requests import Request
     from hawk_cli.scorers import HawkScorer
 
     model, tokenizer = tiny_model(), tiny_tokenizer()

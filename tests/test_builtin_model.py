@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hawk_cli.builtin import BUILTIN_DIR
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.io.requests import Request
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_images"

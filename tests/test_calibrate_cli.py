@@ -84,7 +84,7 @@ def test_existing_output_needs_force(capsys, calibrated, model_dir, tmp_path):
 
 
 def test_ctrl_c_leaves_no_file_and_exits_130(capsys, monkeypatch, model_dir, tmp_path):
-    import hawk_cli.engine.calibration as calibration
+    import hawk_cli.tasks.calibration as calibration
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

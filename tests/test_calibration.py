@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from hawk_cli.adapters import adapter_for
-from hawk_cli.engine.calibration import (CalibrationSettings, ablate_heads, calibrate, eq3, replicated_pass,
+from hawk_cli.tasks.calibration import (CalibrationSettings, ablate_heads, calibrate, eq3, replicated_pass,
                                          sample_drops)
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.calibration_data import load_calibration_data
 from hawk_cli.io.models import LoadedModel
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.io.requests import Request
 from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 # --- Eq. 3 ---------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_ablation_hook_leaves_the_model_unchanged():
 
 def test_layer_out_of_range_is_a_usage_error():
     session = _session(tiny_model("qwen2_5_vl"))
-    with pytest.raises(UsageError, match=r"--layer must be in \[0, 2\]"):
+    with pytest.raises(UsageError, match=r"^layer must be in \[0, 2\]"):
         calibrate(session, load_calibration_data("builtin:1"), CalibrationSettings(layer=3))
     with pytest.raises(UsageError, match="unknown calibration method 'fisher'"):
         CalibrationSettings(method="fisher")
@@ -171,7 +172,7 @@ def test_folder_and_jsonl_data_with_subsets_limit_and_fingerprint(tmp_path):
     assert load_calibration_data(str(tmp_path)).fingerprint != data.fingerprint
     with pytest.raises(InputError) as raised:
         data.require_answers()
-    assert "line 4 has no 'answer'" in raised.value.render() and "--method kl" in raised.value.render()
+    assert "line 4 has no 'answer'" in raised.value.render() and "method=kl" in raised.value.render()
 
 
 def test_builtin_data_is_the_calibration_generator():
@@ -211,7 +212,7 @@ def test_adapter_exposes_the_output_projection_of_every_layer():
 def test_shared_image_prefixes_give_the_same_drops(dominant):
     """builtin data asks 2 questions per scene: the shared-prefix path must equal running every prompt whole."""
     session, _, greedy, prefill = dominant
-    from hawk_cli.engine.calibration import shared_prefixes
+    from hawk_cli.tasks.calibration import shared_prefixes
 
     plan = shared_prefixes(prefill, session.adapter.tokens.vision_end)
     assert plan is not None and plan.group.tolist() == [0, 0, 1, 1]

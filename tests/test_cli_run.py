@@ -128,7 +128,7 @@ def test_transformers_outside_tested_range_warns_on_one_line(capsys, monkeypatch
     monkeypatch.setattr(transformers, "__version__", "5.99.0")
     code, _, err = run_cli(capsys, "run", str(image_path), "q ?", "--model", str(model_dir), "--max-new-tokens", "1")
     assert code == 0
-    assert "hawk: warning: transformers 5.99.0 is outside hawk's tested range 5.17.0-5.24.x" in err
+    assert "hawk: warning: transformers 5.99.0 is outside hawk's tested range 5.17.0-5.25.x" in err
 
 
 def test_weights_calibrated_at_another_layer_are_refused(capsys, tmp_path, model_dir, image_path):

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from hawk_cli.adapters import adapter_for
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.engine.buckets import capacity_bucket
 from hawk_cli.engine.decode_step import DecodeState, DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.timing import PhaseTimer
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
@@ -144,10 +145,10 @@ class MaskRecorder:
     def __getattr__(self, name):
         return getattr(self.adapter, name)
 
-    def decode(self, embeds, position_ids, attention_mask, cache):
+    def decode(self, embeds, position_ids, attention_mask, cache, extras=None):
         if embeds.shape[1] == 1:
             self.masks.append(None if attention_mask is None else tuple(attention_mask.shape))
-        return self.adapter.decode(embeds, position_ids, attention_mask, cache)
+        return self.adapter.decode(embeds, position_ids, attention_mask, cache, extras)
 
 
 @pytest.mark.parametrize("rows, cache, expect", [

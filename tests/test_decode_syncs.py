@@ -18,11 +18,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hawk_cli.adapters import adapter_for
-from hawk_cli.adapters.qwen2_vl import QwenVLAdapter
+from hawk_cli.adapters.qwen2_vl.adapter import QwenVLAdapter
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.timing import PhaseTimer
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 

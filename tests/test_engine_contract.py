@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from hawk_cli.adapters import adapter_for
-from hawk_cli.adapters.qwen2_vl import QwenVLAdapter
+from hawk_cli.adapters.qwen2_vl.adapter import QwenVLAdapter
 from hawk_cli.engine.generation import GenerationSettings, generate
-from hawk_cli.engine.oracle import check_against_oracle, compare_step_logits
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.tasks.oracle import check_against_oracle, compare_step_logits
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 from hawk_cli.scorers.base import Scorer
 from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
@@ -41,11 +42,11 @@ class RandomScores(Scorer):
 class RenumberingAdapter(QwenVLAdapter):
     """Negative control: feeds the pruned prompt contiguous positions, as a naive implementation would."""
 
-    def decode(self, embeds, position_ids, attention_mask, cache):
+    def decode(self, embeds, position_ids, attention_mask, cache, extras=None):
         batch, length = embeds.shape[:2]
-        past = cache.get_seq_length()
+        past = int(cache.get_seq_length())
         contiguous = torch.arange(past, past + length, device=embeds.device).view(1, 1, length).expand(3, batch, length)
-        return super().decode(embeds, contiguous, attention_mask, cache)
+        return super().decode(embeds, contiguous, attention_mask, cache, extras)
 
 
 def _setup(family="qwen2_5_vl", attn="sdpa", requests=None):

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from hawk_cli.engine.evaluation import (EvalSettings, evaluate, normalise_answer, proportion, target_masks)
+from hawk_cli.tasks.evaluation import (EvalSettings, evaluate, normalise_answer, proportion, target_masks)
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.synthetic.scenes import heldout_set
@@ -77,7 +77,8 @@ def test_keep_fraction_recall_and_oracle_keeps_every_target(report):
 
 
 def test_target_masks_map_the_grid_row_major_onto_visual_tokens(session, questions):
-    from hawk_cli.io.prompts import Request, build_inputs
+    from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+    from hawk_cli.io.requests import Request
 
     inputs = build_inputs(session.tokenizer, session.loaded.image_processor,
                           [Request(q.question, (q.image,)) for q in questions[:2]])
@@ -100,12 +101,12 @@ def test_helpers():
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(ratios=(1.0,)), "--ratio must be in [0, 1)"),
+    (dict(ratios=(1.0,)), "ratio must be in [0, 1)"),
     (dict(ratios=(0.0,)), "ratio 0 is the unpruned run"),
     (dict(ratios=(0.5, 0.5)), "repeats"),
     (dict(methods=("nope",)), "unknown scorer 'nope'"),
-    (dict(n=0), "-n must be at least 1"),
-    (dict(batch_size=0), "--batch-size must be at least 1"),
+    (dict(n=0), "n must be at least 1"),
+    (dict(batch_size=0), "batch_size must be at least 1"),
 ])
 def test_bad_settings_are_usage_errors(kwargs, fragment):
     with pytest.raises(UsageError) as raised:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from hawk_cli.engine.evaluation import EvalSettings, evaluate
+from hawk_cli.tasks.evaluation import EvalSettings, evaluate
 from hawk_cli.io.models import builtin_dir
 from hawk_cli.synthetic.scenes import heldout_set
 

@@ -20,8 +20,8 @@ from transformers import (
     Qwen2VLModel,
 )
 
-from hawk_cli.adapters import qwen_vision
-from hawk_cli.adapters.qwen_vision import encode_images_batched, encode_videos_batched, is_windowed_tower
+from hawk_cli.adapters.qwen2_vl import vision as qwen_vision
+from hawk_cli.adapters.qwen2_vl.vision import encode_images_batched, encode_videos_batched, is_windowed_tower
 
 FP32_TOL = 1e-5
 BF16_REL_TOL = 2e-2
@@ -196,7 +196,7 @@ def test_segment_attention_matches_per_segment_loop() -> None:
 
 
 def test_cached_tower_plans_give_the_uncached_features_and_follow_the_grids(model: torch.nn.Module) -> None:
-    from hawk_cli.adapters.qwen_vision import TowerPlans
+    from hawk_cli.adapters.qwen2_vl.vision import TowerPlans
 
     plans = TowerPlans(size=2)
     batches = [make_images(MIXED_SIZES), make_images([(224, 224), (224, 224)]), make_images(MIXED_SIZES)]

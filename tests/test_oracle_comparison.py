@@ -3,7 +3,7 @@ greedy divergence is accepted only at a near-tie of the oracle's top two logits.
 
 import torch
 
-from hawk_cli.engine.oracle import compare_step_logits
+from hawk_cli.tasks.oracle import compare_step_logits
 
 
 def test_equal_runs_pass_and_compare_every_step():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hawk_cli.io.pixels import PixelRecipe
-from hawk_cli.io.prompts import IMAGE_PAD, VIDEO_PAD, Request, _messages, build_inputs, encode_request
+from hawk_cli.adapters.qwen2_vl.pixels import PixelRecipe
+from hawk_cli.adapters.qwen2_vl.prompts import IMAGE_PAD, VIDEO_PAD, _messages, build_inputs, encode_request
+from hawk_cli.io.requests import Request
 from hawk_cli.errors import InputError
 from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_tokenizer
 

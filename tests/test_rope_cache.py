@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hawk_cli.adapters.qwen2_vl import RopeIndexCache
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.adapters.qwen2_vl.adapter import RopeIndexCache
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.io.requests import Request
 from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.contract

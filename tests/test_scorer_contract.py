@@ -10,7 +10,8 @@ from hawk_cli.adapters import adapter_for
 from hawk_cli.engine.pruning import scoring_inputs
 from hawk_cli.engine.roles import token_roles
 from hawk_cli.errors import UsageError
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import SCORERS, NormScorer, OracleScorer, RandomScorer
 from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 

@@ -16,7 +16,8 @@ sys.path.insert(0, str(REPO / "training"))
 
 import train_builtin as T  # noqa: E402
 
-from hawk_cli.io.prompts import Request, build_inputs  # noqa: E402
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs  # noqa: E402
+from hawk_cli.io.requests import Request  # noqa: E402
 from hawk_cli.synthetic import scenes as S  # noqa: E402
 
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from hawk_cli.adapters import adapter_for
-from hawk_cli.engine.oracle import check_against_oracle
+from hawk_cli.tasks.oracle import check_against_oracle
 from hawk_cli.errors import InputError
-from hawk_cli.io.prompts import Request, build_inputs
-from hawk_cli.io.video import build_video, read_frames
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.io.requests import Request
+from hawk_cli.adapters.qwen2_vl.video import build_video
+from hawk_cli.io.frames import read_frames
 from hawk_cli.scorers import HawkScorer
 from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 

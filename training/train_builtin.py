@@ -429,7 +429,8 @@ def evaluate_generate(model, questions, device, batch: int = 50) -> list[tuple[s
 
     Returns per question the first generated word and whether the answer is exactly that word then <|im_end|>.
     """
-    from hawk_cli.io.prompts import Request, build_inputs
+    from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+    from hawk_cli.io.requests import Request
 
     tok = build_word_tokenizer()
     proc = image_processor()

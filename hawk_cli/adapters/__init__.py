@@ -30,13 +30,18 @@ def special_tokens(config, tokenizer) -> SpecialTokens:
                          im_start=from_tokenizer("<|im_start|>"), im_end=from_tokenizer("<|im_end|>"), pad=int(pad))
 
 
-def adapter_for(model, tokenizer) -> ModelAdapter:
-    """The adapter for `model`, or a one-line error naming the supported families."""
-    model_type = getattr(model.config, "model_type", "?")
+def adapter_class(model_type: str) -> type[ModelAdapter]:
+    """The adapter class registered for `model_type`, or a one-line error naming the supported families."""
     if model_type not in ADAPTERS:
         raise ModelError(f"model type '{model_type}' is not supported",
                          f"Supported: {', '.join(supported_model_types())}")
-    return ADAPTERS[model_type](model, special_tokens(model.config, tokenizer))
+    return ADAPTERS[model_type]
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "Prefill", "SpecialTokens", "adapter_for", "supported_model_types"]
+def adapter_for(model, tokenizer) -> ModelAdapter:
+    """The adapter for `model`, or a one-line error naming the supported families."""
+    return adapter_class(getattr(model.config, "model_type", "?"))(model, special_tokens(model.config, tokenizer))
+
+
+__all__ = ["ADAPTERS", "ModelAdapter", "Prefill", "SpecialTokens", "adapter_class", "adapter_for",
+           "supported_model_types"]

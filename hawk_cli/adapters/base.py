@@ -23,6 +23,21 @@ class SpecialTokens:
 
 
 @dataclass
+class VisualExtras:
+    """Per-token values that travel with the visual tokens through pruning and compaction."""
+
+    mask: Tensor  # [B, L] bool: the visual tokens the rows of `values` belong to, row-major
+    values: dict[str, Tensor]  # each [mask.sum(), ...]
+
+    def pruned(self, keep: Tensor, gather_columns) -> VisualExtras:
+        """The values of kept tokens (`keep` [B, L]), with their mask laid out like the compacted batch
+        (`gather_columns` maps a [B, L] tensor to the compacted [B, L'] layout)."""
+        kept_rows = keep[self.mask]
+        return VisualExtras(mask=gather_columns(self.mask & keep),
+                            values={name: value[kept_rows] for name, value in self.values.items()})
+
+
+@dataclass
 class Prefill:
     """The decoder input of the whole, unpruned prompt, as the stock model would build it."""
 
@@ -30,7 +45,10 @@ class Prefill:
     inputs_embeds: Tensor  # [B, L, D]
     position_ids: Tensor  # [P, B, L] original rotary ids (P = 3 for mRoPE)
     attention_mask: Tensor  # [B, L] long, 1 = real token (left padding)
-    visual_mask: Tensor  # [B, L] bool, image and video placeholder tokens
+    # Per-visual-token values the decoder consumes besides the embeddings (e.g. Qwen3-VL's DeepStack features):
+    # each [n_visual, ...], rows in row-major order of the batch's visual tokens (image and video placeholders
+    # of real rows). Pruning gathers them with the same keep set as the tokens (`VisualExtras.pruned`).
+    extras: VisualExtras | None = None
 
     @property
     def batch_size(self) -> int:
@@ -53,11 +71,22 @@ class ModelAdapter(ABC):
 
     @property
     @abstractmethod
-    def num_kv_heads(self) -> int: ...
-
-    @property
-    @abstractmethod
     def num_layers(self) -> int: ...
+
+    # --- inputs ----------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def standin_processors(cls, config) -> tuple:
+        """(tokenizer, image processor) for a model built from `config` alone (random weights, no checkpoint):
+        the family's real special-token ids and published image-processor settings."""
+
+    default_scoring_layer: int = 0  # the decoder layer HAWK scores at unless head weights say otherwise
+
+    @abstractmethod
+    def prompts(self, tokenizer, image_processor):
+        """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),
+        `collate(requests, encoded)` -> batch inputs with `.to(device)`, `.on_host()`, `input_ids`,
+        `attention_mask`; `visual_tokens(image)`, `downscaled(image, tokens)`, `row_grids(inputs, requests)`."""
 
     # --- prefill ---------------------------------------------------------------------------------------
     @abstractmethod
@@ -81,10 +110,37 @@ class ModelAdapter(ABC):
         [B, L, H*d] in head order (for head ablation in `hawk calibrate`)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its attention output projection")
 
+    @abstractmethod
+    def stock_generate_inputs(self, inputs) -> dict:
+        """Keyword arguments for the model's own `generate` on the unpruned inputs (the stock baseline)."""
+
+    @abstractmethod
+    def stock_vision(self, inputs) -> None:
+        """Run the model's own vision tower on the inputs' images (timed as the stock vision cost)."""
+
     # --- decoding --------------------------------------------------------------------------------------
     @abstractmethod
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache) -> Tensor:
-        """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]."""
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
+               extras: VisualExtras | None = None) -> Tensor:
+        """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]. `extras`
+        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`."""
+
+    def decoder_weight_bytes(self) -> int:
+        """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table
+        is only gathered (a few rows), so it is left out unless tied to the head."""
+        head = self.model.get_output_embeddings()
+        embed = self.model.get_input_embeddings().weight
+        seen, total = set(), 0
+        for parameter in list(self.decoder_module().parameters()) + list(head.parameters()):
+            if id(parameter) in seen or (parameter is embed and parameter is not head.weight):
+                continue
+            seen.add(id(parameter))
+            total += parameter.numel() * parameter.element_size()
+        return total
+
+    def decoder_module(self) -> torch.nn.Module:
+        """The text decoder (its layers, final norm and embedding table)."""
+        return self.model.model.language_model
 
     @abstractmethod
     def logits(self, hidden: Tensor) -> Tensor:

@@ -122,7 +122,7 @@ def bench_command(
     Examples: hawk bench --repeats 3 | hawk bench --config qwen2.5-vl-7b --random-weights --batch 1,8 --json
     | hawk bench --model ./my-qwen --check
     """
-    from hawk_cli.engine.benchmark import Bench, BenchSettings, random_weight_session, synthetic_image
+    from hawk_cli.tasks.benchmark import Bench, BenchSettings, random_weight_session, synthetic_image
     from hawk_cli.engine.session import HawkSession
     from hawk_cli.io.images import load_image
 
@@ -166,7 +166,7 @@ def bench_command(
 
 
 def _check(out: Output, session, method, images, settings, steps: int, json_output: bool) -> None:
-    from hawk_cli.engine.benchmark import run_check
+    from hawk_cli.tasks.benchmark import run_check
 
     batch, ratio = settings.batches[0], settings.ratios[0]
     report = run_check(session, method, images, batch, ratio, steps, settings.question)

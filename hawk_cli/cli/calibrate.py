@@ -59,7 +59,7 @@ def calibrate_command(
     """
     from pathlib import Path
 
-    from hawk_cli.engine.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate
+    from hawk_cli.tasks.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate
     from hawk_cli.engine.head_weights import model_shape
     from hawk_cli.engine.session import HawkSession, versions
     from hawk_cli.io.atomic import check_writable

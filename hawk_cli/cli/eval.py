@@ -144,7 +144,7 @@ def eval_command(
     Examples: hawk eval | hawk eval -n 200 --ratios 0.8 --methods hawk,random,oracle
     | hawk eval --json > eval.jsonl --plot retention.png
     """
-    from hawk_cli.engine.evaluation import EvalSettings, evaluate
+    from hawk_cli.tasks.evaluation import EvalSettings, evaluate
     from hawk_cli.engine.session import HawkSession, versions
     from hawk_cli.io.atomic import check_writable
 

@@ -30,3 +30,8 @@ def decode_choice(no_cuda_graphs: bool, compile_decode: bool = False) -> str:
     if compile_decode:
         return "compile"
     return "eager" if no_cuda_graphs else "auto"
+
+
+def flag_for(setting: str) -> str:
+    """The command-line flag of a library setting: `max_new_tokens` -> `--max-new-tokens`, `n` -> `-n`."""
+    return f"-{setting}" if len(setting) == 1 else "--" + setting.replace("_", "-")

@@ -133,7 +133,7 @@ def run_command(
     | cat requests.jsonl | hawk run - --batch-size 8 > results.jsonl
     """
     from hawk_cli.engine.generation import GenerationSettings
-    from hawk_cli.io.video import validate_fps
+    from hawk_cli.io.frames import validate_fps
 
     out = Output(json_mode=json_output, quiet=quiet)
     arguments = list(arguments or [])
@@ -197,8 +197,8 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     from hawk_cli.io.atomic import check_writable
     from hawk_cli.io.images import load_image
     from hawk_cli.io.overlay import save_overlay
-    from hawk_cli.io.prompts import Request
-    from hawk_cli.io.video import read_frames
+    from hawk_cli.io.frames import read_frames
+    from hawk_cli.io.requests import Request
 
     image_paths, question = split_arguments(arguments, need_image=not video)
     settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
@@ -253,7 +253,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
                weights, scorer, max_new_tokens, device, dtype, attn, decode) -> int:
     from hawk_cli.engine.session import versions
-    from hawk_cli.engine.stream import answer_stream, prepare_in_processes, prepare_workers
+    from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
 
     overlay_dir = None

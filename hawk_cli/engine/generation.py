@@ -34,12 +34,12 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         validate_ratio(self.ratio)
         if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. --max-new-tokens 16")
+            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
+                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
         if self.cache not in ("auto", "dynamic", "static"):
             raise UsageError(f"unknown cache kind '{self.cache}'", "Use auto, dynamic or static")
         if self.compile and self.cache == "dynamic":
-            raise UsageError("a compiled decode step needs the static cache", "Add --cache static")
+            raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
 
 
 def cache_bytes(cache) -> int:
@@ -81,12 +81,13 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()
+        extras = pruned.decoder_extras()
         batch, length = mask.shape
         next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
         with timer.phase("prefill_s"):
             decoding = step.start(batch, length, positions.shape[0], settings.max_new_tokens, len(eos_ids),
                                   step.cache_kind(settings.cache), device, padded=pruned.compaction.padded)
-            hidden = adapter.decode(embeds, positions, mask, decoding.cache)
+            hidden = adapter.decode(embeds, positions, mask, decoding.cache, extras)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(decoding.cache)
         # the unpruned run's position of the first new token, on every rotary axis: [P, B, 1]
@@ -97,8 +98,9 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
     return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
-                            keep_mask=pruned.keep.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
-                            step_logits=step_logits, kv_cache_slots=decoding.cache_slots)
+                            keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(),
+                            scores=None if pruned.scores is None else pruned.scores.cpu(), step_logits=step_logits,
+                            kv_cache_slots=decoding.cache_slots)
 
 
 def _greedy_loop(decoding: Decoding, logits: Tensor, eos_ids: set[int], settings: GenerationSettings,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from hawk_cli.adapters.base import ModelAdapter, Prefill
+from hawk_cli.adapters.base import ModelAdapter, Prefill, VisualExtras
 from hawk_cli.engine.compaction import Compaction, compact
 from hawk_cli.engine.roles import TokenRoles, token_roles
 from hawk_cli.engine.selection import select_keep
@@ -28,6 +28,13 @@ class PrunedPrefill:
         c = self.compaction
         return (c.gather_tokens(self.prefill.inputs_embeds), c.gather_positions(self.prefill.position_ids),
                 c.attention_mask)
+
+    def decoder_extras(self) -> VisualExtras | None:
+        """The kept visual tokens' per-token values, laid out like the compacted batch (same keep set)."""
+        extras = self.prefill.extras
+        if extras is None:
+            return None
+        return extras.pruned(self.keep, lambda mask: self.compaction.gather_tokens(mask.long()).bool())
 
 
 def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,
@@ -55,7 +62,7 @@ def prune_prefill(adapter: ModelAdapter, inputs, scorer: Scorer | None, ratio: f
         if ratio > 0 and scorer is not None:
             if not bool(roles.visual.any(dim=1).all()):
                 raise InputError("a prompt has no visual tokens to prune",
-                                 "Give an image with each question, or use --ratio 0")
+                                 "Give an image with each question, or use {ratio=}0")
             scores = scorer.score(scoring_inputs(adapter, prefill, roles, target_mask))
             keep = select_keep(scores, roles.visual, valid, ratio)
         else:

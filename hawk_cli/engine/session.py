@@ -17,7 +17,7 @@ from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
 from hawk_cli.errors import HawkWarning, ResourceError, UsageError
 from hawk_cli.io.models import LoadedModel, load_model, resolve_device
-from hawk_cli.io.prompts import Request, build_inputs, encode_request
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
 
 RECOMMENDED_SETTINGS_FILE = "hawk_settings.json"
@@ -65,6 +65,7 @@ class HawkSession:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.adapter = adapter_for(loaded.model, loaded.tokenizer)
+        self.prompts = self.adapter.prompts(loaded.tokenizer, loaded.image_processor)
         self.eos_ids = self._eos_ids()
         self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device))
         self._decode_step: DecodeStep | None = None
@@ -111,7 +112,7 @@ class HawkSession:
         """The scorer with its head weights resolved and validated; notices go to the user's stderr."""
         recommended = self.recommended_settings() if name is None and weights_path is None else {}
         name = name or recommended.get("scorer", "hawk")
-        layer = layer if layer is not None else int(recommended.get("layer", 0))
+        layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
@@ -123,32 +124,35 @@ class HawkSession:
             scorer, notices = scorer_class(), []
         if recommended:
             notices.append(f"using the model's recommended pruning settings ({name}, layer {layer}); "
-                           "pass --scorer to choose")
+                           "pass {scorer} to choose")
         return scorer, notices
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
             encoded: list | None = None, eos_ids: set[int] | None = None) -> BatchOutput:
-        """`encoded`: the rows' `io.prompts.encode_request` output when already computed (e.g. in a worker);
+        """`encoded`: the rows' `self.prompts.encode` output when already computed (e.g. in a worker);
         `eos_ids`: end-of-sequence ids other than the model's (a benchmark forcing lengths).
 
         Timings add `inputs_s`: host time to collate the batch and queue its copies to the device."""
         started = time.perf_counter()
-        encoded = [done or encode_request(self.tokenizer, self.loaded.image_processor, request, defer_pixels=True)
+        encoded = [done or self.prompts.encode(request, defer_pixels=True)
                    for request, done in zip(requests, encoded or [None] * len(requests))]
-        inputs = build_inputs(self.tokenizer, self.loaded.image_processor, requests, encoded).to(self.loaded.device)
+        inputs = self.build_inputs(requests, encoded).to(self.loaded.device)
         inputs_s = time.perf_counter() - started
         result = generate(self.adapter, inputs, scorer, settings, self.eos_ids if eos_ids is None else eos_ids,
                           decode_step=self.decode_step)
         result.timings["inputs_s"] = inputs_s
-        host = inputs.on_host()
-        visual = (host.mm_token_type_ids > 0) & host.attention_mask.bool()
+        visual = result.visual_mask
         answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
                           visual_keep=result.keep_mask[row][visual[row]],
                           visual_scores=None if result.scores is None else result.scores[row][visual[row]],
                           visual_grids=grids)
                    for row, (tokens, stats, grids) in enumerate(zip(result.tokens, result.rows,
-                                                                    _row_grids(inputs, requests)))]
+                                                                    self.prompts.row_grids(inputs, requests)))]
         return BatchOutput(answers=answers, result=result)
+
+    def build_inputs(self, requests: list[Request], encoded: list | None = None):
+        """One left-padded batch of model inputs on the host (the family's own layout)."""
+        return self.prompts.collate(requests, encoded)
 
     def run_isolated(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
                      encoded: list | None = None) -> list[tuple[Answer | Exception, dict, int]]:
@@ -177,7 +181,7 @@ class HawkSession:
                 "decode": self.decode_label, "model_type": self.model.config.model_type}
 
 
-TESTED_TRANSFORMERS = ("5.17.0", "5.24")  # keep in step with pyproject.toml
+TESTED_TRANSFORMERS = ("5.17.0", "5.25")  # keep in step with pyproject.toml
 
 
 def warn_if_untested_transformers() -> None:
@@ -185,19 +189,10 @@ def warn_if_untested_transformers() -> None:
     import transformers
 
     installed = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
-    if not (5, 17) <= installed <= (5, 24):
+    if not (5, 17) <= installed <= (5, 25):
         warnings.warn(f"transformers {transformers.__version__} is outside hawk's tested range "
                       f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check results with 'hawk bench --check'",
                       HawkWarning, stacklevel=2)
-
-
-def _row_grids(inputs, requests: list[Request]) -> list[tuple[tuple[int, int, int], ...]]:
-    """Split the batch's flat image / video grids back into rows (images in order, then the row's video)."""
-    host = inputs.on_host()
-    images = iter([] if host.image_grid_thw is None else host.image_grid_thw.tolist())
-    videos = iter([] if host.video_grid_thw is None else host.video_grid_thw.tolist())
-    return [tuple(tuple(next(images)) for _ in request.images) + ((tuple(next(videos)),) if request.video else ())
-            for request in requests]
 
 
 def versions() -> dict:

@@ -11,12 +11,28 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 from typing import Iterable, Iterator
 
 from hawk_cli.errors import HawkError, InputError
 from hawk_cli.io.images import load_image
-from hawk_cli.io.prompts import Request
-from hawk_cli.io.video import read_frames, validate_fps
+from hawk_cli.io.frames import DEFAULT_FPS, read_frames, validate_fps
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt: images shown before the question (or after, with `question_first`), and video frames.
+
+    `video` holds the frames of one video (shown after the images), sampled at `fps` frames per second.
+    """
+
+    question: str
+    images: tuple[Image.Image, ...] = ()
+    question_first: bool = False
+    video: tuple[Image.Image, ...] = ()
+    fps: float = DEFAULT_FPS
+
+
 
 FIELDS = ("id", "images", "image", "video", "question", "ratio", "max_new_tokens", "fps")
 

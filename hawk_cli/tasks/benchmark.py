@@ -29,23 +29,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hawk_cli.adapters import adapter_class
 from hawk_cli.engine.decode_step import NO_EOS, DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
-from hawk_cli.engine.oracle import OracleReport, check_against_oracle
+from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.engine.session import HawkSession, versions
 from hawk_cli.engine.timing import PhaseTimer
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.models import LoadedModel, builtin_dir, resolve_device, resolve_dtype
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.requests import Request
 
 SCHEMA = "hawk.bench/1"
 RANDOM_WEIGHTS_NOTE = "random weights: speed and memory only"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 DEFAULT_QUESTION = "what color is the circle ?"
 VARIANTS = ("unpruned", "pruned", "downscaled", "stock_generate", "run_path")
-# Qwen2.5-VL's published preprocessor bounds (28x28 merged patches): a 1008x1008 image is 36x36 = 1296 tokens.
-PUBLISHED_MIN_PIXELS, PUBLISHED_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 # Metrics kept per run; each becomes {median, min, max} and a ratio to the unpruned baseline.
 TIME_METRICS = ("inputs_ms", "vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms",
                 "tokens_per_s")
@@ -74,15 +73,18 @@ class BenchSettings:
         for ratio in self.ratios:
             validate_ratio(ratio)
         if not self.ratios or any(r == 0 for r in self.ratios):
-            raise UsageError("bench needs ratios above 0 (the unpruned baseline always runs)", "Use e.g. --ratio 0.8")
+            raise UsageError("bench needs ratios above 0 (the unpruned baseline always runs)", "Use e.g. 0.8")
         if not self.batches or min(self.batches) < 1:
-            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. --batch 1,8")
+            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. 1,8")
         if self.max_new_tokens < 2:
-            raise UsageError("bench needs --max-new-tokens of at least 2 (one decode step)", "Use e.g. 16")
-        if self.repeats < 1 or self.warmup < 0:
-            raise UsageError("--repeats must be at least 1 and --warmup at least 0", "Use e.g. --repeats 5")
+            raise UsageError(f"must be at least 2 for a bench (one decode step), got {self.max_new_tokens}", "Use e.g. 16",
+                             setting="max_new_tokens")
+        if self.repeats < 1:
+            raise UsageError(f"must be at least 1, got {self.repeats}", "Use e.g. {repeats=}5", setting="repeats")
+        if self.warmup < 0:
+            raise UsageError(f"must be at least 0, got {self.warmup}", "Use e.g. {warmup=}2", setting="warmup")
         if not 56 <= self.size <= 4096:
-            raise UsageError(f"--size must be in [56, 4096], got {self.size}", "Use e.g. --size 1008")
+            raise UsageError(f"must be in [56, 4096], got {self.size}", "Use e.g. {size=}1008", setting="size")
 
 
 # --- model sources -----------------------------------------------------------------------------------------
@@ -101,31 +103,9 @@ def resolve_config(spec: str) -> Path:
     raise UsageError(f"unknown config '{spec}'", f"Use one of {', '.join(named_configs())} or a config.json file")
 
 
-def qwen_id_tokenizer():
-    """Word-level tokenizer whose special tokens carry Qwen's real ids (151643...), for models built from a
-    published config without a checkpoint: prompts then have the released layout and vision ids."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from hawk_cli.synthetic import tokenizer as words
-
-    plain = dict.fromkeys((words.UNKNOWN_TOKEN,) + words.VOCABULARY[len(words.QWEN_SPECIAL_TOKENS):])
-    vocab = {word: index for index, word in enumerate(plain)}
-    vocab.update({token: 151643 + index for index, token in enumerate(words.QWEN_SPECIAL_TOKENS)})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=words.UNKNOWN_TOKEN))
-    backend.normalizer, backend.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token=words.UNKNOWN_TOKEN, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-        additional_special_tokens=[t for t in words.QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
-        padding_side="left")
-    tokenizer.chat_template = words.QWEN_VL_CHAT_TEMPLATE
-    return tokenizer
-
-
 def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto") -> HawkSession:
     """A model built from a config with random weights, directly on the device (speed and memory only)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     config_path = resolve_config(config_spec)
@@ -137,9 +117,7 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
         processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
     else:
-        tokenizer = qwen_id_tokenizer()
-        processor = Qwen2VLImageProcessorPil(size={"shortest_edge": PUBLISHED_MIN_PIXELS,
-                                                   "longest_edge": PUBLISHED_MAX_PIXELS})
+        tokenizer, processor = adapter_class(str(config.model_type)).standin_processors(config)
     torch.manual_seed(0)
     with torch.device(torch_device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype, attn_implementation=attn)
@@ -156,30 +134,12 @@ def synthetic_image(size: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def downscaled(image: Image.Image, processor, visual_tokens: int) -> Image.Image:
-    """The image resized the way a user would (max_pixels) so that it yields at most `visual_tokens` tokens."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    factor = int(processor.patch_size) * int(processor.merge_size)
-    min_pixels = int(getattr(processor.size, "shortest_edge", None) or PUBLISHED_MIN_PIXELS)
-    height, width = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
-                                 max_pixels=visual_tokens * factor * factor)
-    return image.resize((width, height), Image.BICUBIC)
-
-
-def visual_tokens(image: Image.Image, processor) -> int:
-    """Visual tokens the processor makes of `image` (merged patches)."""
-    grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-    return int(grid.prod()) // int(processor.merge_size) ** 2
-
-
 def batch_requests(images: list[Image.Image], batch: int, question: str) -> list[Request]:
     return [Request(question, (images[row % len(images)],)) for row in range(batch)]
 
 
 def batch_inputs(session: HawkSession, images: list[Image.Image], batch: int, question: str):
-    requests = batch_requests(images, batch, question)
-    return build_inputs(session.tokenizer, session.loaded.image_processor, requests).to(session.loaded.device)
+    return session.build_inputs(batch_requests(images, batch, question)).to(session.loaded.device)
 
 
 # --- measurement ---------------------------------------------------------------------------------------------
@@ -257,20 +217,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def decoder_weight_bytes(model) -> int:
-    """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table is
-    only gathered (a few rows), so it is left out unless tied to the head."""
-    language_model = model.model.language_model
-    embed = language_model.get_input_embeddings().weight
-    seen, total = set(), 0
-    for parameter in list(language_model.parameters()) + list(model.lm_head.parameters()):
-        if id(parameter) in seen or (parameter is embed and parameter is not model.lm_head.weight):
-            continue
-        seen.add(id(parameter))
-        total += parameter.numel() * parameter.element_size()
-    return total
-
-
 @dataclass
 class Runs:
     """Repeated measurements of one variant."""
@@ -309,7 +255,7 @@ class Bench:
         self.probe = MemoryProbe(self.device)
         self.compiled = settings.compile if settings.compile is not None else self.device.type == "cuda"
         if self.compiled and self.device.type != "cuda":
-            raise UsageError("--compile needs a CUDA device", "Use --no-compile on CPU")
+            raise UsageError("a compiled decode step needs a CUDA device", "Turn compilation off on the CPU")
         # The engine variants' own step (graphs or compiled); `run_path` uses the session's, as `hawk run` does.
         self.step = DecodeStep(session.adapter, "compile" if self.compiled else session.decode_mode)
 
@@ -387,8 +333,7 @@ class Bench:
 
         model, n = self.session.model, self.settings.max_new_tokens
         clock = _StepClock(self.device)
-        kwargs = {name: getattr(inputs, name) for name in ("input_ids", "attention_mask", "mm_token_type_ids",
-                                                           "pixel_values", "image_grid_thw")}
+        kwargs = self.session.adapter.stock_generate_inputs(inputs)
         _sync(self.device)
         start_bytes = self.probe.current()
         self.probe.reset_peak()
@@ -403,7 +348,7 @@ class Bench:
         with torch.inference_mode():  # the stock tower alone, for the vision column
             _sync(self.device)
             vision_start = time.perf_counter()
-            model.model.get_image_features(inputs.pixel_values.to(model.model.visual.dtype), inputs.image_grid_thw)
+            self.session.adapter.stock_vision(inputs)
             _sync(self.device)
             vision = time.perf_counter() - vision_start
         times = clock.times
@@ -416,7 +361,7 @@ class Bench:
 
     def _plan(self, batch: int) -> list[tuple[str, float, Callable[[], tuple[dict, dict]]]]:
         """(variant, ratio, run) for one batch size: the baseline, then each ratio's variants."""
-        question, processor = self.settings.question, self.session.loaded.image_processor
+        question, prompts = self.settings.question, self.session.prompts
         full = batch_inputs(self.session, self.images, batch, question)
         plan = [("unpruned", 0.0, lambda: self._engine_run(full, 0.0))]
         if self.settings.stock:
@@ -424,7 +369,7 @@ class Bench:
         for ratio in self.settings.ratios:
             plan.append(("pruned", ratio, lambda r=ratio: self._engine_run(full, r)))
             if self.settings.downscaled:
-                small = [downscaled(im, processor, keep_count(visual_tokens(im, processor), ratio))
+                small = [prompts.downscaled(im, keep_count(prompts.visual_tokens(im), ratio))
                          for im in self.images]
                 shrunk = batch_inputs(self.session, small, batch, question)
                 plan.append(("downscaled", ratio, lambda inputs=shrunk: self._engine_run(inputs, 0.0)))
@@ -504,7 +449,7 @@ class Bench:
                 "scorer": self.scorer.describe() if self.scorer else None, "random_weights": self.random_weights,
                 "images": [f"{im.width}x{im.height}" for im in self.images],
                 "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
-                "decoder_weight_bytes": decoder_weight_bytes(self.session.model),
+                "decoder_weight_bytes": self.session.adapter.decoder_weight_bytes(),
                 "weight_bytes": sum(p.numel() * p.element_size() for p in self.session.model.parameters()),
                 "cuda_graphs": self.compiled or self.step.captured, "decode": self._label(self.step),
                 "run_path_decode": self.session.decode_label, "torch_threads": torch.get_num_threads()}
@@ -525,7 +470,7 @@ def run_check(session: HawkSession, scorer, images: list[Image.Image], batch: in
 
     inputs = batch_inputs(session, images, batch, question)
     if not bool((inputs.input_ids == session.adapter.tokens.image).any()):
-        raise InputError("the check needs an image in the prompt", "Give --image or --size")
+        raise InputError("the check needs an image in the prompt", "Give {image} or {size}")
     report = check_against_oracle(session.adapter, inputs, scorer, ratio, steps, session.eos_ids, math.inf)
     return dataclasses.replace(report, tolerance=oracle_tolerance(session.loaded.dtype, report.max_abs_logit))
 

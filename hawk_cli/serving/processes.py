@@ -22,6 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
+from hawk_cli.serving.prepare import prepare_request
+
 _worker_session = None  # set in each child by _init_child, from the parent's memory (fork); never in the parent
 
 
@@ -48,8 +50,6 @@ def _init_child(session) -> None:
 
 
 def _prepare_in_child(spec, fps: float):
-    from hawk_cli.engine.stream import prepare_request
-
     request, encoded = prepare_request(_worker_session, spec, fps)
     return request, _to_wire(encoded)
 

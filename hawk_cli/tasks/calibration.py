@@ -36,9 +36,10 @@ import torch
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter
+from hawk_cli.engine.finish_watch import FinishWatch
 from hawk_cli.errors import UsageError
 from hawk_cli.io.calibration_data import CalibrationData, CalibrationSample
-from hawk_cli.io.prompts import Request, build_inputs
+from hawk_cli.io.requests import Request
 
 METHODS = ("ablation", "kl")
 MEASURES = {"ablation": "drop of the reference answer's log-likelihood (nats, answer + end-of-turn token)",
@@ -59,10 +60,10 @@ class CalibrationSettings:
         if self.method not in METHODS:
             raise UsageError(f"unknown calibration method '{self.method}'", f"Use one of: {', '.join(METHODS)}")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}", "Use e.g. --batch-size 4")
+            raise UsageError(f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}4", setting="batch_size")
         if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. --max-new-tokens 16")
+            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
+                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
         if self.heads_per_pass is not None and self.heads_per_pass < 1:
             raise UsageError(f"heads per pass must be at least 1, got {self.heads_per_pass}", "Use e.g. 8")
 
@@ -242,6 +243,9 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
     logits, mask = _replicated_prefill(adapter, prefill, heads, layer, cache, share_prefixes)
     length = mask.shape[1]
     mask_buffer = torch.cat([mask, mask.new_zeros(rows, steps)], dim=1)
+    # Teacher-forced targets end where the longest does (`steps`); a step after every row ended adds nothing
+    # (inactive rows are masked out of the score), so a late stop is harmless.
+    watch = FinishWatch(device) if targets is None else None
     with ablate_heads(adapter.head_output_projection(layer),
                       _head_keep(batch, heads, adapter.num_query_heads, device)):
         for t in range(steps):
@@ -259,8 +263,12 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
                 following = active & ~torch.isin(token, eos)
             score += torch.where(active[None], gained.double(), torch.zeros_like(score))
             measured += active.long()
-            if t == steps - 1 or not bool(following.any()):
+            if t == steps - 1:
                 break
+            if watch is not None:  # greedy answers end at different steps: learn it without a host wait
+                watch.push(~following)
+                if watch.done():
+                    break
             mask_buffer[:, length + t] = 1
             step_positions = (next_position + t).view(1, rows, 1).expand(rope_rows, rows, 1)
             hidden = adapter.decode(adapter.embed(token.repeat(replicas)[:, None]), step_positions,
@@ -296,8 +304,9 @@ class VisionCache:
     encodes only the images whose features are not cached yet. Holds the most recent `size` images.
     """
 
-    def __init__(self, adapter: ModelAdapter, image_processor, size: int = 32) -> None:
+    def __init__(self, adapter: ModelAdapter, tokenizer, image_processor, size: int = 32) -> None:
         self.adapter = adapter
+        self.prompts = adapter.prompts(tokenizer, self)
         self.inner = image_processor
         self.merge_size = image_processor.merge_size
         self.size = size
@@ -331,10 +340,10 @@ class VisionCache:
             grids.append(grid)
         return {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.cat(grids)}
 
-    def build(self, tokenizer, requests: list[Request], device) -> tuple:
+    def build(self, requests: list[Request], device) -> tuple:
         """(ModelInputs, features {"image": [n, D]}) of a batch, encoding only images not seen recently."""
         self.order = []
-        inputs = build_inputs(tokenizer, self, requests).to(device)
+        inputs = self.prompts.collate(requests).to(device)
         if inputs.pixel_values is None:
             return inputs, {}
         missing = list(dict.fromkeys(k for k in self.order if k not in self.features))
@@ -353,20 +362,20 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
     """Head importance of `settings.layer` of the session's model on `data`; `progress(n)` after each batch."""
     adapter: ModelAdapter = session.adapter
     if not 0 <= settings.layer < adapter.num_layers:
-        raise UsageError(f"--layer must be in [0, {adapter.num_layers - 1}] for this model, got {settings.layer}",
-                         "Use --layer 0 (the layer HAWK scores at)")
+        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {settings.layer}",
+                         "Use {layer=}0 (the layer HAWK scores at)", setting="layer")
     if settings.method == "ablation":
         data.require_answers()
     started = time.perf_counter()
     samples = data.samples
     end_id = adapter.tokens.im_end
     all_drops, all_base = [], []
-    vision = VisionCache(adapter, session.loaded.image_processor)
+    vision = VisionCache(adapter, session.tokenizer, session.loaded.image_processor)
     with torch.inference_mode():
         for start in range(0, len(samples), settings.batch_size):
             batch: list[CalibrationSample] = samples[start:start + settings.batch_size]
             requests = [Request(question=s.question, images=s.images()) for s in batch]
-            inputs, features = vision.build(session.tokenizer, requests, session.loaded.device)
+            inputs, features = vision.build(requests, session.loaded.device)
             prefill = adapter.build_prefill(inputs, features)
             targets = ([answer_tokens(session.tokenizer, s.answer, end_id) for s in batch]
                        if settings.method == "ablation" else None)

@@ -14,8 +14,9 @@ from itertools import groupby
 import torch
 from torch import Tensor
 
-from hawk_cli.adapters.base import ModelAdapter, Prefill
-from hawk_cli.adapters.qwen_vision import TowerPlans, encode_images_batched
+from hawk_cli.adapters.base import ModelAdapter, Prefill, VisualExtras
+from hawk_cli.adapters.qwen2_vl.prompts import QwenPrompts
+from hawk_cli.adapters.qwen2_vl.vision import TowerPlans, encode_images_batched
 
 
 class _StopAfterLayer(Exception):
@@ -99,12 +100,28 @@ class QwenVLAdapter(ModelAdapter):
         return int(self.text_config.num_attention_heads)
 
     @property
-    def num_kv_heads(self) -> int:
-        return int(self.text_config.num_key_value_heads)
-
-    @property
     def num_layers(self) -> int:
         return int(self.text_config.num_hidden_layers)
+
+    @classmethod
+    def standin_processors(cls, config) -> tuple:
+        from hawk_cli.adapters.qwen2_vl.standin import qwen2_vl_image_processor, qwen_id_tokenizer
+
+        return qwen_id_tokenizer(), qwen2_vl_image_processor()
+
+    def prompts(self, tokenizer, image_processor) -> QwenPrompts:
+        return QwenPrompts(tokenizer, image_processor)
+
+    def stock_generate_inputs(self, inputs) -> dict:
+        return {name: getattr(inputs, name) for name in ("input_ids", "attention_mask", "mm_token_type_ids",
+                                                         "pixel_values", "image_grid_thw", "pixel_values_videos",
+                                                         "video_grid_thw", "second_per_grid_ts")
+                if getattr(inputs, name) is not None and (name != "second_per_grid_ts"
+                                                          or "second_per_grid_ts" in self._rope_params)}
+
+    def stock_vision(self, inputs) -> None:
+        if inputs.pixel_values is not None:
+            self.inner.get_image_features(inputs.pixel_values.to(self.inner.visual.dtype), inputs.image_grid_thw)
 
     # --- prefill ---------------------------------------------------------------------------------------
     def _features(self, pixels: Tensor, grid: Tensor, stock) -> Tensor:
@@ -139,9 +156,8 @@ class QwenVLAdapter(ModelAdapter):
         # Rotary ids from the host copies (the stock routine loops over images with .item() calls, each a
         # device sync when run on the GPU), one row layout at a time, remembered (RopeIndexCache).
         positions = self.rope_index(inputs.on_host()).to(input_ids.device, non_blocking=True)
-        visual = ((input_ids == self.tokens.image) | (input_ids == self.tokens.video)) & (inputs.attention_mask == 1)
         return Prefill(input_ids=input_ids, inputs_embeds=embeds, position_ids=positions,
-                       attention_mask=inputs.attention_mask, visual_mask=visual)
+                       attention_mask=inputs.attention_mask)
 
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
         block = self.language_model.layers[layer]
@@ -194,7 +210,8 @@ class QwenVLAdapter(ModelAdapter):
         return [step.float() for step in output.logits]
 
     # --- decoding --------------------------------------------------------------------------------------
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache) -> Tensor:
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
+               extras: VisualExtras | None = None) -> Tensor:
         output = self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
                                      use_cache=True, **{self._cache_keyword: cache})
         return output.last_hidden_state

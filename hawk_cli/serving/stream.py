@@ -7,6 +7,7 @@ import os
 from typing import Callable, Iterable, Iterator
 
 from hawk_cli.errors import UsageError, failure_text
+from hawk_cli.serving.prepare import prepare_request
 
 
 class RequestRow:
@@ -48,16 +49,6 @@ def prepare_in_processes(mode: str = "threads") -> bool:
     if mode not in PREPARE_MODES:
         raise UsageError(f"unknown preparation mode '{mode}'", "Set HAWK_PREPARE to threads or processes")
     return mode == "processes"
-
-
-def prepare_request(session, spec, fps: float):
-    """Worker thread: open the files, resize images and write the chat text (no tokenizer call, no device
-    work); image patches are finished on the device when the batch is moved there (io/pixels.py)."""
-    from hawk_cli.io.prompts import encode_request
-    from hawk_cli.io.requests import load_request
-
-    request = load_request(spec, fps)
-    return request, encode_request(session.tokenizer, session.loaded.image_processor, request, defer_pixels=True)
 
 
 class Prefetcher:
@@ -199,8 +190,8 @@ def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for
     early (e.g. an ExitStack callback). `processes`: prepare in `workers` forked processes instead of threads
     (Linux; engine/prepare_processes.py). `pin_cpus`: with workers on a GPU, keep them off one core, left free
     for the main thread (engine/affinity.py)."""
-    from hawk_cli.engine import prepare_processes
-    from hawk_cli.engine.affinity import HelperCpus
+    from hawk_cli.serving import processes as prepare_processes
+    from hawk_cli.serving.affinity import HelperCpus
 
     lookahead = max(2 * batch_size, 16)
     helpers = HelperCpus(enabled=pin_cpus and workers > 0 and session.loaded.device.type == "cuda")

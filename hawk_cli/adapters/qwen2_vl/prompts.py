@@ -10,28 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
-
 from hawk_cli.errors import InputError
-from hawk_cli.io.pixels import PixelRecipe
-from hawk_cli.io.video import DEFAULT_FPS, build_video
+from hawk_cli.adapters.qwen2_vl.pixels import PixelRecipe
+from hawk_cli.adapters.qwen2_vl.video import build_video
+from hawk_cli.io.requests import Request
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
-
-
-@dataclass(frozen=True)
-class Request:
-    """One prompt: images shown before the question (or after, with `question_first`), and video frames.
-
-    `video` holds the frames of one video (shown after the images), sampled at `fps` frames per second.
-    """
-
-    question: str
-    images: tuple[Image.Image, ...] = ()
-    question_first: bool = False
-    video: tuple[Image.Image, ...] = ()
-    fps: float = DEFAULT_FPS
 
 
 @dataclass
@@ -217,3 +202,47 @@ def build_inputs(tokenizer, image_processor, requests: list[Request],
         if videos else None,
         pending_pixels=pending,
     )
+
+
+class QwenPrompts:
+    """The Qwen-VL families' input building, bound to one tokenizer and image processor: what the engine, tasks
+    and serving call (`ModelAdapter.prompts`), so none of them knows the processor's fields."""
+
+    def __init__(self, tokenizer, image_processor) -> None:
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+
+    def encode(self, request: Request, defer_pixels: bool = False) -> EncodedRequest:
+        """The per-request half (no tokenizer call): safe in worker threads and forked processes."""
+        return encode_request(self.tokenizer, self.image_processor, request, defer_pixels=defer_pixels)
+
+    def collate(self, requests: list[Request], encoded: list[EncodedRequest | None] | None = None) -> ModelInputs:
+        return build_inputs(self.tokenizer, self.image_processor, requests, encoded)
+
+    def visual_tokens(self, image) -> int:
+        """Visual tokens the processor makes of one image (merged patches)."""
+        grid = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")["image_grid_thw"][0]
+        return int(grid.prod()) // int(self.image_processor.merge_size) ** 2
+
+    def downscaled(self, image, visual_tokens: int):
+        """`image` resized the way a user would (a max_pixels budget) to yield at most `visual_tokens` tokens."""
+        import importlib
+
+        from PIL import Image
+
+        smart_resize = importlib.import_module(type(self.image_processor).__module__).smart_resize
+        factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
+        size = self.image_processor.size
+        min_pixels = int((size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", 0))
+                         or factor * factor)
+        height, width = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
+                                     max_pixels=visual_tokens * factor * factor)
+        return image.resize((width, height), Image.BICUBIC)
+
+    @staticmethod
+    def row_grids(inputs: ModelInputs, requests: list[Request]) -> list[tuple[tuple[int, int, int], ...]]:
+        """Split the batch's flat image / video grids back into rows (images in order, then the row's video)."""
+        host = inputs.on_host()
+        images = iter([] if host.image_grid_thw is None else host.image_grid_thw.tolist())
+        videos = iter([] if host.video_grid_thw is None else host.video_grid_thw.tolist())
+        return [tuple(tuple(next(images)) for _ in request.images) + ((tuple(next(videos)),) if request.video else ())
+                for request in requests]
