@@ -37,7 +37,8 @@ def _cell(record: dict, metric: str, scale=None) -> str:
     return text if record["variant"] == "unpruned" or ratio is None else f"{text} {ratio:.2f}×"
 
 
-ROWS = [("inputs (host) ms", "inputs_ms", None), ("vision ms", "vision_ms", None), ("scoring + selection ms", "scoring_ms", None),
+ROWS = [("inputs (host) ms", "inputs_ms", None), ("vision ms", "vision_ms", None),
+        ("scoring + selection ms", "scoring_ms", None),
         ("LLM prefill ms", "prefill_ms", None), ("time to first token ms", "ttft_ms", None),
         ("decode ms/token", "decode_ms_per_token", lambda v: f"{v:.2f}"), ("end to end ms", "total_ms", None),
         ("tokens/s", "tokens_per_s", None), ("peak above weights, prefill MB", "peak_prefill_bytes", _mb),
@@ -84,8 +85,8 @@ def render_tables(records: list[dict], out: Output) -> None:
 def bench_command(
     model: ModelOpt = None,
     config: Annotated[Optional[str], typer.Option("--config", help="Build the model from a config instead: "
-                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b or a config.json (needs "
-                                                  "--random-weights).")] = None,
+                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b or a config.json "
+                                                  "(needs --random-weights).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from the config "
                                                  "(speed and memory only; no checkpoint needed).")] = False,
     ratio: Annotated[list[str], typer.Option("--ratio", "-r", help="Fraction of visual tokens removed; repeat "

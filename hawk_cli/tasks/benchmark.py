@@ -89,7 +89,8 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b), a config.json file, a model folder, or builtin."""
+    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b), a config.json file, a model folder,
+    or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
     named = CONFIG_DIR / f"{spec}.json"
