@@ -25,11 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hawk_cli.tasks.benchmark import (batch_inputs, copy_bandwidth, random_weight_session,  # noqa: E402
-                                      synthetic_image)
 from hawk_cli.engine.decode_step import DecodeStep  # noqa: E402
 from hawk_cli.engine.generation import GenerationSettings, generate  # noqa: E402
 from hawk_cli.engine.timing import PhaseTimer  # noqa: E402
+from hawk_cli.tasks.benchmark import batch_inputs, copy_bandwidth, random_weight_session, synthetic_image  # noqa: E402
 
 
 class RecordedStep:
@@ -74,8 +73,8 @@ def main() -> None:
             _generate(session, scorer, inputs, graphs, 33)  # captures
             captured, _ = _generate(session, scorer, inputs, graphs, 33, record=True)
             eager, _ = _generate(session, scorer, inputs, eager_same, 33, record=True)
-            diffs = [float((a - b).abs().max()) for a, b in zip(captured.step_logits, eager.step_logits)]
-            equal = [a == b for a, b in zip(captured.tokens, eager.tokens)]
+            diffs = [float((a - b).abs().max()) for a, b in zip(captured.step_logits, eager.step_logits, strict=True)]
+            equal = [a == b for a, b in zip(captured.tokens, eager.tokens, strict=True)]
             record["equality"] = {"tokens_equal_rows": sum(equal), "rows": batch,
                                   "max_abs_logit_diff": max(diffs), "first_steps_diff": diffs[:4],
                                   "logit_scale": float(max(s.abs().max() for s in eager.step_logits))}

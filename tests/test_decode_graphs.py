@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
 from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
@@ -23,7 +24,6 @@ from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.timing import PhaseTimer
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
-from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 EOS = {2}
 REQUESTS = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
@@ -60,7 +60,7 @@ def _run(adapter, inputs, step, ratio=0.5, steps=6, eos=EOS):
 def _assert_same(mine, theirs, tolerance):
     assert mine.tokens == theirs.tokens
     assert len(mine.step_logits) == len(theirs.step_logits)
-    for a, b in zip(mine.step_logits, theirs.step_logits):
+    for a, b in zip(mine.step_logits, theirs.step_logits, strict=True):
         assert (a - b).abs().max() <= tolerance
 
 

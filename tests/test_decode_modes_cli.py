@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
 from cli_helpers import run_cli
+from tiny_models import random_image
+
 from hawk_cli.engine.session import resolve_decode_mode
 from hawk_cli.errors import ResourceError, UsageError
-from tiny_models import random_image
 
 
 @pytest.fixture(scope="module")

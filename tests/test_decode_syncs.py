@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hawk_cli.adapters import adapter_for
@@ -25,7 +26,6 @@ from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.timing import PhaseTimer
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 # Operators that hand tensor contents to Python (each a device synchronisation on CUDA).
 HOST_READS = {"aten.is_nonzero.default", "aten.item.default", "aten._local_scalar_dense.default",

@@ -120,10 +120,11 @@ class ModelAdapter(ABC):
 
     # --- decoding --------------------------------------------------------------------------------------
     @abstractmethod
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor | None, cache,
                extras: VisualExtras | None = None) -> Tensor:
         """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]. `extras`
-        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`."""
+        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`. `attention_mask`:
+        2-D, the prepared 4-D form of `decode_mask`, or None (a decode step whose cache holds only real tokens)."""
 
     def decoder_weight_bytes(self) -> int:
         """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table

@@ -24,8 +24,9 @@ the least recently used dropped past `pool_size`: a graph cannot outlive the ten
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -54,12 +55,14 @@ class DecodeState:
 
     @classmethod
     def allocate(cls, batch: int, capacity: int, rope_rows: int, eos_count: int,
-                 device: torch.device) -> "DecodeState":
-        long = dict(dtype=torch.long, device=device)
-        return cls(token=torch.zeros(batch, 1, **long), positions=torch.zeros(rope_rows, batch, 1, **long),
-                   valid=torch.zeros(batch, capacity, dtype=torch.bool, device=device),
-                   slot=torch.zeros(1, **long), finished=torch.zeros(batch, dtype=torch.bool, device=device),
-                   eos=torch.full((max(1, eos_count),), NO_EOS, **long))
+                 device: torch.device) -> DecodeState:
+        long, flag = torch.long, torch.bool
+        return cls(token=torch.zeros(batch, 1, dtype=long, device=device),
+                   positions=torch.zeros(rope_rows, batch, 1, dtype=long, device=device),
+                   valid=torch.zeros(batch, capacity, dtype=flag, device=device),
+                   slot=torch.zeros(1, dtype=long, device=device),
+                   finished=torch.zeros(batch, dtype=flag, device=device),
+                   eos=torch.full((max(1, eos_count),), NO_EOS, dtype=long, device=device))
 
     def load(self, prompt_mask: Tensor, next_positions: Tensor, eos_ids: list[int]) -> None:
         """Start a decoding after a prefill of `prompt_mask` [B, L] (queued copies: no host wait)."""
@@ -98,7 +101,7 @@ class CudaGraphRunner:
 class _Pooled:
     """What one (batch, bucket) keeps between decodings: the addresses its graph was captured on."""
 
-    cache: object
+    cache: Any  # the adapter's static cache (transformers' StaticCache)
     state: DecodeState
     replay: Callable[[], tuple[Tensor, Tensor]] | None = None
     eager_steps: int = 0
@@ -139,7 +142,7 @@ class DecodeStep:
         return "static" if self.mode != "eager" else "dynamic"
 
     def start(self, batch: int, length: int, rope_rows: int, max_new_tokens: int, eos_count: int,
-              cache_kind: str, device: torch.device, padded: bool = True) -> "Decoding":
+              cache_kind: str, device: torch.device, padded: bool = True) -> Decoding:
         """The cache and buffers of one generation (a prompt of `length` columns), before its prefill.
 
         `padded`: whether some prompt row is left-padded. Without padding a dynamic cache holds only real
@@ -171,7 +174,7 @@ class DecodeStep:
         return list(self._pool)
 
     # --- the step itself: the same code runs eagerly and is what a graph records --------------------------
-    def _forward_eager(self, token: Tensor, positions: Tensor, mask: Tensor | None, cache) -> Tensor:
+    def _forward_eager(self, token: Tensor, positions: Tensor, mask: Tensor | None, cache: Any) -> Tensor:
         hidden = self.adapter.decode(self.adapter.embed(token), positions, mask, cache)
         return self.adapter.logits(hidden[:, -1]).float()
 
@@ -183,7 +186,7 @@ class DecodeStep:
         state.token.copy_(chosen[:, None])
         return chosen
 
-    def advance(self, state: DecodeState, cache, mask_length: int | None = None,
+    def advance(self, state: DecodeState, cache: Any, mask_length: int | None = None,
                 masked: bool = True) -> tuple[Tensor, Tensor]:
         """Feed `state.token`; returns (its next-token logits [B, V] float32, the chosen tokens [B]).
 
@@ -201,7 +204,7 @@ class DecodeStep:
 class Decoding:
     """One generation's decode steps: eager, or the pooled graph (captured after the warm-up steps)."""
 
-    def __init__(self, step: DecodeStep, cache, state: DecodeState, length: int, entry: _Pooled | None,
+    def __init__(self, step: DecodeStep, cache: Any, state: DecodeState, length: int, entry: _Pooled | None,
                  static: bool, masked: bool = True) -> None:
         self.step, self.cache, self.state, self.length, self.entry, self.static = (step, cache, state, length,
                                                                                    entry, static)
@@ -220,14 +223,14 @@ class Decoding:
         """Decode step `t` (feeding the token chosen `t` steps after the prefill)."""
         if self.length + t >= self.capacity:
             raise ValueError(f"decode step {t} would write past the cache's {self.capacity} slots")
-        entry, step = self.entry, self.step
-        if entry is not None and step.captured:
+        entry, step, runner = self.entry, self.step, self.step.runner
+        if entry is not None and runner is not None and step.captured:
             if entry.replay is None:
                 if entry.eager_steps < step.warmup_steps:
                     entry.eager_steps += 1
                     return step.advance(self.state, self.cache)
                 state, cache = self.state, self.cache
-                entry.replay = step.runner.capture(lambda: step.advance(state, cache))
+                entry.replay = runner.capture(lambda: step.advance(state, cache))
                 step.captures += 1
             return entry.replay()
         return step.advance(self.state, self.cache, None if self.static else self.length + t + 1, self.masked)

@@ -14,7 +14,8 @@ loop stops on the step where the last row finished, as a per-step check would.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter
-from hawk_cli.engine.decode_step import Decoding, DecodeStep
+from hawk_cli.engine.decode_step import DecodeStep, Decoding
 from hawk_cli.engine.finish_watch import FinishWatch
 from hawk_cli.engine.pruning import PrunedPrefill, prune_prefill
 from hawk_cli.engine.results import GenerationResult, RowStats
