@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hawk_cli.adapters import ADAPTERS, adapter_for
+from hawk_cli.adapters import ADAPTERS, adapter_class, adapter_for
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
@@ -51,7 +51,9 @@ class HawkSession:
     @classmethod
     def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa") -> "HawkSession":
         warn_if_untested_transformers()
-        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn))
+        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn,
+                              image_processor_loader=lambda location, model_type:
+                              adapter_class(model_type).load_image_processor(location)))
 
     def _eos_ids(self) -> set[int]:
         ids = {self.adapter.tokens.im_end}
