@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from hawk_cli.adapters import adapter_for
+from hawk_cli.engine.session import HawkSession
 from hawk_cli.io.calibration_data import load_calibration_data
 from hawk_cli.io.models import LoadedModel
 from hawk_cli.io.requests import Request
 from hawk_cli.io.weights import load_head_weights
-from hawk_cli.engine.session import HawkSession
 from hawk_cli.tasks import calibration
 from hawk_cli.tasks.calibration import VisionCache, replicated_pass, sample_drops, shared_prefixes
+from cli_helpers import run_cli
 from test_qwen3_vl_contract import DeepStackDropped
 from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
-from cli_helpers import run_cli
 
 FAMILY = "qwen3_vl"
 

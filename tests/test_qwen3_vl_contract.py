@@ -88,7 +88,8 @@ class Renumbering(Qwen3VLAdapter):
 
 # --- ratio 0 and the masked oracle ---------------------------------------------------------------------------
 @pytest.mark.parametrize("family, attn, cache", [(family, "sdpa", cache) for family in FAMILIES
-                                                 for cache in ("dynamic", "static")] + [("qwen3_vl", "eager", "dynamic")])
+                                                 for cache in ("dynamic", "static")]
+                         + [("qwen3_vl", "eager", "dynamic")])
 def test_ratio_zero_is_identical_to_stock_generate(family, attn, cache):
     model, adapter, inputs = _setup(family, attn)
     ours = generate(adapter, inputs, None, GenerationSettings(ratio=0.0, max_new_tokens=6, cache=cache,
@@ -109,7 +110,7 @@ def test_ratio_zero_is_identical_to_stock_generate(family, attn, cache):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_logits_match_the_masked_oracle(family, cache, layer):
     """Scoring at layer 1 or 2 runs the layers below with DeepStack added; decoding sees the kept features."""
-    model, adapter, inputs = _setup(family)
+    _, adapter, inputs = _setup(family)
     settings = GenerationSettings(ratio=0.8, max_new_tokens=6, cache=cache, record_logits=True)
     pruned = generate(adapter, inputs, HawkScorer(head_weights=WEIGHTS, layer=layer), settings, EOS)
     oracle = adapter.masked_generate(inputs, pruned.keep_mask.to(DEVICE), 6, EOS)
@@ -130,7 +131,7 @@ def test_random_noncontiguous_keep_sets_match_the_oracle(family, seed):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batch_rows_with_ragged_kept_counts_equal_rows_alone(family):
-    model, adapter, inputs = _setup(family)
+    _, adapter, inputs = _setup(family)
     tokenizer = tiny_tokenizer()
     settings = GenerationSettings(ratio=0.8, max_new_tokens=6, record_logits=True)
     batched = generate(adapter, inputs, HawkScorer(), settings, EOS)
@@ -265,5 +266,6 @@ def test_deeper_scoring_without_deepstack_misses_the_stock_q_k():
     for layer in (1, 2):
         scores, visual, query = _hawk_scores(broken, inputs, layer)
         q, k = (t.cpu() for t in stock_query_key(model, inputs, layer))
-        expected = reference_scores(q, k, visual, query, WEIGHTS, head_of_kv=lambda h: h // (q.shape[2] // k.shape[2]))
+        groups = q.shape[2] // k.shape[2]
+        expected = reference_scores(q, k, visual, query, WEIGHTS, head_of_kv=lambda h, g=groups: h // g)
         assert not torch.allclose(scores[visual], expected[visual], atol=1e-3)

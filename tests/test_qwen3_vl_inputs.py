@@ -105,6 +105,20 @@ def test_prompts_equal_the_stock_processor_for_images_and_video():
     assert second_row.count("<|vision_start|>") == 3 == second_row.count("<|vision_end|>")  # one pair per patch
 
 
+def test_pixels_finished_on_the_device_equal_the_stock_processor():
+    """The deferred path (`hawk run`: resize on the host, arithmetic on the device) with Qwen3-VL's patch size,
+    mean and std gives the stock PIL processor's patches bit for bit."""
+    processor = tiny_image_processor(family="qwen3_vl")
+    prompts = Qwen3Prompts(tiny_tokenizer(), processor)
+    images = (random_image(224, 128, 1), random_image(100, 70, 2))
+    request = Request("what color is the circle ?", images, video=(random_image(96, 96, 3),) * 2)
+    encoded = prompts.encode(request, defer_pixels=True)
+    assert encoded.images_u8 and encoded.pixel_values is None  # really deferred
+    inputs = prompts.collate([request], [encoded]).to("cpu")
+    assert torch.equal(inputs.pixel_values, processor(images=list(images), return_tensors="pt")["pixel_values"])
+    assert torch.equal(inputs.input_ids, prompts.collate([request]).input_ids)
+
+
 def test_timestamps_are_the_mean_time_of_each_temporal_patch():
     # 5 frames at 2 fps: 0, 0.5, 1, 1.5, 2 s, the last repeated to fill a patch -> means 0.25, 1.25, 2.0
     assert frame_timestamps(5, 2.0, 2) == [0.25, 1.25, 2.0]
@@ -301,7 +315,10 @@ def test_checkpoint_folders_load_with_their_image_processor_settings(tmp_path, f
     assert isinstance(session.adapter, Qwen3VLAdapter)
     assert type(processor) is Qwen2VLImageProcessorPil  # the PIL pin, whatever class the settings name
     assert (processor.patch_size, list(processor.image_mean)) == (16, [0.5, 0.5, 0.5])
-    scorer, _ = session.make_scorer()
-    output = session.run([Request("what color is the circle ?", (random_image(256, 256),))], scorer,
+    scorer, notices = session.make_scorer()
+    assert scorer.weights_source == "uniform" and "hawk calibrate" in notices[0]
+    frames = tuple(random_image(128, 96, seed) for seed in range(4))
+    output = session.run([Request("what color is the circle ?", (random_image(256, 256),), video=frames)], scorer,
                          GenerationSettings(ratio=0.5, max_new_tokens=2))
-    assert output.answers[0].stats.visual_tokens == 64 and output.answers[0].stats.visual_tokens_kept == 32
+    stats = output.answers[0].stats
+    assert (stats.visual_tokens, stats.visual_tokens_kept) == (64 + 2 * 12, 44)

@@ -80,7 +80,8 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b), a config.json file, a model folder, or builtin."""
+    """A shipped config name (a file in data/configs, e.g. qwen2.5-vl-7b or qwen3-vl-8b), a config.json file, a
+    model folder, or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
     named = CONFIG_DIR / f"{spec}.json"

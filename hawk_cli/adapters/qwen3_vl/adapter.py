@@ -88,7 +88,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
         valid = prefill.attention_mask.bool()
         image = (prefill.input_ids == self.tokens.image) & valid
         video = (prefill.input_ids == self.tokens.video) & valid
-        parts = [(mask, features.get(f"{kind}_{DEEPSTACK}")) for kind, mask in (("image", image), ("video", video))
+        parts = [(mask, features[f"{kind}_{DEEPSTACK}"]) for kind, mask in (("image", image), ("video", video))
                  if f"{kind}_{DEEPSTACK}" in features]
         if not parts:
             return None

@@ -63,7 +63,7 @@ def build_video(image_processor, frames, fps: float = DEFAULT_FPS) -> Qwen3Video
     if not frames:
         raise InputError("the video has no frames", "Give at least one frame")
     height, width = frame_size(len(frames), frames[0].width, frames[0].height, image_processor)
-    resample = int(getattr(image_processor, "resample", Image.BICUBIC))
+    resample = int(getattr(image_processor, "resample", None) or Image.Resampling.BICUBIC)
     sized = [frame.convert("RGB") for frame in frames]
     sized = [frame if frame.size == (width, height) else frame.resize((width, height), resample) for frame in sized]
     layout = build_video_layout(image_processor, sized, fps, do_resize=False)
