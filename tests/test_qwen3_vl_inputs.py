@@ -322,3 +322,17 @@ def test_checkpoint_folders_load_with_their_image_processor_settings(tmp_path, f
                          GenerationSettings(ratio=0.5, max_new_tokens=2))
     stats = output.answers[0].stats
     assert (stats.visual_tokens, stats.visual_tokens_kept) == (64 + 2 * 12, 44)
+
+
+def test_moe_decode_floor_counts_only_the_chosen_experts():
+    """A decode step of the MoE reads `num_experts_per_tok` of `num_experts` experts per layer (2 of 4 here);
+    the dense model's count is the base rule (every decoder weight and the head)."""
+    from hawk_cli.adapters.qwen2_vl.adapter import QwenVLAdapter
+
+    dense = adapter_for(tiny_model("qwen3_vl"), tiny_tokenizer())
+    assert dense.decoder_weight_bytes() == QwenVLAdapter.decoder_weight_bytes(dense)
+    model = tiny_model("qwen3_vl_moe")
+    moe = adapter_for(model, tiny_tokenizer())
+    experts = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".mlp.experts." in n)
+    assert experts > 0
+    assert moe.decoder_weight_bytes() == QwenVLAdapter.decoder_weight_bytes(moe) - experts // 2
