@@ -87,7 +87,7 @@ class HawkSession:
             scorer, notices = scorer_class(), []
         if recommended:
             notices.append(f"using the model's recommended pruning settings ({name}, layer {layer}); "
-                           "pass --scorer to choose")
+                           "pass {scorer} to choose")
         return scorer, notices
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
