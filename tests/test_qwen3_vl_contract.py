@@ -12,6 +12,16 @@ import math
 
 import pytest
 import torch
+from test_engine_contract import RandomScores
+from tiny_models import (
+    DEVICE,
+    QWEN3_FAMILIES,
+    TOLERANCE,
+    random_image,
+    tiny_image_processor,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 from hawk_cli.adapters import adapter_for
 from hawk_cli.adapters.qwen2_vl.adapter import QwenVLAdapter
@@ -22,9 +32,6 @@ from hawk_cli.engine.roles import token_roles
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 from hawk_cli.tasks.oracle import check_against_oracle, compare_step_logits
-from test_engine_contract import RandomScores
-from tiny_models import (DEVICE, QWEN3_FAMILIES, TOLERANCE, random_image, tiny_image_processor, tiny_model,
-                         tiny_tokenizer)
 
 pytestmark = pytest.mark.contract
 EOS = {2}
@@ -35,9 +42,11 @@ WEIGHTS = torch.tensor([0.1, 0.5, 0.15, 0.25])
 
 def _batch_requests():
     """Three rows of 49, 20 and 18 visual tokens (32-pixel merged cells): ragged kept counts at any ratio."""
-    return [Request("what color is the circle ?", (random_image(224, 224, 1),)),
-            Request("how many stars are there ?", (random_image(128, 160, 2),)),
-            Request("what digit is in the red box ?", (random_image(192, 96, 3),))]
+    return [
+        Request("what color is the circle ?", (random_image(224, 224, 1),)),
+        Request("how many stars are there ?", (random_image(128, 160, 2),)),
+        Request("what digit is in the red box ?", (random_image(192, 96, 3),)),
+    ]
 
 
 def _inputs(adapter, tokenizer, family, requests):
@@ -87,19 +96,29 @@ class Renumbering(Qwen3VLAdapter):
 
 
 # --- ratio 0 and the masked oracle ---------------------------------------------------------------------------
-@pytest.mark.parametrize("family, attn, cache", [(family, "sdpa", cache) for family in FAMILIES
-                                                 for cache in ("dynamic", "static")]
-                         + [("qwen3_vl", "eager", "dynamic")])
+@pytest.mark.parametrize(
+    "family, attn, cache",
+    [(family, "sdpa", cache) for family in FAMILIES for cache in ("dynamic", "static")]
+    + [("qwen3_vl", "eager", "dynamic")],
+)
 def test_ratio_zero_is_identical_to_stock_generate(family, attn, cache):
     model, adapter, inputs = _setup(family, attn)
-    ours = generate(adapter, inputs, None, GenerationSettings(ratio=0.0, max_new_tokens=6, cache=cache,
-                                                              record_logits=True), EOS)
-    stock = model.generate(**adapter.stock_generate_inputs(inputs), max_new_tokens=6, do_sample=False,
-                           output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=2)
+    ours = generate(
+        adapter, inputs, None, GenerationSettings(ratio=0.0, max_new_tokens=6, cache=cache, record_logits=True), EOS
+    )
+    stock = model.generate(
+        **adapter.stock_generate_inputs(inputs),
+        max_new_tokens=6,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
     comparison = compare_step_logits(ours.step_logits, list(stock.logits))
     assert comparison.passed(TOL), comparison
     assert comparison.diverged_at_step is None  # same greedy path: same tokens and as many steps
-    stock_tokens = stock.sequences[:, inputs.input_ids.shape[1]:]
+    stock_tokens = stock.sequences[:, inputs.input_ids.shape[1] :]
     for row, tokens in enumerate(ours.tokens):
         assert tokens == stock_tokens[row, : len(tokens)].tolist()
     assert len(ours.step_logits) == len(stock.logits)
@@ -140,14 +159,16 @@ def test_batch_rows_with_ragged_kept_counts_equal_rows_alone(family):
         alone = generate(adapter, _inputs(adapter, tokenizer, family, [request]), HawkScorer(), settings, EOS)
         assert alone.tokens[0] == batched.tokens[index]
         assert alone.rows[0] == batched.rows[index]
-        for mine, theirs in zip(alone.step_logits, batched.step_logits):
+        for mine, theirs in zip(alone.step_logits, batched.step_logits, strict=False):
             assert (mine[0] - theirs[index]).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_images_in_one_prompt_match_the_oracle(family):
-    requests = [Request("how many stars are there ?", (random_image(224, 128, 4), random_image(96, 160, 5))),
-                Request("what color is the circle ?", (random_image(160, 160, 6),))]
+    requests = [
+        Request("how many stars are there ?", (random_image(224, 128, 4), random_image(96, 160, 5))),
+        Request("what color is the circle ?", (random_image(160, 160, 6),)),
+    ]
     _, adapter, inputs = _setup(family, requests=requests)
     report = check_against_oracle(adapter, inputs, HawkScorer(), 0.8, 5, EOS, TOL)
     assert inputs.image_grid_thw.shape[0] == 3
@@ -160,9 +181,11 @@ def test_video_with_text_timestamps_matches_the_oracle(family):
     """A video alone, images alone, and an image with a video in one row (image and video DeepStack rows
     interleaved in prompt order); video tokens are pruned like image tokens."""
     frames = tuple(random_image(128, 96, seed) for seed in range(5))
-    requests = [Request("how many stars are there ?", video=frames, fps=2.0),
-                Request("what color is the circle ?", (random_image(160, 96, 8), random_image(96, 96, 9))),
-                Request("what shape is there ?", (random_image(96, 128, 10),), video=frames[:2], fps=2.0)]
+    requests = [
+        Request("how many stars are there ?", video=frames, fps=2.0),
+        Request("what color is the circle ?", (random_image(160, 96, 8), random_image(96, 96, 9))),
+        Request("what shape is there ?", (random_image(96, 128, 10),), video=frames[:2], fps=2.0),
+    ]
     _, adapter, inputs = _setup(family, requests=requests)
     report = check_against_oracle(adapter, inputs, HawkScorer(layer=1), 0.7, 5, EOS, TOL)
     assert inputs.video_grid_thw.tolist() == [[3, 6, 8], [1, 6, 8]]
@@ -190,13 +213,19 @@ def stock_query_key(model, inputs, layer):
     outputs of its `q_norm` / `k_norm` (rotary is applied after), DeepStack of the layers below included."""
     attention = model.model.language_model.layers[layer].self_attn
     captured = {}
-    hooks = [module.register_forward_hook(lambda _m, _a, out, name=name: captured.__setitem__(name, out))
-             for name, module in (("q", attention.q_norm), ("k", attention.k_norm))]
+    hooks = [
+        module.register_forward_hook(lambda _m, _a, out, name=name: captured.__setitem__(name, out))
+        for name, module in (("q", attention.q_norm), ("k", attention.k_norm))
+    ]
     try:
         with torch.no_grad():
-            model.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                        mm_token_type_ids=inputs.mm_token_type_ids, pixel_values=inputs.pixel_values,
-                        image_grid_thw=inputs.image_grid_thw)
+            model.model(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                mm_token_type_ids=inputs.mm_token_type_ids,
+                pixel_values=inputs.pixel_values,
+                image_grid_thw=inputs.image_grid_thw,
+            )
     finally:
         for hook in hooks:
             hook.remove()
@@ -212,9 +241,15 @@ def reference_scores(q, k, visual, query, weights, head_of_kv):
         vis, queries = visual[b].nonzero().flatten().tolist(), query[b].nonzero().flatten().tolist()
         total = torch.zeros(len(vis), dtype=torch.float64)
         for h in range(len(weights)):
-            column = torch.tensor([sum(float(q[b, i, h].double() @ k[b, j, head_of_kv(h)].double())
-                                       for i in queries) / len(queries) / math.sqrt(d) for j in vis],
-                                  dtype=torch.float64)
+            column = torch.tensor(
+                [
+                    sum(float(q[b, i, h].double() @ k[b, j, head_of_kv(h)].double()) for i in queries)
+                    / len(queries)
+                    / math.sqrt(d)
+                    for j in vis
+                ],
+                dtype=torch.float64,
+            )
             total += float(weights[h]) * column / column.norm()
         out[b, vis] = total.float()
     return out

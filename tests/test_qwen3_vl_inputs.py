@@ -10,19 +10,25 @@ import types
 import numpy as np
 import pytest
 import torch
+from tiny_models import QWEN3_FAMILIES, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_class, adapter_for
 from hawk_cli.adapters.qwen2_vl.adapter import RopeIndexCache
 from hawk_cli.adapters.qwen3_vl.adapter import Qwen3VLAdapter
 from hawk_cli.adapters.qwen3_vl.prompts import Qwen3Prompts
-from hawk_cli.adapters.qwen3_vl.video import (VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, build_video, frame_size,
-                                              frame_timestamps, with_timestamps)
+from hawk_cli.adapters.qwen3_vl.video import (
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+    build_video,
+    frame_size,
+    frame_timestamps,
+    with_timestamps,
+)
 from hawk_cli.engine.generation import GenerationSettings
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.errors import ModelError
 from hawk_cli.io.requests import Request
 from hawk_cli.tasks.benchmark import CONFIG_DIR
-from tiny_models import QWEN3_FAMILIES, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 # Everything here leans on transformers internals (processor, rope index, auto classes, tower outputs) that
 # changed between 5.17 and 5.25: run on the oldest supported release too.
@@ -50,12 +56,20 @@ def stock_processor(tokenizer, image_processor):
 
         def _process_videos(self, videos, **kwargs):
             grids, metadata = [], []
-            for frames, fps in zip(videos, self.video_fps):
-                height, width = smart_resize(len(frames), frames[0].height, frames[0].width, temporal_factor=2,
-                                             factor=32, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
+            for frames, fps in zip(videos, self.video_fps, strict=True):
+                height, width = smart_resize(
+                    len(frames),
+                    frames[0].height,
+                    frames[0].width,
+                    temporal_factor=2,
+                    factor=32,
+                    min_pixels=VIDEO_MIN_PIXELS,
+                    max_pixels=VIDEO_MAX_PIXELS,
+                )
                 grids.append([(len(frames) + 1) // 2, height // 16, width // 16])
-                metadata.append(VideoMetadata(total_num_frames=len(frames), fps=fps,
-                                              frames_indices=list(range(len(frames)))))
+                metadata.append(
+                    VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=list(range(len(frames))))
+                )
             processed = {"video_grid_thw": torch.tensor(grids), "video_metadata": metadata}
             return processed, [self.replace_video_token(processed, video_idx=i) for i in range(len(videos))]
 
@@ -86,18 +100,27 @@ def stock_inputs(tokenizer, image_processor, rows):
         videos.extend([video] if video else [])
     processor = stock_processor(tokenizer, image_processor)
     processor.video_fps = [fps for _, fps in videos]
-    return processor(text=texts, images=images or None, videos=[list(frames) for frames, _ in videos] or None,
-                     padding=True, return_tensors="pt")
+    return processor(
+        text=texts,
+        images=images or None,
+        videos=[list(frames) for frames, _ in videos] or None,
+        padding=True,
+        return_tensors="pt",
+    )
 
 
 def test_prompts_equal_the_stock_processor_for_images_and_video():
     tokenizer, processor = tiny_tokenizer(), tiny_image_processor(family="qwen3_vl")
     frames = tuple(random_image(128, 96, seed) for seed in range(5))
-    rows = [("how many stars are there ?", (random_image(224, 128, 1), random_image(96, 160, 2)), None),
-            ("what color is the circle ?", (), (frames, 2.0)),
-            ("what shape is there ?", (random_image(96, 96, 3),), (frames[:2], 4.0))]
-    requests = [Request(question, images, video=video[0] if video else (), fps=video[1] if video else 2.0)
-                for question, images, video in rows]
+    rows = [
+        ("how many stars are there ?", (random_image(224, 128, 1), random_image(96, 160, 2)), None),
+        ("what color is the circle ?", (), (frames, 2.0)),
+        ("what shape is there ?", (random_image(96, 96, 3),), (frames[:2], 4.0)),
+    ]
+    requests = [
+        Request(question, images, video=video[0] if video else (), fps=video[1] if video else 2.0)
+        for question, images, video in rows
+    ]
     ours = Qwen3Prompts(tokenizer, processor).collate(requests)
     stock = stock_inputs(tokenizer, processor, rows)
     for name in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw"):
@@ -127,8 +150,10 @@ def test_timestamps_are_the_mean_time_of_each_temporal_patch():
     assert frame_timestamps(5, 2.0, 2) == [0.25, 1.25, 2.0]
     assert frame_timestamps(4, 4.0, 2) == [0.125, 0.625]
     text = with_timestamps(f"a {WRAPPER} b", [0.25, 1.25, 2.0])
-    assert text == ("a <0.2 seconds><|vision_start|><|video_pad|><|vision_end|><1.2 seconds><|vision_start|>"
-                    "<|video_pad|><|vision_end|><2.0 seconds><|vision_start|><|video_pad|><|vision_end|> b")
+    assert text == (
+        "a <0.2 seconds><|vision_start|><|video_pad|><|vision_end|><1.2 seconds><|vision_start|>"
+        "<|video_pad|><|vision_end|><2.0 seconds><|vision_start|><|video_pad|><|vision_end|> b"
+    )
     assert with_timestamps("a <|video_pad|> b", [0.5]) == "a <0.5 seconds><|vision_start|><|video_pad|><|vision_end|> b"
 
 
@@ -161,8 +186,9 @@ def test_frames_are_sized_by_the_stock_video_rule_over_the_whole_clip():
 
     processor = tiny_image_processor(family="qwen3_vl")
     for count, (width, height) in ((8, (500, 350)), (3, (40, 60)), (480, (1280, 720))):
-        expected = smart_resize(count, height, width, temporal_factor=2, factor=32, min_pixels=VIDEO_MIN_PIXELS,
-                                max_pixels=VIDEO_MAX_PIXELS)
+        expected = smart_resize(
+            count, height, width, temporal_factor=2, factor=32, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS
+        )
         assert frame_size(count, width, height, processor) == expected
     assert 480 * expected[0] * expected[1] <= VIDEO_MAX_PIXELS  # a long clip shrinks its frames
     frames = [random_image(500, 350, 0)] * 8
@@ -175,14 +201,20 @@ def test_rope_ids_split_each_video_into_temporal_patches():
     model, tokenizer = tiny_model("qwen3_vl"), tiny_tokenizer()
     adapter = adapter_for(model, tokenizer)
     frames = tuple(random_image(128, 96, seed) for seed in range(5))
-    requests = [Request("how many stars are there ?", (random_image(96, 96, 1),), video=frames),
-                Request("what color is the circle ?", (random_image(224, 128, 2),)),
-                Request("what shape is there ?", video=frames[:3], fps=1.0)]
+    requests = [
+        Request("how many stars are there ?", (random_image(96, 96, 1),), video=frames),
+        Request("what color is the circle ?", (random_image(224, 128, 2),)),
+        Request("what shape is there ?", video=frames[:3], fps=1.0),
+    ]
     inputs = adapter.prompts(tokenizer, tiny_image_processor(family="qwen3_vl")).collate(requests)
     grids = inputs.video_grid_thw.clone()
-    stock, _ = model.model.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
-                                          image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw,
-                                          attention_mask=inputs.attention_mask)
+    stock, _ = model.model.get_rope_index(
+        inputs.input_ids,
+        inputs.mm_token_type_ids,
+        image_grid_thw=inputs.image_grid_thw,
+        video_grid_thw=inputs.video_grid_thw,
+        attention_mask=inputs.attention_mask,
+    )
     assert torch.equal(inputs.video_grid_thw, grids)  # the stock routine split a copy
     assert torch.equal(adapter.rope_index(inputs), stock)
     assert torch.equal(adapter.rope_index(inputs), stock)  # remembered layouts give the same ids
@@ -197,9 +229,18 @@ def test_standin_processors_carry_the_published_ids_and_bounds(name):
 
     config = AutoConfig.from_pretrained(str(CONFIG_DIR / f"{name}.json"))
     tokenizer, processor = adapter_class(config.model_type).standin_processors(config)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in
-           ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-            "<|video_pad|>")}
+    ids = {
+        token: tokenizer.convert_tokens_to_ids(token)
+        for token in (
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+        )
+    }
     assert list(ids.values()) == [151643, 151644, 151645, 151652, 151653, 151655, 151656]
     prompts = Qwen3Prompts(tokenizer, processor)
     assert prompts.visual_tokens(random_image(1008, 1008)) == 1024  # 1024^2 after resizing: 32 x 32 merged cells
@@ -219,8 +260,9 @@ def test_standin_refuses_a_config_whose_vision_ids_are_not_qwens():
     assert "video_token_id" in raised.value.render() and "\n" not in raised.value.render()
 
 
-@pytest.mark.parametrize("name, layers, hidden, heads, kv_heads", [
-    ("qwen3-vl-8b", 36, 4096, 32, 8), ("qwen3-vl-30b-a3b", 48, 2048, 32, 4)])
+@pytest.mark.parametrize(
+    "name, layers, hidden, heads, kv_heads", [("qwen3-vl-8b", 36, 4096, 32, 8), ("qwen3-vl-30b-a3b", 48, 2048, 32, 4)]
+)
 def test_published_configs_build_with_their_parameter_counts(name, layers, hidden, heads, kv_heads):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -229,13 +271,27 @@ def test_published_configs_build_with_their_parameter_counts(name, layers, hidde
     config = AutoConfig.from_pretrained(str(resolve_config(name)))
     assert adapter_class(config.model_type) is Qwen3VLAdapter
     text, vision = config.get_text_config(), config.vision_config
-    assert (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads,
-            text.head_dim) == (layers, hidden, heads, kv_heads, 128)
+    assert (
+        text.num_hidden_layers,
+        text.hidden_size,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.head_dim,
+    ) == (layers, hidden, heads, kv_heads, 128)
     assert text.rope_parameters["mrope_section"] == [24, 20, 20] and text.rope_parameters["mrope_interleaved"]
-    assert (vision.depth, vision.patch_size, vision.spatial_merge_size, list(vision.deepstack_visual_indexes),
-            vision.out_hidden_size) == (27, 16, 2, [8, 16, 24], hidden)
-    assert (config.image_token_id, config.video_token_id, config.vision_start_token_id,
-            config.vision_end_token_id) == (151655, 151656, 151652, 151653)
+    assert (
+        vision.depth,
+        vision.patch_size,
+        vision.spatial_merge_size,
+        list(vision.deepstack_visual_indexes),
+        vision.out_hidden_size,
+    ) == (27, 16, 2, [8, 16, 24], hidden)
+    assert (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id) == (
+        151655,
+        151656,
+        151652,
+        151653,
+    )
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     total = sum(p.numel() for p in model.parameters())
@@ -250,12 +306,21 @@ def test_published_configs_build_with_their_parameter_counts(name, layers, hidde
 def _small_config(name: str, tmp_path):
     """A shipped config shrunk to a few layers (CPU-sized), every other field as published."""
     config = json.loads((CONFIG_DIR / f"{name}.json").read_text())
-    config["text_config"].update(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                                 num_key_value_heads=2, head_dim=16, moe_intermediate_size=32, num_experts=4,
-                                 num_experts_per_tok=2)
+    config["text_config"].update(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        moe_intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
     config["text_config"]["rope_parameters"]["mrope_section"] = [4, 2, 2]
-    config["vision_config"].update(depth=3, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
-                                   deepstack_visual_indexes=[0, 1])
+    config["vision_config"].update(
+        depth=3, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, deepstack_visual_indexes=[0, 1]
+    )
     if name == "qwen3-vl-8b":
         for key in ("moe_intermediate_size", "num_experts", "num_experts_per_tok"):
             config["text_config"].pop(key)
@@ -270,24 +335,32 @@ def test_bench_with_random_weights_runs_the_family_and_its_check(capsys, tmp_pat
 
     path = _small_config(name, tmp_path)
     quick = ["--size", "112", "--max-new-tokens", "3", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
-    code, out, err = run_cli(capsys, "bench", "--config", str(path), "--random-weights", "--batch", "1", "--json",
-                             "--no-stock", *quick)
+    code, out, err = run_cli(
+        capsys, "bench", "--config", str(path), "--random-weights", "--batch", "1", "--json", "--no-stock", *quick
+    )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert {r["variant"] for r in records} == {"unpruned", "pruned", "downscaled"} and "random weights" in err
     unpruned = next(r for r in records if r["variant"] == "unpruned")
     assert unpruned["visual_tokens"] == [64]  # the published minimum: 256^2 pixels, 32-pixel merged cells
-    code, out, err = run_cli(capsys, "bench", "--config", str(path), "--random-weights", "--check", "--batch", "2",
-                             *quick)
+    code, out, err = run_cli(
+        capsys, "bench", "--config", str(path), "--random-weights", "--check", "--batch", "2", *quick
+    )
     assert code == 0, err
     assert out.startswith("PASS")
 
 
 # --- checkpoint folders -----------------------------------------------------------------------------------
-PUBLISHED_PREPROCESSOR = {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16,
-                          "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
-                          "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
-                          "image_processor_type": "Qwen2VLImageProcessorFast"}
+PUBLISHED_PREPROCESSOR = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor",
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+}
 
 
 def _processor_settings(folder, style: str) -> None:
@@ -301,8 +374,9 @@ def _processor_settings(folder, style: str) -> None:
         (folder / "preprocessor_config.json").write_text(json.dumps(settings))
     else:  # transformers 5.x style: the image processor inline in processor_config.json
         processor_class = settings.pop("processor_class")
-        (folder / "processor_config.json").write_text(json.dumps({"image_processor": settings,
-                                                                   "processor_class": processor_class}))
+        (folder / "processor_config.json").write_text(
+            json.dumps({"image_processor": settings, "processor_class": processor_class})
+        )
 
 
 @pytest.mark.parametrize("style", ["published", "unnamed", "inline"])
@@ -321,8 +395,11 @@ def test_checkpoint_folders_load_with_their_image_processor_settings(tmp_path, f
     scorer, notices = session.make_scorer()
     assert scorer.weights_source == "uniform" and "hawk calibrate" in notices[0]
     frames = tuple(random_image(128, 96, seed) for seed in range(4))
-    output = session.run([Request("what color is the circle ?", (random_image(256, 256),), video=frames)], scorer,
-                         GenerationSettings(ratio=0.5, max_new_tokens=2))
+    output = session.run(
+        [Request("what color is the circle ?", (random_image(256, 256),), video=frames)],
+        scorer,
+        GenerationSettings(ratio=0.5, max_new_tokens=2),
+    )
     stats = output.answers[0].stats
     assert (stats.visual_tokens, stats.visual_tokens_kept) == (64 + 2 * 12, 44)
 

@@ -63,11 +63,13 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     # --- prefill ---------------------------------------------------------------------------------------
     def encode_vision(self, inputs) -> dict[str, Tensor]:
-        """"image" / "video" features [n, D] and their DeepStack levels "image_deepstack" / "video_deepstack"
+        """ "image" / "video" features [n, D] and their DeepStack levels "image_deepstack" / "video_deepstack"
         [n, levels, D], rows in placeholder order."""
         features = {}
-        kinds = (("image", inputs.pixel_values, inputs.image_grid_thw, self.inner.get_image_features),
-                 ("video", inputs.pixel_values_videos, inputs.video_grid_thw, self.inner.get_video_features))
+        kinds = (
+            ("image", inputs.pixel_values, inputs.image_grid_thw, self.inner.get_image_features),
+            ("video", inputs.pixel_values_videos, inputs.video_grid_thw, self.inner.get_video_features),
+        )
         for kind, pixels, grid, stock in kinds:
             if pixels is None:
                 continue
@@ -88,8 +90,11 @@ class Qwen3VLAdapter(QwenVLAdapter):
         valid = prefill.attention_mask.bool()
         image = (prefill.input_ids == self.tokens.image) & valid
         video = (prefill.input_ids == self.tokens.video) & valid
-        parts = [(mask, features[f"{kind}_{DEEPSTACK}"]) for kind, mask in (("image", image), ("video", video))
-                 if f"{kind}_{DEEPSTACK}" in features]
+        parts = [
+            (mask, features[f"{kind}_{DEEPSTACK}"])
+            for kind, mask in (("image", image), ("video", video))
+            if f"{kind}_{DEEPSTACK}" in features
+        ]
         if not parts:
             return None
         visual = image | video
@@ -113,8 +118,14 @@ class Qwen3VLAdapter(QwenVLAdapter):
         k = attention.k_norm(attention.k_proj(normed).view(batch, length, -1, attention.head_dim)).transpose(1, 2)
         return q, k
 
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
-                   extras: VisualExtras | None = None) -> Tensor:
+    def run_layers(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        n_layers: int,
+        extras: VisualExtras | None = None,
+    ) -> Tensor:
         """The input of decoder layer `n_layers` (the final norm's past the last layer), DeepStack levels of the
         layers below already added: the text model adds them after a layer returns, so a hook on the layer's
         output would miss them."""
@@ -128,8 +139,13 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
         handle = target.register_forward_pre_hook(stop, with_kwargs=True)
         try:
-            self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
-                                use_cache=False, **self._deepstack_arguments(extras))
+            self.language_model(
+                inputs_embeds=embeds,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                **self._deepstack_arguments(extras),
+            )
         except _StopAfterLayer as stopped:
             return stopped.hidden
         finally:
@@ -145,11 +161,17 @@ class Qwen3VLAdapter(QwenVLAdapter):
             return {}
         return {"visual_pos_masks": extras.mask, "deepstack_visual_embeds": list(extras.values[DEEPSTACK].unbind(1))}
 
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
-               extras: VisualExtras | None = None) -> Tensor:
-        output = self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
-                                     use_cache=True, **{self._cache_keyword: cache},
-                                     **self._deepstack_arguments(extras))
+    def decode(
+        self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache, extras: VisualExtras | None = None
+    ) -> Tensor:
+        output = self.language_model(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=True,
+            **{self._cache_keyword: cache},
+            **self._deepstack_arguments(extras),
+        )
         return output.last_hidden_state
 
     def decoder_weight_bytes(self) -> int:
@@ -161,9 +183,12 @@ class Qwen3VLAdapter(QwenVLAdapter):
         chosen = getattr(self.text_config, "num_experts_per_tok", None)
         if not experts or not chosen:
             return total
-        expert_bytes = sum(parameter.numel() * parameter.element_size()
-                           for name, module in self.decoder_module().named_modules() if name.endswith("mlp.experts")
-                           for parameter in module.parameters())
+        expert_bytes = sum(
+            parameter.numel() * parameter.element_size()
+            for name, module in self.decoder_module().named_modules()
+            if name.endswith("mlp.experts")
+            for parameter in module.parameters()
+        )
         return total - expert_bytes + expert_bytes * int(chosen) // int(experts)
 
 

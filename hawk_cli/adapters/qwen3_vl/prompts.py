@@ -19,10 +19,14 @@ def encode_request(tokenizer, image_processor, request: Request, defer_pixels: b
     video = build_video(image_processor, request.video, request.fps)
     patches, height, width = (int(v) for v in video.video_grid_thw)
     per_patch = height * width // int(image_processor.merge_size) ** 2
-    return replace(encoded, text=with_timestamps(chat_text(tokenizer, request), video.timestamps),
-                   placeholder_tokens=encoded.placeholder_tokens + (per_patch,) * patches,
-                   pixel_values_videos=video.pixel_values_videos, video_grid_thw=video.video_grid_thw[None],
-                   second_per_grid_t=None)
+    return replace(
+        encoded,
+        text=with_timestamps(chat_text(tokenizer, request), video.timestamps),
+        placeholder_tokens=encoded.placeholder_tokens + (per_patch,) * patches,
+        pixel_values_videos=video.pixel_values_videos,
+        video_grid_thw=video.video_grid_thw[None],
+        second_per_grid_t=None,
+    )
 
 
 class Qwen3Prompts(QwenPrompts):
@@ -32,6 +36,8 @@ class Qwen3Prompts(QwenPrompts):
         return encode_request(self.tokenizer, self.image_processor, request, defer_pixels=defer_pixels)
 
     def collate(self, requests: list[Request], encoded: list[EncodedRequest | None] | None = None):
-        encoded = [done or self.encode(request)
-                   for request, done in zip(requests, encoded or [None] * len(requests))]
+        encoded = [
+            done or self.encode(request)
+            for request, done in zip(requests, encoded or [None] * len(requests), strict=True)
+        ]
         return super().collate(requests, encoded)

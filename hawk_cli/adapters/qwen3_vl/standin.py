@@ -17,16 +17,23 @@ def standin_tokenizer(config):
     from hawk_cli.synthetic.tokenizer import QWEN_SPECIAL_TOKENS, QWEN_VL_CHAT_TEMPLATE
 
     first = int(config.image_token_id) - QWEN_SPECIAL_TOKENS.index("<|image_pad|>")
-    named = {"video_token_id": "<|video_pad|>", "vision_start_token_id": "<|vision_start|>",
-             "vision_end_token_id": "<|vision_end|>"}
+    named = {
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
     for key, token in named.items():
         if int(getattr(config, key)) != first + QWEN_SPECIAL_TOKENS.index(token):
-            raise ModelError(f"the config's {key} is not where Qwen's tokenizer puts {token}",
-                             "Give the checkpoint folder (with its tokenizer) instead of a bare config")
+            raise ModelError(
+                f"the config's {key} is not where Qwen's tokenizer puts {token}",
+                "Give the checkpoint folder (with its tokenizer) instead of a bare config",
+            )
     tokenizer = qwen_id_tokenizer(first)
     # Qwen3-VL's template writes no default system turn (Qwen2-VL's does).
-    default_system = ("{% if loop.first and message['role'] != 'system' %}"
-                      "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}")
+    default_system = (
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    )
     if default_system not in QWEN_VL_CHAT_TEMPLATE:
         raise RuntimeError("the Qwen-VL chat template changed: update the Qwen3-VL stand-in")
     tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE.replace(default_system, "")
@@ -38,7 +45,11 @@ def standin_image_processor(config):
     from transformers import Qwen2VLImageProcessorPil
 
     vision = config.vision_config
-    return Qwen2VLImageProcessorPil(size={"shortest_edge": PUBLISHED_MIN_PIXELS, "longest_edge": PUBLISHED_MAX_PIXELS},
-                                    patch_size=int(vision.patch_size), merge_size=int(vision.spatial_merge_size),
-                                    temporal_patch_size=int(vision.temporal_patch_size),
-                                    image_mean=list(PUBLISHED_MEAN), image_std=list(PUBLISHED_STD))
+    return Qwen2VLImageProcessorPil(
+        size={"shortest_edge": PUBLISHED_MIN_PIXELS, "longest_edge": PUBLISHED_MAX_PIXELS},
+        patch_size=int(vision.patch_size),
+        merge_size=int(vision.spatial_merge_size),
+        temporal_patch_size=int(vision.temporal_patch_size),
+        image_mean=list(PUBLISHED_MEAN),
+        image_std=list(PUBLISHED_STD),
+    )

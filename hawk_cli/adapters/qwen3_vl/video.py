@@ -42,10 +42,17 @@ def frame_size(n_frames: int, width: int, height: int, image_processor) -> tuple
     temporal = int(image_processor.temporal_patch_size)
     factor = int(image_processor.patch_size) * int(image_processor.merge_size)
     try:
-        return smart_resize(max(n_frames, temporal), height, width, temporal_factor=temporal, factor=factor,
-                            min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
+        return smart_resize(
+            max(n_frames, temporal),
+            height,
+            width,
+            temporal_factor=temporal,
+            factor=factor,
+            min_pixels=VIDEO_MIN_PIXELS,
+            max_pixels=VIDEO_MAX_PIXELS,
+        )
     except ValueError as error:
-        raise InputError(f"the video frames cannot be used: {error}", "Give frames of a usual aspect ratio")
+        raise InputError(f"the video frames cannot be used: {error}", "Give frames of a usual aspect ratio") from error
 
 
 def frame_timestamps(n_frames: int, fps: float, temporal: int) -> list[float]:
@@ -67,8 +74,11 @@ def build_video(image_processor, frames, fps: float = DEFAULT_FPS) -> Qwen3Video
     sized = [frame.convert("RGB") for frame in frames]
     sized = [frame if frame.size == (width, height) else frame.resize((width, height), resample) for frame in sized]
     layout = build_video_layout(image_processor, sized, fps, do_resize=False)
-    return Qwen3Video(pixel_values_videos=layout.pixel_values_videos, video_grid_thw=layout.video_grid_thw,
-                      timestamps=tuple(frame_timestamps(len(frames), fps, int(image_processor.temporal_patch_size))))
+    return Qwen3Video(
+        pixel_values_videos=layout.pixel_values_videos,
+        video_grid_thw=layout.video_grid_thw,
+        timestamps=tuple(frame_timestamps(len(frames), fps, int(image_processor.temporal_patch_size))),
+    )
 
 
 def video_placeholders(timestamps) -> str:
