@@ -79,7 +79,7 @@ def stock_processor(tokenizer, image_processor):
 
 
 def stock_collapses_the_video_wrapper() -> bool:
-    """transformers >= 5.18 (and Qwen's own processor) replace the template's wrapped `<|video_pad|>` as a whole;
+    """transformers 5.25 (and Qwen's own processor) replace the template's wrapped `<|video_pad|>` as a whole;
     5.17 replaces only the pad and leaves an extra `<|vision_start|>`/`<|vision_end|>` around the frames."""
     from transformers import Qwen3VLProcessor
 

@@ -103,7 +103,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
             joint = parts[0][1].to(dtype)
         else:
             reference = parts[0][1]
-            joint = reference.new_zeros(int(visual.sum()), *reference.shape[1:], dtype=dtype)
+            count = sum(values.shape[0] for _, values in parts)  # no device sync: one row per visual token
+            joint = reference.new_zeros(count, *reference.shape[1:], dtype=dtype)
             for mask, values in parts:
                 joint[mask[visual]] = values.to(dtype)
         return VisualExtras(mask=visual, values={DEEPSTACK: joint})

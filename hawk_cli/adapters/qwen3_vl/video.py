@@ -3,9 +3,9 @@
 Qwen3-VL marks time in the prompt instead of in the rotary ids: the stock `Qwen3VLProcessor` writes, for each
 temporal patch (two frames), `<{t:.1f} seconds>` then the patch's tokens wrapped in their own
 `<|vision_start|> ... <|vision_end|>`, where t is the mean of the two frames' times, and it replaces the chat
-template's single `<|vision_start|><|video_pad|><|vision_end|>` with that sequence (transformers >= 5.18 and
-Qwen's own processor; 5.17 keeps the template's outer pair by mistake). `get_rope_index` then splits each video
-grid into one grid per temporal patch and takes no `second_per_grid_ts`.
+template's single `<|vision_start|><|video_pad|><|vision_end|>` with that sequence (transformers 5.25 and
+Qwen's own processor; 5.17 replaces only the pad and keeps the template's outer pair). `get_rope_index` then
+splits each video grid into one grid per temporal patch and takes no `second_per_grid_ts`.
 
 Pixels: the stock `Qwen3VLVideoProcessor` needs torchvision. Its frame size rule is reproduced (its own
 `smart_resize` over the whole clip with the published video bounds), the frames are resized with Pillow and

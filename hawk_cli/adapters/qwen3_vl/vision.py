@@ -14,8 +14,8 @@ from torch import Tensor
 
 
 def _joined(parts) -> Tensor:
-    """One [n, D] tensor from a per-image tuple (transformers >= 5.18 splits every output per image) or
-    from a tensor already whole (5.17 leaves the DeepStack levels unsplit)."""
+    """One [n, D] tensor from a per-image tuple (transformers 5.25 splits every output per image) or from a
+    tensor already whole (5.17 leaves the DeepStack levels unsplit)."""
     return torch.cat(list(parts)) if isinstance(parts, (tuple, list)) else parts
 
 
