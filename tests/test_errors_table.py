@@ -41,7 +41,7 @@ CASES = [
     ("model-path-missing", ["run", "{image}", "q ?", "-m", "{tmp}/nope"], 1, "model path '{tmp}/nope' does not exist"),
     ("folder-not-a-model", ["run", "{image}", "q ?", "-m", "{tmp}"], 1, "is not a model folder (no config.json)"),
     ("unsupported-family", ["run", "{image}", "q ?", "-m", "{llama}"], 1,
-     "model type 'llama' is not supported. Supported: qwen2_5_vl, qwen2_vl"),
+     "model type 'llama' is not supported. Supported: qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe"),
     ("unknown-scorer", ["run", "{image}", "q ?", "--scorer", "magic", "-m", "{model}"], 2, "unknown scorer 'magic'"),
     ("unknown-device", ["run", "{image}", "q ?", "--device", "tpu", "-m", "{model}"], 2, "unknown device 'tpu'"),
     ("unknown-dtype", ["run", "{image}", "q ?", "--dtype", "int8", "-m", "{model}"], 2, "unknown dtype 'int8'"),

@@ -1,4 +1,5 @@
-"""Tiny random Qwen2-VL / Qwen2.5-VL models built from configs in code (no downloads), with their inputs.
+"""Tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL (dense and MoE) models built from configs in code (no
+downloads), with their inputs.
 
 initializer_range 0.1 (not 0.02) keeps logits peaky, so a positional or head-mapping bug moves them visibly.
 """
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                          Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil)
+                          Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen3VLConfig,
+                          Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration)
 
 from hawk_cli.synthetic.tokenizer import build_word_tokenizer
 
@@ -27,9 +29,23 @@ TOLERANCE = 1e-5 if (DEVICE.type == "cpu" and DTYPE == torch.float32) else (2e-4
 
 IDS = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10)
 
+# Qwen3-VL: explicit head_dim with per-head q/k norms, interleaved mRoPE (sections over head_dim / 2 = 8), and
+# DeepStack levels from both vision blocks, added after decoder layers 0 and 1 (layer 2 sees none).
+QWEN3_TEXT = dict(TEXT, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                      "mrope_section": [4, 2, 2], "mrope_interleaved": True})
+QWEN3_MOE_TEXT = dict(QWEN3_TEXT, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+QWEN3_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                    spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                    deepstack_visual_indexes=[0, 1], initializer_range=0.1)
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
+
 
 def tiny_config(family: str = "qwen2_5_vl", attn: str = "sdpa"):
-    if family == "qwen2_5_vl":
+    if family == "qwen3_vl":
+        config = Qwen3VLConfig(text_config=QWEN3_TEXT, vision_config=QWEN3_VISION, **IDS)
+    elif family == "qwen3_vl_moe":
+        config = Qwen3VLMoeConfig(text_config=QWEN3_MOE_TEXT, vision_config=QWEN3_VISION, **IDS)
+    elif family == "qwen2_5_vl":
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                       window_size=56, fullatt_block_indexes=[1], patch_size=14, spatial_merge_size=2,
                       temporal_patch_size=2, initializer_range=0.1)
@@ -46,7 +62,9 @@ def tiny_config(family: str = "qwen2_5_vl", attn: str = "sdpa"):
 def tiny_model(family: str = "qwen2_5_vl", attn: str = "sdpa", seed: int = 0, dtype=None, device=None):
     """A seeded tiny model on the test device and dtype (CPU float32 unless the environment says otherwise)."""
     torch.manual_seed(seed)
-    model_class = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+    model_class = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration,
+                   "qwen3_vl": Qwen3VLForConditionalGeneration,
+                   "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration}[family]
     config = tiny_config(family, attn)
     model = model_class._from_config(config, attn_implementation=attn, dtype=torch.float32)
     return model.to(device or DEVICE, dtype or DTYPE).eval()
@@ -56,7 +74,11 @@ def tiny_tokenizer():
     return build_word_tokenizer()
 
 
-def tiny_image_processor(max_pixels: int = 224 * 224):
+def tiny_image_processor(max_pixels: int = 224 * 224, family: str = "qwen2_5_vl"):
+    """The family's PIL image processor: Qwen3-VL has 16-pixel patches (32-pixel merged cells) and mean/std 0.5."""
+    if family in QWEN3_FAMILIES:
+        return Qwen2VLImageProcessorPil(size={"shortest_edge": 64 * 64, "longest_edge": max_pixels}, patch_size=16,
+                                        image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": max_pixels})
 
 

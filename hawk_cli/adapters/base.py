@@ -82,6 +82,14 @@ class ModelAdapter(ABC):
 
     default_scoring_layer: int = 0  # the decoder layer HAWK scores at unless head weights say otherwise
 
+    @classmethod
+    def load_image_processor(cls, location: str):
+        """The family's image processor from a checkpoint folder (or hub id), PIL backend everywhere:
+        torchvision's pixels differ slightly and would change top-k choices."""
+        from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(location, backend="pil")
+
     @abstractmethod
     def prompts(self, tokenizer, image_processor):
         """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),
@@ -91,7 +99,9 @@ class ModelAdapter(ABC):
     # --- prefill ---------------------------------------------------------------------------------------
     @abstractmethod
     def encode_vision(self, inputs) -> dict[str, Tensor]:
-        """Visual features per kind ("image", "video"), each [n_tokens, D] in placeholder order."""
+        """Visual features by name, each [n_tokens, ...] with one row per placeholder token in placeholder order:
+        "image" and "video" are the embeddings; a family may add its own (e.g. "image_deepstack") for its
+        `build_prefill`. Every row belongs to one image or video, so callers may cache them per image."""
 
     @abstractmethod
     def build_prefill(self, inputs, features: dict[str, Tensor]) -> Prefill:
@@ -102,8 +112,10 @@ class ModelAdapter(ABC):
         """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`."""
 
     @abstractmethod
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
-        """Hidden states after the first `n_layers` decoder layers on the full prompt (for deeper scoring)."""
+    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
+                   extras: VisualExtras | None = None) -> Tensor:
+        """Hidden states entering decoder layer `n_layers`, from a pass over the full prompt (for deeper
+        scoring); `extras` are the prefill's per-visual-token values, which the decoder consumes on the way."""
 
     def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
         """The module of decoder layer `layer` whose input is the per-head attention outputs, concatenated

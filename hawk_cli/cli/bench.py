@@ -85,8 +85,9 @@ def render_tables(records: list[dict], out: Output) -> None:
 def bench_command(
     model: ModelOpt = None,
     config: Annotated[Optional[str], typer.Option("--config", help="Build the model from a config instead: "
-                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b or a config.json "
-                                                  "(needs --random-weights).")] = None,
+                                                  "a shipped name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen3-vl-8b, "
+                                                  "qwen3-vl-30b-a3b, ...) or a config.json (needs "
+                                                  "--random-weights).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from the config "
                                                  "(speed and memory only; no checkpoint needed).")] = False,
     ratio: Annotated[list[str], typer.Option("--ratio", "-r", help="Fraction of visual tokens removed; repeat "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="'builtin' (default), a hub id or a local "
-                                                 "folder of a Qwen2-VL / Qwen2.5-VL checkpoint.")]
+                                                 "folder of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint.")]
 RatioOpt = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, 1); "
                                          "0.8 keeps 20%. 0 disables pruning.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Head-importance file from 'hawk calibrate'.")]

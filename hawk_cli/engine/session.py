@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hawk_cli.adapters import ADAPTERS, adapter_for
+from hawk_cli.adapters import ADAPTERS, adapter_class, adapter_for
 from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
@@ -75,7 +75,9 @@ class HawkSession:
              decode: str = "auto") -> "HawkSession":
         warn_if_untested_transformers()
         resolve_decode_mode(decode, resolve_device(device))  # a bad choice fails before the model loads
-        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn), decode=decode)
+        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn,
+                              image_processor_loader=lambda location, model_type:
+                              adapter_class(model_type).load_image_processor(location)), decode=decode)
 
     @property
     def decode_step(self) -> DecodeStep:

@@ -89,8 +89,8 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b), a config.json file, a model folder,
-    or builtin."""
+    """A shipped config name (a file in data/configs, e.g. qwen2.5-vl-7b or qwen3-vl-8b), a config.json file, a
+    model folder, or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
     named = CONFIG_DIR / f"{spec}.json"
@@ -107,18 +107,18 @@ def resolve_config(spec: str) -> Path:
 def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto") -> HawkSession:
     """A model built from a config with random weights, directly on the device (speed and memory only)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     config_path = resolve_config(config_spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = AutoConfig.from_pretrained(str(config_path))
     folder = config_path.parent
+    family = adapter_class(str(config.model_type))
     if (folder / "tokenizer_config.json").is_file():  # a checkpoint folder: its own tokenizer and processor
         tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
-        processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+        processor = family.load_image_processor(str(folder))
     else:
-        tokenizer, processor = adapter_class(str(config.model_type)).standin_processors(config)
+        tokenizer, processor = family.standin_processors(config)
     torch.manual_seed(0)
     with torch.device(torch_device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype, attn_implementation=attn)
