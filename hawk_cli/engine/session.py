@@ -14,7 +14,7 @@ from hawk_cli.adapters import ADAPTERS, adapter_for
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
-from hawk_cli.errors import HawkWarning
+from hawk_cli.errors import HawkWarning, UsageError
 from hawk_cli.io.models import LoadedModel, load_model
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
@@ -74,10 +74,13 @@ class HawkSession:
         recommended = self.recommended_settings() if name is None and weights_path is None else {}
         name = name or recommended.get("scorer", "hawk")
         layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
+        if not 0 <= layer < self.adapter.num_layers:
+            raise UsageError(f"scoring layer {layer} does not exist: this model has {self.adapter.num_layers} "
+                             "decoder layers", f"Choose a layer in [0, {self.adapter.num_layers - 1}]")
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
-                                                    self.loaded.is_builtin, layer)
+                                                    self.loaded.is_builtin, layer, self.adapter.query_heads(layer))
             if name != "hawk":
                 notices = []
             scorer = scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source)
