@@ -43,6 +43,8 @@ CASES = [
     ("unsupported-family", ["run", "{image}", "q ?", "-m", "{llama}"], 1,
      "model type 'llama' is not supported. Supported: qwen2_5_vl, qwen2_vl"),
     ("unknown-scorer", ["run", "{image}", "q ?", "--scorer", "magic", "-m", "{model}"], 2, "unknown scorer 'magic'"),
+    ("scoring-layer-missing", ["run", "{image}", "q ?", "--layer", "9", "-m", "{model}"], 2,
+     "scoring layer 9 does not exist: this model has 3 decoder layers"),
     ("unknown-device", ["run", "{image}", "q ?", "--device", "tpu", "-m", "{model}"], 2, "unknown device 'tpu'"),
     ("unknown-dtype", ["run", "{image}", "q ?", "--dtype", "int8", "-m", "{model}"], 2, "unknown dtype 'int8'"),
     ("cuda-without-gpu", ["run", "{image}", "q ?", "--device", "cuda", "-m", "{model}"], 1,

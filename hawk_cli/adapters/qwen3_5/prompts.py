@@ -12,16 +12,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hawk_cli.adapters.qwen2_vl.prompts import VIDEO_PAD, EncodedRequest, QwenPrompts
+from hawk_cli.adapters.qwen2_vl.prompts import VIDEO_PAD, EncodedRequest, ModelInputs, QwenPrompts
 from hawk_cli.io.requests import Request
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 
 
 def frame_group_times(frames: int, fps: float, group: int) -> list[float]:
-    """Seconds of each temporal patch: the mean time of its first and last frame (the stock processor's rule)."""
-    indices = list(range(frames)) + [frames - 1] * (-frames % group)
-    return [(indices[start] + indices[start + group - 1]) / 2 / fps for start in range(0, len(indices), group)]
+    """Seconds of each temporal patch: the mean time of its first and last frame, in the stock processor's
+    arithmetic (the printed `{t:.1f}` must round the same way)."""
+    seconds = [index / fps for index in list(range(frames)) + [frames - 1] * (-frames % group)]
+    return [(seconds[start] + seconds[start + group - 1]) / 2 for start in range(0, len(seconds), group)]
 
 
 def timestamped_video(text: str, times: list[float]) -> str:
@@ -43,3 +44,7 @@ class Qwen35Prompts(QwenPrompts):
         times = frame_group_times(len(request.video), request.fps, int(self.image_processor.temporal_patch_size))
         return replace(encoded, text=timestamped_video(encoded.text, times),
                        placeholder_tokens=encoded.placeholder_tokens[:-1] + (per_group,) * groups)
+
+    def collate(self, requests: list[Request], encoded: list[EncodedRequest | None] | None = None) -> ModelInputs:
+        encoded = [done or self.encode(request) for request, done in zip(requests, encoded or [None] * len(requests))]
+        return super().collate(requests, encoded)
