@@ -100,7 +100,7 @@ def test_the_masked_oracle_does_not_apply_to_the_hybrid_decoder():
                                                                          record_logits=True), EOS)
     keep = pruned.keep_mask.to(DEVICE)
     masked = compare_step_logits(pruned.step_logits, adapter.masked_generate(inputs, keep, 3, EOS))
-    assert not masked.passed(TOL) and masked.step_max_abs_logit_diff[0] > 1000 * TOL
+    assert not masked.passed(TOL) and masked.step_max_abs_logit_diff[0] > TOL
     assert compare_step_logits(pruned.step_logits, adapter.compaction_generate(inputs, keep, 3, EOS)).passed(TOL)
 
 
@@ -195,8 +195,8 @@ def _naive_gated_delta_rule(q, k, v, g, beta):
     """The gated delta rule token by token (float64): decay the state, correct it towards v along k, read with q.
     q, k [B, H, L, dk] (L2-normalised), v [B, H, L, dv], g and beta [B, L, H]."""
     batch, heads, length, dk = q.shape
-    state = torch.zeros(batch, heads, dk, v.shape[-1], dtype=torch.float64)
-    out = torch.zeros(batch, heads, length, v.shape[-1], dtype=torch.float64)
+    state = torch.zeros(batch, heads, dk, v.shape[-1], dtype=torch.float64, device=q.device)
+    out = torch.zeros(batch, heads, length, v.shape[-1], dtype=torch.float64, device=q.device)
     q, k, v = q.double() / math.sqrt(dk), k.double(), v.double()
     for t in range(length):
         state = state * g[:, t].double().exp()[..., None, None]
@@ -216,7 +216,7 @@ def _deltanet_output(block, hidden, q, k, v):
     beta = mixer.in_proj_b(normed).sigmoid()
     repeat = mixer.num_v_heads // mixer.num_k_heads
     core = _naive_gated_delta_rule(q.repeat_interleave(repeat, 1), k.repeat_interleave(repeat, 1), v, g, beta)
-    core = core.transpose(1, 2).float().reshape(-1, mixer.head_v_dim)
+    core = core.transpose(1, 2).to(normed.dtype).reshape(-1, mixer.head_v_dim)
     gate = mixer.in_proj_z(normed).reshape(-1, mixer.head_v_dim)
     return mixer.out_proj(mixer.norm(core, gate).reshape(batch, length, -1))
 
@@ -234,12 +234,12 @@ def test_deltanet_q_k_are_what_the_layer_recurs_on():
         stock = block.linear_attn(block.input_layernorm(hidden))
         q, k, v = deltanet_qkv(block, hidden)
         assert torch.equal(adapter.query_key(hidden, DELTANET_LAYER)[0], q)
-        assert torch.allclose(_deltanet_output(block, hidden, q, k, v), stock, atol=1e-5)
+        assert torch.allclose(_deltanet_output(block, hidden, q, k, v), stock, atol=TOL)
         raw_q, raw_k, _ = torch.split(block.linear_attn.in_proj_qkv(block.input_layernorm(hidden)),
                                       [block.linear_attn.key_dim] * 2 + [block.linear_attn.value_dim], dim=-1)
         unconvolved = [l2_normalised(x.reshape(*x.shape[:2], -1, block.linear_attn.head_k_dim)).transpose(1, 2)
                        for x in (raw_q, raw_k)]
-        assert not torch.allclose(_deltanet_output(block, hidden, *unconvolved, v), stock, atol=1e-3)
+        assert not torch.allclose(_deltanet_output(block, hidden, *unconvolved, v), stock, atol=10 * TOL)
 
 
 # --- caches ------------------------------------------------------------------------------------------------

@@ -263,3 +263,40 @@ def test_scoring_cost_script_runs_on_a_tiny_config():
     for line in choices.values():
         assert line["scoring_ms"] > 0 and line["unpruned_prefill_ms"] > 0 and line["visual_tokens_kept"] < \
             line["visual_tokens"]
+
+
+# --- the commands on a checkpoint folder -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen3_5_dir(tmp_path_factory):
+    """A tiny random Qwen3.5 checkpoint folder (config, weights, tokenizer, image processor), CPU float32."""
+    folder = tmp_path_factory.mktemp("tiny-qwen3_5")
+    tiny_model("qwen3_5", device="cpu", dtype=torch.float32).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    tiny_image_processor(family="qwen3_5").save_pretrained(folder)
+    return folder
+
+
+def test_run_and_calibrate_on_a_checkpoint_folder(capsys, qwen3_5_dir, tmp_path):
+    image = tmp_path / "a.png"
+    random_image(224, 224, 1).save(image)
+    common = ["--model", qwen3_5_dir, "--device", "cpu"]
+    code, out, err = run_cli(capsys, "run", image, "what color is the circle ?", "--max-new-tokens", "3", "--json",
+                             *common)
+    assert code == 0, err
+    record = json.loads(out)
+    assert (record["model_type"], record["layer"], record["head_weights"]) == ("qwen3_5", 3, "uniform")
+    assert record["visual_tokens_kept"] < record["visual_tokens"] and "uniform weights" in err
+    weights = tmp_path / "w.safetensors"
+    code, out, err = run_cli(capsys, "calibrate", "builtin:2", "-o", weights, "--method", "kl", "--max-new-tokens",
+                             "2", "--json", *common)
+    assert code == 0, err
+    assert json.loads(out)["layer"] == 3 and len(json.loads(out)["head_importance"]) == 4
+    code, out, err = run_cli(capsys, "run", image, "what color is the circle ?", "--max-new-tokens", "2", "--json",
+                             "--weights", weights, *common)
+    assert code == 0, err
+    assert json.loads(out)["head_weights"] == str(weights) and "uniform" not in err
+    code, _, err = run_cli(capsys, "calibrate", "builtin:2", "-o", tmp_path / "w0.safetensors", "--layer", "0",
+                           *common)
+    assert code == 2 and "Gated DeltaNet" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "w0.safetensors").exists()

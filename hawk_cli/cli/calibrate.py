@@ -61,7 +61,7 @@ def calibrate_command(
     from dataclasses import replace
     from pathlib import Path
 
-    from hawk_cli.tasks.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate
+    from hawk_cli.tasks.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate, calibration_layer
     from hawk_cli.engine.head_weights import model_shape
     from hawk_cli.engine.session import HawkSession, versions
     from hawk_cli.io.atomic import check_writable
@@ -75,7 +75,7 @@ def calibrate_command(
     if method == "ablation":
         dataset.require_answers()
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
-    layer = session.adapter.default_scoring_layer if layer is None else layer
+    layer = calibration_layer(session.adapter, layer)
     settings = replace(settings, layer=layer)
     shape = model_shape(session.model.config)
     counts = dataset.subset_counts()

@@ -353,15 +353,22 @@ class VisionCache:
         return inputs, {"image": torch.cat([self.features[k] for k in self.order])}
 
 
+def calibration_layer(adapter: ModelAdapter, layer: int | None) -> int:
+    """The layer to calibrate (None: the adapter's scoring layer), refused early if it does not exist or has no
+    attention heads to ablate (a hybrid model's linear-attention layers)."""
+    layer = adapter.default_scoring_layer if layer is None else layer
+    if not 0 <= layer < adapter.num_layers:
+        raise UsageError(f"--layer must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
+                         f"Use --layer {adapter.default_scoring_layer} (the layer HAWK scores at)")
+    adapter.head_output_projection(layer)
+    return layer
+
+
 def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
               progress: Callable[[int], None] | None = None) -> CalibrationResult:
     """Head importance of `settings.layer` of the session's model on `data`; `progress(n)` after each batch."""
     adapter: ModelAdapter = session.adapter
-    layer = adapter.default_scoring_layer if settings.layer is None else settings.layer
-    if not 0 <= layer < adapter.num_layers:
-        raise UsageError(f"--layer must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
-                         f"Use --layer {adapter.default_scoring_layer} (the layer HAWK scores at)")
-    adapter.head_output_projection(layer)  # refuses a layer without attention heads, before any work
+    layer = calibration_layer(adapter, settings.layer)
     share = settings.share_prefixes and adapter.masking_equals_dropping
     if settings.method == "ablation":
         data.require_answers()
