@@ -1,6 +1,28 @@
-"""Typed errors. The engine raises them; only the CLI layer renders them (one line, an exit code)."""
+"""Typed errors. The engine raises them; the faces render them (the CLI: one line and an exit code).
+
+Messages and fixes name settings as templates, so nothing below the CLI knows the command line: `{batch_size}`
+is a mention and `{seed=}0` a value. The library reads them as `batch_size` and `seed=0`; the CLI as
+`--batch-size` and `--seed 0` (`HawkError.render(flag_for)`). With `setting=`, the message is about that one
+setting and starts with its name (`max_new_tokens must be at least 1`).
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Callable
+
+_SETTING = re.compile(r"\{([a-z][a-z0-9_]*)(=?)\}")
+
+
+def worded(template: str, name_of: Callable[[str], str] | None = None) -> str:
+    """A template in the library's words (`name_of` None) or with each setting called `name_of(setting)`."""
+    def one(match: re.Match) -> str:
+        setting, valued = match.group(1), match.group(2)
+        if name_of is None:
+            return f"{setting}=" if valued else setting
+        return f"{name_of(setting)} " if valued else name_of(setting)
+
+    return _SETTING.sub(one, template)
 
 
 class HawkError(Exception):
@@ -8,16 +30,21 @@ class HawkError(Exception):
 
     exit_code: int = 1
 
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message.rstrip(".")
-        self.fix = fix
+    def __init__(self, message: str, fix: str = "", *, setting: str | None = None) -> None:
+        self.setting = setting
+        self._message = (f"{{{setting}}} " if setting else "") + message.rstrip(".")
+        self._fix = fix
+        super().__init__(worded(self._message, None))
+        self.message = worded(self._message, None)
+        self.fix = worded(fix, None)
 
-    def render(self) -> str:
-        text = f"{self.message}."
-        if not self.fix:
+    def render(self, name_of: Callable[[str], str] | None = None) -> str:
+        """One line, problem then fix; `name_of` words the settings (e.g. as command-line flags)."""
+        text = f"{worded(self._message, name_of)}."
+        fix = worded(self._fix, name_of)
+        if not fix:
             return text
-        fix = self.fix if self.fix.endswith((".", "?", "!")) else f"{self.fix}."
+        fix = fix if fix.endswith((".", "?", "!")) else f"{fix}."
         return f"{text} {fix}"
 
 
@@ -59,14 +86,14 @@ def from_library_error(error: BaseException) -> HawkError | None:
     """Known library failures as actionable errors (None: not one we know)."""
     if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
         return ResourceError("the device ran out of memory",
-                             "Use a smaller --batch-size, a higher --ratio, or smaller images")
+                             "Use a smaller {batch_size}, a higher {ratio}, or smaller images")
     return None
 
 
-def failure_text(error: BaseException) -> str:
-    """One line for a failure, worded as the CLI's error boundary words it (for per-request error records)."""
+def failure_text(error: BaseException, name_of: Callable[[str], str] | None = None) -> str:
+    """One line for a failure (for per-request error records); `name_of` words settings as in `render`."""
     known = error if isinstance(error, HawkError) else from_library_error(error)
     if known is not None:
-        return known.render()
+        return known.render(name_of)
     first_line = str(error).splitlines()[0] if str(error) else ""
     return f"internal error ({type(error).__name__}: {first_line}). Please report it."

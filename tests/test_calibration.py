@@ -137,7 +137,7 @@ def test_ablation_hook_leaves_the_model_unchanged():
 
 def test_layer_out_of_range_is_a_usage_error():
     session = _session(tiny_model("qwen2_5_vl"))
-    with pytest.raises(UsageError, match=r"--layer must be in \[0, 2\]"):
+    with pytest.raises(UsageError, match=r"^layer must be in \[0, 2\]"):
         calibrate(session, load_calibration_data("builtin:1"), CalibrationSettings(layer=3))
     with pytest.raises(UsageError, match="unknown calibration method 'fisher'"):
         CalibrationSettings(method="fisher")
@@ -172,7 +172,7 @@ def test_folder_and_jsonl_data_with_subsets_limit_and_fingerprint(tmp_path):
     assert load_calibration_data(str(tmp_path)).fingerprint != data.fingerprint
     with pytest.raises(InputError) as raised:
         data.require_answers()
-    assert "line 4 has no 'answer'" in raised.value.render() and "--method kl" in raised.value.render()
+    assert "line 4 has no 'answer'" in raised.value.render() and "method=kl" in raised.value.render()
 
 
 def test_builtin_data_is_the_calibration_generator():

@@ -101,12 +101,12 @@ def test_helpers():
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(ratios=(1.0,)), "--ratio must be in [0, 1)"),
+    (dict(ratios=(1.0,)), "ratio must be in [0, 1)"),
     (dict(ratios=(0.0,)), "ratio 0 is the unpruned run"),
     (dict(ratios=(0.5, 0.5)), "repeats"),
     (dict(methods=("nope",)), "unknown scorer 'nope'"),
-    (dict(n=0), "-n must be at least 1"),
-    (dict(batch_size=0), "--batch-size must be at least 1"),
+    (dict(n=0), "n must be at least 1"),
+    (dict(batch_size=0), "batch_size must be at least 1"),
 ])
 def test_bad_settings_are_usage_errors(kwargs, fragment):
     with pytest.raises(UsageError) as raised:

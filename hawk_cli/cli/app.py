@@ -17,6 +17,7 @@ from hawk_cli.cli.bench import bench_command
 from hawk_cli.cli.calibrate import calibrate_command
 from hawk_cli.cli.eval import eval_command
 from hawk_cli.cli.run import run_command
+from hawk_cli.cli.options import flag_for
 from hawk_cli.cli.weights import weights_app
 from hawk_cli.errors import HawkError, HawkWarning, from_library_error
 
@@ -45,7 +46,7 @@ def _debug(argv: list[str]) -> bool:
 
 def _exit_code_for(error: BaseException) -> int:
     if isinstance(error, HawkError):
-        _error_line(error.render())
+        _error_line(error.render(flag_for))
         return error.exit_code
     if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "Abort":
         _error_line("interrupted")
@@ -74,8 +75,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(argv)
-    warnings.showwarning = _show_warning
-    warnings.simplefilter("always", HawkWarning)
+    with warnings.catch_warnings():  # the process's warning settings come back when the command ends
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", HawkWarning)
+        code = _run_app(argv, debug)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _run_app(argv: list[str], debug: bool) -> int:
     # Library progress bars (weight loading) would clutter stderr between hawk's own lines.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "transformers" in sys.modules:  # already imported (in-process callers): use its public switch
@@ -91,4 +98,4 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if code == 130:  # Ctrl-C inside a command, turned into exit code 130 by the argument parser
             _error_line("interrupted")
-    sys.exit(code if isinstance(code, int) else 0)
+    return code

@@ -24,3 +24,8 @@ MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tok
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or progress on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+
+
+def flag_for(setting: str) -> str:
+    """The command-line flag of a library setting: `max_new_tokens` -> `--max-new-tokens`, `n` -> `-n`."""
+    return f"-{setting}" if len(setting) == 1 else "--" + setting.replace("_", "-")

@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from hawk_cli.cli.options import flag_for
+from hawk_cli.errors import worded
+
 
 class Output:
     def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
@@ -36,7 +39,7 @@ class Output:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.stderr.print(f"hawk: note: {message}", markup=False)
+            self.stderr.print(f"hawk: note: {worded(message, flag_for)}", markup=False)
 
     def warn(self, message: str) -> None:
         self.stderr.print(f"hawk: warning: {message}", markup=False)

@@ -31,12 +31,12 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         validate_ratio(self.ratio)
         if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. --max-new-tokens 16")
+            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
+                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
         if self.cache not in ("dynamic", "static"):
             raise UsageError(f"unknown cache kind '{self.cache}'", "Use dynamic or static")
         if self.compile and self.cache != "static":
-            raise UsageError("a compiled decode step needs the static cache", "Add --cache static")
+            raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
 
 
 # What a cache layer holds: keys and values of attention layers (one slot per token), and the fixed-size states

@@ -62,7 +62,7 @@ def prune_prefill(adapter: ModelAdapter, inputs, scorer: Scorer | None, ratio: f
         if ratio > 0 and scorer is not None:
             if not bool(roles.visual.any(dim=1).all()):
                 raise InputError("a prompt has no visual tokens to prune",
-                                 "Give an image with each question, or use --ratio 0")
+                                 "Give an image with each question, or use {ratio=}0")
             scores = scorer.score(scoring_inputs(adapter, prefill, roles, target_mask))
             keep = select_keep(scores, roles.visual, valid, ratio)
         else:

@@ -14,8 +14,8 @@ from hawk_cli.errors import UsageError
 def validate_ratio(ratio: float) -> float:
     """`ratio` is the fraction of visual tokens removed; it must lie in [0, 1)."""
     if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 <= ratio < 1:
-        raise UsageError(f"--ratio must be in [0, 1), got {ratio}",
-                         "Use e.g. --ratio 0.8 to remove 80% of visual tokens (0 disables pruning)")
+        raise UsageError(f"must be in [0, 1), got {ratio}",
+                         "Use e.g. {ratio=}0.8 to remove 80% of visual tokens (0 disables pruning)", setting="ratio")
     return float(ratio)
 
 

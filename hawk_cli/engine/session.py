@@ -76,7 +76,7 @@ class HawkSession:
         layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
         if not 0 <= layer < self.adapter.num_layers:
             raise UsageError(f"scoring layer {layer} does not exist: this model has {self.adapter.num_layers} "
-                             "decoder layers", f"Choose a layer in [0, {self.adapter.num_layers - 1}]")
+                             "decoder layers", f"Choose {{layer}} in [0, {self.adapter.num_layers - 1}]")
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
@@ -88,7 +88,7 @@ class HawkSession:
             scorer, notices = scorer_class(), []
         if recommended:
             notices.append(f"using the model's recommended pruning settings ({name}, layer {layer}); "
-                           "pass --scorer to choose")
+                           "pass {scorer} to choose")
         return scorer, notices
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,

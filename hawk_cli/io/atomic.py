@@ -18,7 +18,7 @@ def check_writable(path: Path, force: bool) -> Path:
     """Refuse to overwrite without --force, and name an unwritable folder before any work is done."""
     path = Path(path)
     if path.exists() and not force:
-        raise InputError(f"'{path}' already exists", "Pass --force to overwrite it, or choose another path")
+        raise InputError(f"'{path}' already exists", "Pass {force} to overwrite it, or choose another path")
     if path.is_dir():
         raise InputError(f"'{path}' is a folder", "Give a file path")
     folder = path.parent if str(path.parent) else Path(".")

@@ -57,14 +57,14 @@ class CalibrationData:
     def require_answers(self) -> None:
         missing = next((s for s in self.samples if s.answer is None), None)
         if missing is not None:
-            raise InputError(f"{missing.where} has no 'answer', and --method ablation needs the reference answer of "
-                             f"every question", "Add answers, or use --method kl (label-free)")
+            raise InputError(f"{missing.where} has no 'answer', and {{method=}}ablation needs the reference answer of "
+                             f"every question", "Add answers, or use {method=}kl (label-free)")
 
 
 def load_calibration_data(spec: str, limit: int | None = None) -> CalibrationData:
     """Parse and check DATA; `limit` keeps the first N questions."""
     if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}", "Use e.g. --limit 100")
+        raise UsageError(f"must be at least 1, got {limit}", "Use e.g. {limit=}100", setting="limit")
     if spec.startswith(BUILTIN_PREFIX):
         samples, digest = _builtin(spec, limit)
     else:

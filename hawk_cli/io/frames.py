@@ -31,7 +31,7 @@ def _frames_of_file(path: Path) -> list[Image.Image]:
                 return [load_image(path)]
             if n_frames > MAX_FRAMES:
                 raise InputError(f"the video '{path}' has {n_frames} frames, over hawk's limit of {MAX_FRAMES}",
-                                 "Sample fewer frames (and set --fps to their rate)")
+                                 "Sample fewer frames (and set {fps} to their rate)")
             width, height = image.size
             if width * height * min(n_frames, MAX_FRAMES) > MAX_IMAGE_PIXELS * 4:
                 raise InputError(f"video '{path}' has {n_frames} frames of {width}x{height}, too many pixels",
@@ -67,7 +67,7 @@ def read_frames(source: str | Path | list | tuple) -> list[Image.Image]:
         raise InputError("the video has no frames", "Give at least one frame")
     if len(frames) > MAX_FRAMES:
         raise InputError(f"the video has {len(frames)} frames, over hawk's limit of {MAX_FRAMES}",
-                         "Sample fewer frames (and set --fps to their rate)")
+                         "Sample fewer frames (and set {fps} to their rate)")
     return frames
 
 

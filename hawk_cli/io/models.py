@@ -37,8 +37,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ResourceError("--device cuda was asked for but no CUDA GPU is available",
-                                "Use --device cpu (or auto)")
+            raise ResourceError(f"{name} was asked for but no CUDA GPU is available", "Use {device=}cpu (or auto)",
+                                setting="device")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
@@ -60,7 +60,7 @@ def _locate(spec: str) -> tuple[str, bool]:
         folder = builtin_dir()
         if not (folder / "model.safetensors").is_file():
             raise ModelError("the built-in model is not installed with this copy of hawk",
-                             "Reinstall hawk-vlm, or pass --model with a Qwen2-VL / Qwen2.5-VL checkpoint")
+                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL checkpoint")
         return str(folder), True
     path = Path(spec).expanduser()
     if path.exists():
@@ -69,7 +69,7 @@ def _locate(spec: str) -> tuple[str, bool]:
                              "Pass a folder saved with save_pretrained, or a hub id")
         return str(path), False
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise ModelError(f"model path '{spec}' does not exist", "Check the path, or use --model builtin")
+        raise ModelError(f"model path '{spec}' does not exist", "Check the path, or use {model=}builtin")
     return spec, False
 
 
@@ -106,7 +106,7 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
         image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")
     except ImportError as error:
         raise ModelError(f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
-                         "Use --attn sdpa, or install the missing package")
+                         "Use {attn=}sdpa, or install the missing package")
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load model '{name}': {str(error).splitlines()[0][:200]}",
                          "Check that the folder holds a complete checkpoint (config, weights, tokenizer)")

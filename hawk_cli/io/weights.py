@@ -84,11 +84,11 @@ def validate_for_model(weights: HeadWeights, model_type: str, num_heads: int, la
     """Refuse weights made for another family, head count or scoring layer, naming both sides and the fix."""
     if weights.num_heads != num_heads:
         raise InputError(f"'{weights.source}' holds {weights.num_heads} head weights but this model's scoring layer "
-                         f"has {num_heads} query heads", "Run 'hawk calibrate' for this model, or omit --weights")
+                         f"has {num_heads} query heads", "Run 'hawk calibrate' for this model, or omit {weights}")
     made_for = weights.metadata.get("model_type")
     if made_for and made_for != model_type:
         raise InputError(f"'{weights.source}' was calibrated for model type '{made_for}', not '{model_type}'",
-                         "Run 'hawk calibrate' for this model, or omit --weights")
+                         "Run 'hawk calibrate' for this model, or omit {weights}")
     made_at = weights.metadata.get("layer")
     if made_at is not None and str(made_at).isdigit() and int(made_at) != layer:
         raise InputError(f"'{weights.source}' was calibrated at layer {made_at}, but the scorer reads layer {layer}",

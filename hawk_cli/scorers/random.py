@@ -33,7 +33,7 @@ def row_uniforms(visual_mask: Tensor, seed: int, row_keys: tuple[int, ...] | Non
 
 def check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"the seed must be a non-negative integer, got {seed!r}", "Use e.g. --seed 0")
+        raise UsageError(f"the seed must be a non-negative integer, got {seed!r}", "Use e.g. {seed=}0")
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,18 @@ class BenchSettings:
         for ratio in self.ratios:
             validate_ratio(ratio)
         if not self.ratios or any(r == 0 for r in self.ratios):
-            raise UsageError("bench needs ratios above 0 (the unpruned baseline always runs)", "Use e.g. --ratio 0.8")
+            raise UsageError("bench needs ratios above 0 (the unpruned baseline always runs)", "Use e.g. 0.8")
         if not self.batches or min(self.batches) < 1:
-            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. --batch 1,8")
+            raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. 1,8")
         if self.max_new_tokens < 2:
-            raise UsageError("bench needs --max-new-tokens of at least 2 (one decode step)", "Use e.g. 16")
-        if self.repeats < 1 or self.warmup < 0:
-            raise UsageError("--repeats must be at least 1 and --warmup at least 0", "Use e.g. --repeats 5")
+            raise UsageError(f"must be at least 2 for a bench (one decode step), got {self.max_new_tokens}", "Use e.g. 16",
+                             setting="max_new_tokens")
+        if self.repeats < 1:
+            raise UsageError(f"must be at least 1, got {self.repeats}", "Use e.g. {repeats=}5", setting="repeats")
+        if self.warmup < 0:
+            raise UsageError(f"must be at least 0, got {self.warmup}", "Use e.g. {warmup=}2", setting="warmup")
         if not 56 <= self.size <= 4096:
-            raise UsageError(f"--size must be in [56, 4096], got {self.size}", "Use e.g. --size 1008")
+            raise UsageError(f"must be in [56, 4096], got {self.size}", "Use e.g. {size=}1008", setting="size")
 
 
 # --- model sources -----------------------------------------------------------------------------------------
@@ -243,7 +246,7 @@ class Bench:
         self.probe = MemoryProbe(self.device)
         self.compiled = settings.compile if settings.compile is not None else self.device.type == "cuda"
         if self.compiled and self.device.type != "cuda":
-            raise UsageError("--compile needs a CUDA device", "Use --no-compile on CPU")
+            raise UsageError("a compiled decode step needs a CUDA device", "Turn compilation off on the CPU")
         self.step = DecodeStep(session.adapter, self.compiled)
 
     # one run of each kind -> a flat sample of metrics
@@ -418,7 +421,7 @@ def run_check(session: HawkSession, scorer, images: list[Image.Image], batch: in
 
     inputs = batch_inputs(session, images, batch, question)
     if not bool((inputs.input_ids == session.adapter.tokens.image).any()):
-        raise InputError("the check needs an image in the prompt", "Give --image or --size")
+        raise InputError("the check needs an image in the prompt", "Give {image} or {size}")
     report = check_against_oracle(session.adapter, inputs, scorer, ratio, steps, session.eos_ids, math.inf)
     return dataclasses.replace(report, tolerance=oracle_tolerance(session.loaded.dtype, report.max_abs_logit))
 

@@ -62,10 +62,10 @@ class CalibrationSettings:
         if self.method not in METHODS:
             raise UsageError(f"unknown calibration method '{self.method}'", f"Use one of: {', '.join(METHODS)}")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}", "Use e.g. --batch-size 4")
+            raise UsageError(f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}4", setting="batch_size")
         if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. --max-new-tokens 16")
+            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
+                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
         if self.heads_per_pass is not None and self.heads_per_pass < 1:
             raise UsageError(f"heads per pass must be at least 1, got {self.heads_per_pass}", "Use e.g. 8")
 
@@ -358,8 +358,8 @@ def calibration_layer(adapter: ModelAdapter, layer: int | None) -> int:
     attention heads to ablate (a hybrid model's linear-attention layers)."""
     layer = adapter.default_scoring_layer if layer is None else layer
     if not 0 <= layer < adapter.num_layers:
-        raise UsageError(f"--layer must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
-                         f"Use --layer {adapter.default_scoring_layer} (the layer HAWK scores at)")
+        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
+                         f"Use {{layer=}}{adapter.default_scoring_layer} (the layer HAWK scores at)", setting="layer")
     adapter.head_output_projection(layer)
     return layer
 

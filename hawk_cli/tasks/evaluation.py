@@ -47,26 +47,26 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if not self.ratios:
-            raise UsageError("no ratios to evaluate", "Use e.g. --ratios 0.5,0.8,0.9")
+            raise UsageError("no ratios to evaluate", "Use e.g. 0.5,0.8,0.9")
         for ratio in self.ratios:
             validate_ratio(ratio)
             if ratio == 0:
                 raise UsageError("ratio 0 is the unpruned run, which every evaluation already includes",
-                                 "Leave 0 out of --ratios")
+                                 "Leave 0 out of the ratios")
         if len(set(self.ratios)) != len(self.ratios):
-            raise UsageError(f"--ratios repeats a value: {','.join(map(str, self.ratios))}", "Give each ratio once")
+            raise UsageError(f"repeats a value: {','.join(map(str, self.ratios))}", "Give each ratio once", setting="ratios")
         if not self.methods:
-            raise UsageError("no methods to evaluate", f"Use e.g. --methods {','.join(DEFAULT_METHODS)}")
+            raise UsageError("no methods to evaluate", f"Use e.g. {','.join(DEFAULT_METHODS)}")
         for method in self.methods:
             get_scorer_class(method)
         if len(set(self.methods)) != len(self.methods):
-            raise UsageError(f"--methods repeats a name: {','.join(self.methods)}", "Give each method once")
+            raise UsageError(f"repeats a name: {','.join(self.methods)}", "Give each method once", setting="methods")
         if self.n < 1:
-            raise UsageError(f"-n must be at least 1, got {self.n}", "Use e.g. -n 2000")
+            raise UsageError(f"must be at least 1, got {self.n}", "Use e.g. {n=}2000", setting="n")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}", "Use e.g. --batch-size 16")
+            raise UsageError(f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}16", setting="batch_size")
         if self.seed < 0:
-            raise UsageError(f"--seed must be a non-negative integer, got {self.seed}", "Use e.g. --seed 0")
+            raise UsageError(f"must be a non-negative integer, got {self.seed}", "Use e.g. {seed=}0", setting="seed")
 
 
 @dataclass

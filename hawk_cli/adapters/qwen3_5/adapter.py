@@ -62,7 +62,7 @@ class Qwen35Adapter(QwenVLAdapter):
     def _kind(self, layer: int) -> str:
         if not 0 <= layer < len(self.layer_types):
             raise UsageError(f"layer {layer} does not exist: this model has {len(self.layer_types)} decoder layers",
-                             f"Choose a layer in [0, {len(self.layer_types) - 1}]")
+                             f"Choose {{layer}} in [0, {len(self.layer_types) - 1}]")
         return self.layer_types[layer]
 
     def query_heads(self, layer: int) -> int:
@@ -100,9 +100,10 @@ class Qwen35Adapter(QwenVLAdapter):
         """The gated attention's `o_proj`: its input is `attention * sigmoid(gate)`, both per head in head order,
         so zeroing head h's slice removes head h. DeltaNet layers have no such heads."""
         if self._kind(layer) == LINEAR_ATTENTION:
-            full = ", ".join(str(index) for index in self.full_attention_layers()[:4])
+            first, *others = self.full_attention_layers()
+            also = f"; also {', '.join(str(index) for index in others[:3])}, ..." if others else ""
             raise UsageError(f"layer {layer} of this model is a Gated DeltaNet (linear attention) layer: it has no "
-                             "attention heads to ablate", f"Calibrate a full-attention layer ({full}, ...)")
+                             "attention heads to ablate", f"Use {{layer=}}{first} (a full-attention layer{also})")
         return self.language_model.layers[layer].self_attn.o_proj
 
     # --- exactness -----------------------------------------------------------------------------------------
