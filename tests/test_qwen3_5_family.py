@@ -187,7 +187,8 @@ def test_the_shipped_9b_config_builds_on_meta_with_the_published_shape():
     assert list(text.layer_types) == (["linear_attention"] * 3 + ["full_attention"]) * 8
     assert (text.linear_num_key_heads, text.linear_num_value_heads, text.linear_key_head_dim,
             text.linear_conv_kernel_dim) == (16, 32, 128, 4)
-    assert text.rope_parameters["partial_rotary_factor"] == 0.25 and text.rope_parameters["mrope_section"] == [11, 11, 10]
+    rope = text.rope_parameters
+    assert rope["partial_rotary_factor"] == 0.25 and rope["mrope_section"] == [11, 11, 10]
     assert (vision.depth, vision.hidden_size, vision.patch_size, vision.out_hidden_size) == (27, 1152, 16, 4096)
     assert (config.image_token_id, config.video_token_id, config.vision_start_token_id,
             config.vision_end_token_id) == (248056, 248057, 248053, 248054)
