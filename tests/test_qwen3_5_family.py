@@ -109,6 +109,22 @@ def test_scoring_defaults_to_the_first_full_attention_layer_with_uniform_weights
         session.make_scorer("hawk", None, 9)
 
 
+def test_a_weights_file_is_checked_against_the_scoring_layers_own_head_count(tmp_path):
+    """Attention layers have num_attention_heads query heads, DeltaNet layers linear_num_key_heads: a vector
+    calibrated for one does not pass for the other."""
+    from hawk_cli.errors import InputError
+    from hawk_cli.io.weights import HeadWeights, save_head_weights
+
+    session = _session()
+    path = tmp_path / "w.safetensors"
+    save_head_weights(path, HeadWeights(values=torch.full((4,), 0.25), source="test",
+                                        metadata={"model_type": "qwen3_5", "num_heads": "4"}))
+    scorer, _ = session.make_scorer("hawk", str(path), 3)
+    assert torch.equal(scorer.head_weights, torch.full((4,), 0.25))
+    with pytest.raises(InputError, match="holds 4 head weights but this model's scoring layer has 2 query heads"):
+        session.make_scorer("hawk", str(path), 0)
+
+
 def test_the_scoring_layer_follows_the_configs_layer_types():
     from tiny_models import tiny_config
 
