@@ -46,13 +46,26 @@ from hawk_cli.tasks.benchmark import batch_inputs, random_weight_session, resolv
 TARGET_SHARE = 0.12  # issue 15: the default choice's scoring pass at most 12 % of the unpruned prefill
 # --tiny: the published layout (3 DeltaNet layers, then gated attention) at toy widths; vocabulary and special ids
 # stay published so the stand-in tokenizer applies.
-TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
-                 linear_key_head_dim=16, linear_value_head_dim=16,
-                 layer_types=["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3
-                 + ["full_attention"],
-                 rope_parameters={"rope_type": "default", "rope_theta": 10000000, "mrope_section": [2, 1, 1],
-                                  "mrope_interleaved": True, "partial_rotary_factor": 0.25})
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    layer_types=["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"],
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 10000000,
+        "mrope_section": [2, 1, 1],
+        "mrope_interleaved": True,
+        "partial_rotary_factor": 0.25,
+    },
+)
 TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
 
 
@@ -108,8 +121,9 @@ def measure(session, choices: dict, batch: int, args) -> list[dict]:
             times[f"{name}:scoring_ms"], times[f"{name}:pruned_prefill_ms"] = [], []
         for round_index in range(args.warmup + args.repeats):
             timed = round_index >= args.warmup
-            elapsed, _ = clock(lambda: prefill_pass(adapter, prefill.inputs_embeds, prefill.position_ids,
-                                                    prefill.attention_mask))
+            elapsed, _ = clock(
+                lambda: prefill_pass(adapter, prefill.inputs_embeds, prefill.position_ids, prefill.attention_mask)
+            )
             if timed:
                 times["unpruned_prefill_ms"].append(elapsed)
             for name, scorer in choices.items():
@@ -117,7 +131,9 @@ def measure(session, choices: dict, batch: int, args) -> list[dict]:
                 compacted[name] = keep
                 embeds = compaction.gather_tokens(prefill.inputs_embeds)
                 positions = compaction.gather_positions(prefill.position_ids)
-                pruned_ms, _ = clock(lambda: prefill_pass(adapter, embeds, positions, compaction.attention_mask))
+                pruned_ms, _ = clock(
+                    lambda e=embeds, p=positions, m=compaction.attention_mask: prefill_pass(adapter, e, p, m)
+                )
                 if timed:
                     times[f"{name}:scoring_ms"].append(elapsed)
                     times[f"{name}:pruned_prefill_ms"].append(pruned_ms)
@@ -127,28 +143,46 @@ def measure(session, choices: dict, batch: int, args) -> list[dict]:
     for name, scorer in choices.items():
         scoring = statistics.median(times[f"{name}:scoring_ms"])
         kind = adapter.layer_types[scorer.layer]
-        records.append({
-            "choice": name, "scoring_layer": scorer.layer, "mixer": kind, "batch": batch,
-            "prompt_tokens": int(inputs.attention_mask.sum(1).max()), "visual_tokens": visual,
-            "visual_tokens_kept": int((compacted[name] & (inputs.input_ids == adapter.tokens.image)).sum(1).max()),
-            "ratio": args.ratio, "scoring_ms": scoring, "unpruned_prefill_ms": unpruned,
-            "scoring_share_of_unpruned_prefill": scoring / unpruned,
-            "pruned_prefill_ms": statistics.median(times[f"{name}:pruned_prefill_ms"]),
-            "target_share": TARGET_SHARE if name == "first_full_attention" else None,
-            "scoring_ms_all": times[f"{name}:scoring_ms"], "unpruned_prefill_ms_all": times["unpruned_prefill_ms"],
-            "warmup": args.warmup, "repeats": args.repeats})
+        records.append(
+            {
+                "choice": name,
+                "scoring_layer": scorer.layer,
+                "mixer": kind,
+                "batch": batch,
+                "prompt_tokens": int(inputs.attention_mask.sum(1).max()),
+                "visual_tokens": visual,
+                "visual_tokens_kept": int((compacted[name] & (inputs.input_ids == adapter.tokens.image)).sum(1).max()),
+                "ratio": args.ratio,
+                "scoring_ms": scoring,
+                "unpruned_prefill_ms": unpruned,
+                "scoring_share_of_unpruned_prefill": scoring / unpruned,
+                "pruned_prefill_ms": statistics.median(times[f"{name}:pruned_prefill_ms"]),
+                "target_share": TARGET_SHARE if name == "first_full_attention" else None,
+                "scoring_ms_all": times[f"{name}:scoring_ms"],
+                "unpruned_prefill_ms_all": times["unpruned_prefill_ms"],
+                "warmup": args.warmup,
+                "repeats": args.repeats,
+            }
+        )
     return records
 
 
 def environment(session, args) -> dict:
     device = session.loaded.device
-    return {"record": "environment", **versions(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": str(session.loaded.dtype).replace("torch.", ""), "attn": session.loaded.attn,
-            "config": args.config if not args.tiny else f"{args.config} (shrunk: --tiny)", "size": args.size,
-            "fla_installed": importlib.util.find_spec("fla") is not None,
-            "causal_conv1d_installed": importlib.util.find_spec("causal_conv1d") is not None,
-            "random_weights": True, "torch_threads": torch.get_num_threads()}
+    return {
+        "record": "environment",
+        **versions(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(session.loaded.dtype).replace("torch.", ""),
+        "attn": session.loaded.attn,
+        "config": args.config if not args.tiny else f"{args.config} (shrunk: --tiny)",
+        "size": args.size,
+        "fla_installed": importlib.util.find_spec("fla") is not None,
+        "causal_conv1d_installed": importlib.util.find_spec("causal_conv1d") is not None,
+        "random_weights": True,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         config = tiny_config_file(Path(folder), resolve_config(args.config)) if args.tiny else args.config
         session = random_weight_session(str(config), args.device, args.dtype, args.attn)
     adapter = session.adapter
-    choices = {"first_full_attention": session.make_scorer("hawk", None, adapter.default_scoring_layer)[0],
-               "deltanet_layer_0": session.make_scorer("hawk", None, 0)[0]}
+    choices = {
+        "first_full_attention": session.make_scorer("hawk", None, adapter.default_scoring_layer)[0],
+        "deltanet_layer_0": session.make_scorer("hawk", None, 0)[0],
+    }
     print(json.dumps(environment(session, args)), flush=True)
     for batch in (int(b) for b in args.batch.split(",")):
         for record in measure(session, choices, batch, args):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli
+from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
 from hawk_cli.adapters.qwen3_5 import Qwen35Adapter
@@ -24,8 +26,6 @@ from hawk_cli.scorers import HawkScorer
 from hawk_cli.tasks.benchmark import CONFIG_DIR
 from hawk_cli.tasks.calibration import CalibrationSettings, calibrate, eq3, sample_drops
 from hawk_cli.tasks.oracle import check_against_oracle
-from cli_helpers import run_cli
-from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 EOS = {2}
@@ -33,9 +33,11 @@ FRAMES = tuple(random_image(128, 96, seed) for seed in range(5))
 
 
 def _mixed_requests():
-    return [Request("what happens ?", (), video=FRAMES, fps=2.0),
-            Request("what color is the circle ?", (random_image(224, 224, 1),), video=FRAMES[:2], fps=1.0),
-            Request("how many stars are there ?", (random_image(112, 168, 2),))]
+    return [
+        Request("what happens ?", (), video=FRAMES, fps=2.0),
+        Request("what color is the circle ?", (random_image(224, 224, 1),), video=FRAMES[:2], fps=1.0),
+        Request("how many stars are there ?", (random_image(112, 168, 2),)),
+    ]
 
 
 def _adapter(model=None):
@@ -46,6 +48,7 @@ def _adapter(model=None):
 
 
 # --- video and rotary ids --------------------------------------------------------------------------------------
+
 
 def test_video_is_written_as_timestamped_frame_groups_like_the_stock_processor():
     from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
@@ -70,10 +73,13 @@ def test_prompt_rotary_ids_equal_the_stock_batched_call():
     the whole left-padded batch: videos, images and both in one row."""
     adapter, prompts = _adapter()
     inputs = prompts.collate(_mixed_requests())
-    stock, _ = adapter.inner.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
-                                            image_grid_thw=inputs.image_grid_thw,
-                                            video_grid_thw=inputs.video_grid_thw.clone(),
-                                            attention_mask=inputs.attention_mask)
+    stock, _ = adapter.inner.get_rope_index(
+        inputs.input_ids,
+        inputs.mm_token_type_ids,
+        image_grid_thw=inputs.image_grid_thw,
+        video_grid_thw=inputs.video_grid_thw.clone(),
+        attention_mask=inputs.attention_mask,
+    )
     assert torch.equal(adapter.rope_index(inputs.on_host()), stock)
 
 
@@ -88,18 +94,30 @@ def test_video_and_image_prompts_match_the_compaction_oracle():
 
 # --- scoring layer and head weights --------------------------------------------------------------------------
 
+
 def _session(model=None) -> HawkSession:
-    loaded = LoadedModel(model=model or tiny_model("qwen3_5"), tokenizer=tiny_tokenizer(),
-                         image_processor=tiny_image_processor(family="qwen3_5"), name="tiny", path="tiny",
-                         device=torch.device("cpu"), dtype=torch.float32, attn="sdpa", is_builtin=False)
+    loaded = LoadedModel(
+        model=model or tiny_model("qwen3_5"),
+        tokenizer=tiny_tokenizer(),
+        image_processor=tiny_image_processor(family="qwen3_5"),
+        name="tiny",
+        path="tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        attn="sdpa",
+        is_builtin=False,
+    )
     return HawkSession(loaded)
 
 
 def test_scoring_defaults_to_the_first_full_attention_layer_with_uniform_weights_and_a_note():
     session = _session()
     scorer, notices = session.make_scorer()
-    assert session.adapter.default_scoring_layer == 3 == list(session.model.config.text_config.layer_types).index(
-        "full_attention")
+    assert (
+        session.adapter.default_scoring_layer
+        == 3
+        == list(session.model.config.text_config.layer_types).index("full_attention")
+    )
     assert scorer.layer == 3 and scorer.weights_source == "uniform"
     assert torch.allclose(scorer.head_weights, torch.full((4,), 0.25))  # num_attention_heads at that layer
     assert any("uniform weights" in notice for notice in notices)
@@ -117,8 +135,10 @@ def test_a_weights_file_is_checked_against_the_scoring_layers_own_head_count(tmp
 
     session = _session()
     path = tmp_path / "w.safetensors"
-    save_head_weights(path, HeadWeights(values=torch.full((4,), 0.25), source="test",
-                                        metadata={"model_type": "qwen3_5", "num_heads": "4"}))
+    save_head_weights(
+        path,
+        HeadWeights(values=torch.full((4,), 0.25), source="test", metadata={"model_type": "qwen3_5", "num_heads": "4"}),
+    )
     scorer, _ = session.make_scorer("hawk", str(path), 3)
     assert torch.equal(scorer.head_weights, torch.full((4,), 0.25))
     with pytest.raises(InputError, match="holds 4 head weights but this model's scoring layer has 2 query heads"):
@@ -148,7 +168,7 @@ def _dominant_head_session(layer: int = 3, scale: float = 8.0) -> HawkSession:
     projection = model.model.language_model.layers[layer].self_attn.o_proj
     width = projection.in_features // model.config.text_config.num_attention_heads
     with torch.no_grad():
-        projection.weight[:, DOMINANT * width:(DOMINANT + 1) * width] *= scale
+        projection.weight[:, DOMINANT * width : (DOMINANT + 1) * width] *= scale
     return _session(model)
 
 
@@ -156,8 +176,9 @@ def test_calibration_ranks_the_dominant_gated_attention_head_first():
     """o_proj's input is attention * sigmoid(gate), both per head in head order: zeroing head h's slice removes
     exactly head h, so the head built to matter ranks first; the default layer is the scoring layer."""
     session = _dominant_head_session()
-    result = calibrate(session, load_calibration_data("builtin:2"), CalibrationSettings(method="kl", batch_size=2,
-                                                                                         max_new_tokens=2))
+    result = calibrate(
+        session, load_calibration_data("builtin:2"), CalibrationSettings(method="kl", batch_size=2, max_new_tokens=2)
+    )
     assert result.layer == 3 and result.subset_drops.shape[1] == 4
     assert int(result.importance.argmax()) == DOMINANT
 
@@ -184,30 +205,47 @@ def test_shared_prefixes_are_not_used_where_masking_is_not_dropping():
         whole, _ = sample_drops(adapter, prefill, 3, "kl", None, session.eos_ids, 2, share_prefixes=False)
     assert not torch.allclose(shared, whole, atol=1e-4)
     result = calibrate(session, data, CalibrationSettings(method="kl", batch_size=4, max_new_tokens=2))
-    expected = torch.stack([whole[torch.tensor([s.subset == name for s in data.samples])].mean(0)
-                            for name in result.subsets])
+    expected = torch.stack(
+        [whole[torch.tensor([s.subset == name for s in data.samples])].mean(0) for name in result.subsets]
+    )
     assert torch.allclose(result.subset_drops, expected, atol=1e-4)
     assert torch.allclose(result.importance, eq3(expected), atol=1e-5)
 
 
 # --- the shipped config and stand-in processors -----------------------------------------------------------------
 
+
 def test_the_shipped_9b_config_builds_on_meta_with_the_published_shape():
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(str(CONFIG_DIR / "qwen3.5-9b.json"))
     text, vision = config.text_config, config.vision_config
-    assert (config.model_type, text.hidden_size, text.num_hidden_layers, text.num_attention_heads,
-            text.num_key_value_heads, text.head_dim, text.intermediate_size, text.vocab_size) == (
-        "qwen3_5", 4096, 32, 16, 4, 256, 12288, 248320)
+    assert (
+        config.model_type,
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.head_dim,
+        text.intermediate_size,
+        text.vocab_size,
+    ) == ("qwen3_5", 4096, 32, 16, 4, 256, 12288, 248320)
     assert list(text.layer_types) == (["linear_attention"] * 3 + ["full_attention"]) * 8
-    assert (text.linear_num_key_heads, text.linear_num_value_heads, text.linear_key_head_dim,
-            text.linear_conv_kernel_dim) == (16, 32, 128, 4)
+    assert (
+        text.linear_num_key_heads,
+        text.linear_num_value_heads,
+        text.linear_key_head_dim,
+        text.linear_conv_kernel_dim,
+    ) == (16, 32, 128, 4)
     rope = text.rope_parameters
     assert rope["partial_rotary_factor"] == 0.25 and rope["mrope_section"] == [11, 11, 10]
     assert (vision.depth, vision.hidden_size, vision.patch_size, vision.out_hidden_size) == (27, 1152, 16, 4096)
-    assert (config.image_token_id, config.video_token_id, config.vision_start_token_id,
-            config.vision_end_token_id) == (248056, 248057, 248053, 248054)
+    assert (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id) == (
+        248056,
+        248057,
+        248053,
+        248054,
+    )
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     assert 9.3e9 < sum(p.numel() for p in model.parameters()) < 9.5e9  # "about 9.4 B" (h200-anchors)
@@ -220,13 +258,18 @@ def test_standin_processors_carry_the_configs_ids_and_the_published_patch_grid()
     config = AutoConfig.from_pretrained(str(CONFIG_DIR / "qwen3.5-9b.json"))
     tokenizer, processor = Qwen35Adapter.standin_processors(config)
     ids = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"])
-    assert ids == [config.image_token_id, config.video_token_id, config.vision_start_token_id,
-                   config.vision_end_token_id]
+    assert ids == [
+        config.image_token_id,
+        config.video_token_id,
+        config.vision_start_token_id,
+        config.vision_end_token_id,
+    ]
     grid = processor(images=[random_image(1024, 1024)], return_tensors="pt")["image_grid_thw"][0]
-    assert int(grid.prod()) // processor.merge_size ** 2 == 1024  # 1024x1024 -> 1024 visual tokens
+    assert int(grid.prod()) // processor.merge_size**2 == 1024  # 1024x1024 -> 1024 visual tokens
 
 
 # --- hawk bench on a random-weight hybrid config, and the scoring-cost script -------------------------------------
+
 
 def _tiny_published_config(folder: Path) -> Path:
     """The shipped 9B config at toy widths (published ids and vocabulary, so the stand-in tokenizer applies)."""
@@ -241,9 +284,27 @@ def _tiny_published_config(folder: Path) -> Path:
 @pytest.mark.parametrize("layer", ["3", "0"])
 def test_bench_check_passes_against_the_compaction_oracle(capsys, tmp_path, layer):
     config = _tiny_published_config(tmp_path)
-    code, out, err = run_cli(capsys, "bench", "--config", config, "--random-weights", "--check", "--batch", "2",
-                             "--size", "128", "--max-new-tokens", "3", "--check-steps", "3", "--device", "cpu",
-                             "--layer", layer, "--json")
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        "--config",
+        config,
+        "--random-weights",
+        "--check",
+        "--batch",
+        "2",
+        "--size",
+        "128",
+        "--max-new-tokens",
+        "3",
+        "--check-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--layer",
+        layer,
+        "--json",
+    )
     assert code == 0, err
     record = json.loads(out)
     assert record["check"] == "PASS" and record["oracle"] == "compaction" and record["model_type"] == "qwen3_5"
@@ -254,9 +315,27 @@ def test_bench_records_count_the_hybrid_cache_states(capsys, tmp_path):
     from test_bench import check_record
 
     config = _tiny_published_config(tmp_path)
-    code, out, err = run_cli(capsys, "bench", "--config", config, "--random-weights", "--batch", "1", "--size", "128",
-                             "--max-new-tokens", "2", "--warmup", "0", "--repeats", "1", "--device", "cpu",
-                             "--no-stock", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        "--config",
+        config,
+        "--random-weights",
+        "--batch",
+        "1",
+        "--size",
+        "128",
+        "--max-new-tokens",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--no-stock",
+        "--json",
+    )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     for record in records:
@@ -267,22 +346,45 @@ def test_bench_records_count_the_hybrid_cache_states(capsys, tmp_path):
 
 
 def test_scoring_cost_script_runs_on_a_tiny_config():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "qwen35_scoring_cost.py"), "--tiny",
-                             "--device", "cpu", "--batch", "1", "--size", "128", "--warmup", "0", "--repeats", "1"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "qwen35_scoring_cost.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--batch",
+            "1",
+            "--size",
+            "128",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines[0]["record"] == "environment"
     choices = {line["choice"]: line for line in lines[1:]}
     assert set(choices) == {"first_full_attention", "deltanet_layer_0"}
     assert (choices["first_full_attention"]["scoring_layer"], choices["deltanet_layer_0"]["mixer"]) == (
-        3, "linear_attention")
+        3,
+        "linear_attention",
+    )
     for line in choices.values():
-        assert line["scoring_ms"] > 0 and line["unpruned_prefill_ms"] > 0 and line["visual_tokens_kept"] < \
-            line["visual_tokens"]
+        assert (
+            line["scoring_ms"] > 0
+            and line["unpruned_prefill_ms"] > 0
+            and line["visual_tokens_kept"] < line["visual_tokens"]
+        )
 
 
 # --- the commands on a checkpoint folder -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def qwen3_5_dir(tmp_path_factory):
@@ -298,22 +400,33 @@ def test_run_and_calibrate_on_a_checkpoint_folder(capsys, qwen3_5_dir, tmp_path)
     image = tmp_path / "a.png"
     random_image(224, 224, 1).save(image)
     common = ["--model", qwen3_5_dir, "--device", "cpu"]
-    code, out, err = run_cli(capsys, "run", image, "what color is the circle ?", "--max-new-tokens", "3", "--json",
-                             *common)
+    code, out, err = run_cli(
+        capsys, "run", image, "what color is the circle ?", "--max-new-tokens", "3", "--json", *common
+    )
     assert code == 0, err
     record = json.loads(out)
     assert (record["model_type"], record["layer"], record["head_weights"]) == ("qwen3_5", 3, "uniform")
     assert record["visual_tokens_kept"] < record["visual_tokens"] and "uniform weights" in err
     weights = tmp_path / "w.safetensors"
-    code, out, err = run_cli(capsys, "calibrate", "builtin:2", "-o", weights, "--method", "kl", "--max-new-tokens",
-                             "2", "--json", *common)
+    code, out, err = run_cli(
+        capsys, "calibrate", "builtin:2", "-o", weights, "--method", "kl", "--max-new-tokens", "2", "--json", *common
+    )
     assert code == 0, err
     assert json.loads(out)["layer"] == 3 and len(json.loads(out)["head_importance"]) == 4
-    code, out, err = run_cli(capsys, "run", image, "what color is the circle ?", "--max-new-tokens", "2", "--json",
-                             "--weights", weights, *common)
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        image,
+        "what color is the circle ?",
+        "--max-new-tokens",
+        "2",
+        "--json",
+        "--weights",
+        weights,
+        *common,
+    )
     assert code == 0, err
     assert json.loads(out)["head_weights"] == str(weights) and "uniform" not in err
-    code, _, err = run_cli(capsys, "calibrate", "builtin:2", "-o", tmp_path / "w0.safetensors", "--layer", "0",
-                           *common)
+    code, _, err = run_cli(capsys, "calibrate", "builtin:2", "-o", tmp_path / "w0.safetensors", "--layer", "0", *common)
     assert code == 2 and "Gated DeltaNet" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "w0.safetensors").exists()

@@ -45,7 +45,7 @@ TOKEN_STATE_ATTRIBUTES = ("keys", "values")
 FIXED_STATE_ATTRIBUTES = ("conv_states", "recurrent_states")
 
 
-def _tensors(value) -> list[Tensor]:
+def _tensors(value: object) -> list[Tensor]:
     if isinstance(value, Tensor):
         return [value]
     if isinstance(value, dict):
@@ -55,7 +55,7 @@ def _tensors(value) -> list[Tensor]:
     return []
 
 
-def cache_bytes(cache, attributes: tuple[str, ...] = TOKEN_STATE_ATTRIBUTES + FIXED_STATE_ATTRIBUTES) -> int:
+def cache_bytes(cache: object, attributes: tuple[str, ...] = TOKEN_STATE_ATTRIBUTES + FIXED_STATE_ATTRIBUTES) -> int:
     """Bytes of all tensors the cache holds under `attributes` (allocated size for a static cache): by default
     keys, values and the conv / recurrent states of linear-attention layers, each tensor counted once."""
     seen: set[int] = set()
@@ -69,7 +69,7 @@ def cache_bytes(cache, attributes: tuple[str, ...] = TOKEN_STATE_ATTRIBUTES + FI
     return total
 
 
-def fixed_state_bytes(cache) -> int:
+def fixed_state_bytes(cache: object) -> int:
     """The part of `cache_bytes` that does not grow with the sequence (conv and recurrent states)."""
     return cache_bytes(cache, FIXED_STATE_ATTRIBUTES)
 

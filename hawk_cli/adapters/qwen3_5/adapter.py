@@ -61,8 +61,10 @@ class Qwen35Adapter(QwenVLAdapter):
 
     def _kind(self, layer: int) -> str:
         if not 0 <= layer < len(self.layer_types):
-            raise UsageError(f"layer {layer} does not exist: this model has {len(self.layer_types)} decoder layers",
-                             f"Choose {{layer}} in [0, {len(self.layer_types) - 1}]")
+            raise UsageError(
+                f"layer {layer} does not exist: this model has {len(self.layer_types)} decoder layers",
+                f"Choose {{layer}} in [0, {len(self.layer_types) - 1}]",
+            )
         return self.layer_types[layer]
 
     def query_heads(self, layer: int) -> int:
@@ -102,8 +104,11 @@ class Qwen35Adapter(QwenVLAdapter):
         if self._kind(layer) == LINEAR_ATTENTION:
             first, *others = self.full_attention_layers()
             also = f"; also {', '.join(str(index) for index in others[:3])}, ..." if others else ""
-            raise UsageError(f"layer {layer} of this model is a Gated DeltaNet (linear attention) layer: it has no "
-                             "attention heads to ablate", f"Use {{layer=}}{first} (a full-attention layer{also})")
+            raise UsageError(
+                f"layer {layer} of this model is a Gated DeltaNet (linear attention) layer: it has no "
+                "attention heads to ablate",
+                f"Use {{layer=}}{first} (a full-attention layer{also})",
+            )
         return self.language_model.layers[layer].self_attn.o_proj
 
     # --- exactness -----------------------------------------------------------------------------------------

@@ -26,17 +26,21 @@ def stock_prompt(model, inputs) -> tuple[Tensor, Tensor]:
     """(embeddings [B, L, D], rotary ids [3, B, L]) of the whole prompt, as the stock forward builds them."""
     inner, config = model.model, model.config
     embeds = inner.get_input_embeddings()(inputs.input_ids)
-    for pixels, grid, token, encode in ((inputs.pixel_values, inputs.image_grid_thw, config.image_token_id,
-                                         inner.get_image_features),
-                                        (inputs.pixel_values_videos, inputs.video_grid_thw, config.video_token_id,
-                                         inner.get_video_features)):
+    for pixels, grid, token, encode in (
+        (inputs.pixel_values, inputs.image_grid_thw, config.image_token_id, inner.get_image_features),
+        (inputs.pixel_values_videos, inputs.video_grid_thw, config.video_token_id, inner.get_video_features),
+    ):
         if pixels is not None:
             features = _features(encode(pixels, grid)).to(embeds.dtype)
             slots = (inputs.input_ids == token).unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(slots, features)
-    positions, _ = inner.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
-                                        image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw,
-                                        attention_mask=inputs.attention_mask)
+    positions, _ = inner.get_rope_index(
+        inputs.input_ids,
+        inputs.mm_token_type_ids,
+        image_grid_thw=inputs.image_grid_thw,
+        video_grid_thw=inputs.video_grid_thw,
+        attention_mask=inputs.attention_mask,
+    )
     return embeds, positions
 
 
@@ -58,12 +62,21 @@ def compacted(embeds: Tensor, positions: Tensor, keep: Tensor) -> tuple[Tensor, 
     return out_embeds, torch.cat([text[None], out_positions]), mask
 
 
-def compaction_generate(model, inputs, keep: Tensor, max_new_tokens: int, pad_id: int,
-                        eos_ids: set[int]) -> list[Tensor]:
+def compaction_generate(
+    model, inputs, keep: Tensor, max_new_tokens: int, pad_id: int, eos_ids: set[int]
+) -> list[Tensor]:
     """Greedy per-step logits [B, V] (float32) of the stock model on the kept tokens of each row."""
     embeds, positions = stock_prompt(model, inputs)
     prompt, position_ids, mask = compacted(embeds, positions, keep.bool() & inputs.attention_mask.bool())
-    output = model.generate(inputs_embeds=prompt, attention_mask=mask, position_ids=position_ids,
-                            max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
-                            return_dict_in_generate=True, pad_token_id=pad_id, eos_token_id=sorted(eos_ids))
+    output = model.generate(
+        inputs_embeds=prompt,
+        attention_mask=mask,
+        position_ids=position_ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos_ids),
+    )
     return [step.float() for step in output.logits]

@@ -42,9 +42,15 @@ class Qwen35Prompts(QwenPrompts):
         groups = int(encoded.video_grid_thw[0, 0])
         per_group = encoded.placeholder_tokens[-1] // groups
         times = frame_group_times(len(request.video), request.fps, int(self.image_processor.temporal_patch_size))
-        return replace(encoded, text=timestamped_video(encoded.text, times),
-                       placeholder_tokens=encoded.placeholder_tokens[:-1] + (per_group,) * groups)
+        return replace(
+            encoded,
+            text=timestamped_video(encoded.text, times),
+            placeholder_tokens=encoded.placeholder_tokens[:-1] + (per_group,) * groups,
+        )
 
     def collate(self, requests: list[Request], encoded: list[EncodedRequest | None] | None = None) -> ModelInputs:
-        encoded = [done or self.encode(request) for request, done in zip(requests, encoded or [None] * len(requests))]
+        encoded = [
+            done or self.encode(request)
+            for request, done in zip(requests, encoded or [None] * len(requests), strict=True)
+        ]
         return super().collate(requests, encoded)

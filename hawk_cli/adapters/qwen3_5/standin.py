@@ -19,18 +19,28 @@ def qwen3_5_tokenizer(config):
 
     first = int(config.vision_start_token_id) - QWEN_SPECIAL_TOKENS.index("<|vision_start|>")
     tokenizer = qwen_id_tokenizer(first_special_id=first)
-    expected = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
-                "vision_end_token_id": "<|vision_end|>"}
+    expected = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
     for field, token in expected.items():
         if tokenizer.convert_tokens_to_ids(token) != int(getattr(config, field)):
-            raise ModelError(f"the config's {field} {getattr(config, field)} is not where Qwen's tokenizer puts "
-                             f"{token}", "Use a checkpoint folder with its own tokenizer")
+            raise ModelError(
+                f"the config's {field} {getattr(config, field)} is not where Qwen's tokenizer puts {token}",
+                "Use a checkpoint folder with its own tokenizer",
+            )
     return tokenizer
 
 
 def qwen3_5_image_processor():
     from transformers import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-                                    patch_size=PATCH_SIZE, merge_size=MERGE_SIZE, temporal_patch_size=2,
-                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return Qwen2VLImageProcessorPil(
+        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+        patch_size=PATCH_SIZE,
+        merge_size=MERGE_SIZE,
+        temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
