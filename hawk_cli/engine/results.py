@@ -33,3 +33,4 @@ class GenerationResult:
     scores: Tensor | None = None  # [B, L] float32, -inf off visual tokens
     step_logits: list[Tensor] = field(default_factory=list)  # per step [B, V] float32 (when recorded)
     cache_state_bytes: int = 0  # the part of kv_cache_bytes that does not grow with length (conv / recurrent)
+    kv_cache_slots: int = 0  # positions a static cache holds (a captured step's: a bucket); 0: dynamic cache
