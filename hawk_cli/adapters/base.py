@@ -59,6 +59,12 @@ class ModelAdapter(ABC):
     """One model family. The engine calls only these methods; they call only the model's public modules."""
 
     model_types: tuple[str, ...] = ()
+    # Whether masking a token out of attention is the same as dropping it: true for decoders whose only
+    # token mixer is softmax attention. False for decoders that also mix tokens through a convolution or a
+    # recurrence over the sequence (Qwen3.5's Gated DeltaNet): a masked token still moves their state, so
+    # the exactness reference is the compaction oracle, and work that puts padding inside a row (calibration's
+    # shared prefixes) is not exact there.
+    masking_equals_dropping: bool = True
 
     def __init__(self, model: torch.nn.Module, tokens: SpecialTokens) -> None:
         self.model = model
@@ -90,6 +96,10 @@ class ModelAdapter(ABC):
 
         return AutoImageProcessor.from_pretrained(location, backend="pil")
 
+    def query_heads(self, layer: int) -> int:
+        """Query heads `query_key(hidden, layer)` returns: the length of a head-weight vector for that layer."""
+        return self.num_query_heads
+
     @abstractmethod
     def prompts(self, tokenizer, image_processor):
         """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),
@@ -109,7 +119,9 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
-        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`."""
+        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`
+        (the hidden states after `run_layers(..., layer)`). A family whose layer mixes tokens otherwise than
+        by softmax attention returns that mixer's own query and key vectors and documents what they are."""
 
     @abstractmethod
     def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
@@ -167,6 +179,18 @@ class ModelAdapter(ABC):
     def new_cache(self, kind: str, max_length: int):
         """A fresh KV cache: "dynamic", or "static" holding `max_length` positions."""
 
+    @property
+    def oracle_name(self) -> str:
+        """The exactness reference of this family: "masked" or "compaction" (see `oracle_generate`)."""
+        return "masked" if self.masking_equals_dropping else "compaction"
+
+    def oracle_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """What a pruned run must equal, through the model's OWN `generate` (greedy; per-step logits [B, V],
+        float32): the masked oracle where masking equals dropping, else the compaction oracle."""
+        if self.masking_equals_dropping:
+            return self.masked_generate(inputs, keep, max_new_tokens, eos_ids)
+        return self.compaction_generate(inputs, keep, max_new_tokens, eos_ids)
+
     # Attention backends whose prepared 4-D mask the decoder passes through untouched (transformers' masking
     # returns a 4-D tensor as is): sdpa takes bool (True = attend), eager an additive float mask.
     PREPARED_MASK_BACKENDS = ("sdpa", "eager")
@@ -207,6 +231,11 @@ class ModelAdapter(ABC):
     def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
         """The masked oracle through the model's OWN `generate`: the whole prompt, dropped tokens masked out
         of attention, original positions. Greedy; returns the per-step logits [B, V] (float32)."""
+
+    def compaction_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """The compaction oracle through the model's OWN `generate`: the stock embeddings of the kept tokens
+        only (`keep` [B, L]), left-padded, at their original position ids. Greedy; per-step logits [B, V]."""
+        raise NotImplementedError(f"{type(self).__name__} has no compaction oracle")
 
     @staticmethod
     def next_positions(prefill_positions: Tensor, attention_mask: Tensor) -> Tensor:

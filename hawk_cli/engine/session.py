@@ -115,10 +115,13 @@ class HawkSession:
         recommended = self.recommended_settings() if name is None and weights_path is None else {}
         name = name or recommended.get("scorer", "hawk")
         layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
+        if not 0 <= layer < self.adapter.num_layers:
+            raise UsageError(f"scoring layer {layer} does not exist: this model has {self.adapter.num_layers} "
+                             "decoder layers", f"Choose {{layer}} in [0, {self.adapter.num_layers - 1}]")
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
-                                                    self.loaded.is_builtin, layer)
+                                                    self.loaded.is_builtin, layer, self.adapter.query_heads(layer))
             if name != "hawk":
                 notices = []
             scorer = scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source)

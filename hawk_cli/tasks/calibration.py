@@ -24,6 +24,8 @@ does not see the question). Both only change speed; tests pin the drops against 
 
 Per-visual-token extras of the prefill (Qwen3-VL's DeepStack features) go with every replica, and with the
 shared prefix that holds their tokens (all visual tokens sit before the last vision-end token).
+Prefix sharing is off for decoders where masking is not dropping (Qwen3.5's Gated DeltaNet): there the suffixes'
+padding would sit inside the row, and the recurrence would step through it.
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ ABLATION = "zero the head's slice of the o_proj input (forward pre-hook)"
 @dataclass(frozen=True)
 class CalibrationSettings:
     method: str = "ablation"
-    layer: int = 0
+    layer: int | None = None  # None: the adapter's scoring layer
     batch_size: int = 8  # samples per forward pass; each is replicated (heads per pass + 1) times
     max_new_tokens: int = 16  # kl: longest greedy answer measured
     heads_per_pass: int | None = None  # None: every head in one pass
     share_prefixes: bool = True  # compute a prompt prefix shared by several questions (same image) once
+    # (only where masking equals dropping: a suffix padded inside the row would step a recurrence through padding)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,6 +80,7 @@ class CalibrationResult:
     subset_drops: Tensor  # [S, H] float32, mean drop per subset and head (before Eq. 3)
     subsets: list[str]
     counts: dict[str, int]  # samples per subset
+    layer: int = 0  # the decoder layer whose heads were ablated
     baseline: dict[str, float] = field(default_factory=dict)  # ablation: mean unablated answer log-likelihood
     seconds: float = 0.0
 
@@ -408,13 +412,23 @@ class VisionCache:
         return inputs, {name: torch.cat([self.features[k][name] for k in self.order]) for name in names}
 
 
+def calibration_layer(adapter: ModelAdapter, layer: int | None) -> int:
+    """The layer to calibrate (None: the adapter's scoring layer), refused early if it does not exist or has no
+    attention heads to ablate (a hybrid model's linear-attention layers)."""
+    layer = adapter.default_scoring_layer if layer is None else layer
+    if not 0 <= layer < adapter.num_layers:
+        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
+                         f"Use {{layer=}}{adapter.default_scoring_layer} (the layer HAWK scores at)", setting="layer")
+    adapter.head_output_projection(layer)
+    return layer
+
+
 def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
               progress: Callable[[int], None] | None = None) -> CalibrationResult:
     """Head importance of `settings.layer` of the session's model on `data`; `progress(n)` after each batch."""
     adapter: ModelAdapter = session.adapter
-    if not 0 <= settings.layer < adapter.num_layers:
-        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {settings.layer}",
-                         "Use {layer=}0 (the layer HAWK scores at)", setting="layer")
+    layer = calibration_layer(adapter, settings.layer)
+    share = settings.share_prefixes and adapter.masking_equals_dropping
     if settings.method == "ablation":
         data.require_answers()
     started = time.perf_counter()
@@ -430,8 +444,8 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
             prefill = adapter.build_prefill(inputs, features)
             targets = ([answer_tokens(session.tokenizer, s.answer, end_id) for s in batch]
                        if settings.method == "ablation" else None)
-            drops, base = sample_drops(adapter, prefill, settings.layer, settings.method, targets, session.eos_ids,
-                                       settings.max_new_tokens, settings.heads_per_pass, settings.share_prefixes)
+            drops, base = sample_drops(adapter, prefill, layer, settings.method, targets, session.eos_ids,
+                                       settings.max_new_tokens, settings.heads_per_pass, share)
             all_drops.append(drops.cpu())
             all_base.append(base.cpu())
             if progress is not None:
@@ -444,4 +458,4 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
                 if settings.method == "ablation" else {})
     return CalibrationResult(importance=eq3(subset_drops), subset_drops=subset_drops, subsets=subsets,
                              counts={name: int(members[name].sum()) for name in subsets}, baseline=baseline,
-                             seconds=time.perf_counter() - started)
+                             seconds=time.perf_counter() - started, layer=layer)
