@@ -133,10 +133,10 @@ def test_a_row_failing_inside_a_batch_does_not_sink_the_others(capsys, monkeypat
 
     real_run = HawkSession.run
 
-    def flaky_run(self, requests, scorer, settings, encoded=None, row_limits=None):
+    def flaky_run(self, requests, scorer, settings, encoded=None, eos_ids=None, row_limits=None):
         if any("boom" in r.question for r in requests):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real_run(self, requests, scorer, settings, encoded, row_limits)
+        return real_run(self, requests, scorer, settings, encoded, eos_ids, row_limits)
 
     monkeypatch.setattr(HawkSession, "run", flaky_run)
     requests = write_jsonl(files / "boom.jsonl", [

@@ -59,6 +59,12 @@ class ModelAdapter(ABC):
     """One model family. The engine calls only these methods; they call only the model's public modules."""
 
     model_types: tuple[str, ...] = ()
+    # Whether masking a token out of attention is the same as dropping it: true for decoders whose only
+    # token mixer is softmax attention. False for decoders that also mix tokens through a convolution or a
+    # recurrence over the sequence (Qwen3.5's Gated DeltaNet): a masked token still moves their state, so
+    # the exactness reference is the compaction oracle, and work that puts padding inside a row (calibration's
+    # shared prefixes) is not exact there.
+    masking_equals_dropping: bool = True
 
     def __init__(self, model: torch.nn.Module, tokens: SpecialTokens) -> None:
         self.model = model
@@ -82,6 +88,18 @@ class ModelAdapter(ABC):
 
     default_scoring_layer: int = 0  # the decoder layer HAWK scores at unless head weights say otherwise
 
+    @classmethod
+    def load_image_processor(cls, location: str):
+        """The family's image processor from a checkpoint folder (or hub id), PIL backend everywhere:
+        torchvision's pixels differ slightly and would change top-k choices."""
+        from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(location, backend="pil")
+
+    def query_heads(self, layer: int) -> int:
+        """Query heads `query_key(hidden, layer)` returns: the length of a head-weight vector for that layer."""
+        return self.num_query_heads
+
     @abstractmethod
     def prompts(self, tokenizer, image_processor):
         """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),
@@ -91,7 +109,9 @@ class ModelAdapter(ABC):
     # --- prefill ---------------------------------------------------------------------------------------
     @abstractmethod
     def encode_vision(self, inputs) -> dict[str, Tensor]:
-        """Visual features per kind ("image", "video"), each [n_tokens, D] in placeholder order."""
+        """Visual features by name, each [n_tokens, ...] with one row per placeholder token in placeholder order:
+        "image" and "video" are the embeddings; a family may add its own (e.g. "image_deepstack") for its
+        `build_prefill`. Every row belongs to one image or video, so callers may cache them per image."""
 
     @abstractmethod
     def build_prefill(self, inputs, features: dict[str, Tensor]) -> Prefill:
@@ -99,11 +119,15 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
-        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`."""
+        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`
+        (the hidden states after `run_layers(..., layer)`). A family whose layer mixes tokens otherwise than
+        by softmax attention returns that mixer's own query and key vectors and documents what they are."""
 
     @abstractmethod
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
-        """Hidden states after the first `n_layers` decoder layers on the full prompt (for deeper scoring)."""
+    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
+                   extras: VisualExtras | None = None) -> Tensor:
+        """Hidden states entering decoder layer `n_layers`, from a pass over the full prompt (for deeper
+        scoring); `extras` are the prefill's per-visual-token values, which the decoder consumes on the way."""
 
     def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
         """The module of decoder layer `layer` whose input is the per-head attention outputs, concatenated
@@ -120,10 +144,11 @@ class ModelAdapter(ABC):
 
     # --- decoding --------------------------------------------------------------------------------------
     @abstractmethod
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor | None, cache,
                extras: VisualExtras | None = None) -> Tensor:
         """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]. `extras`
-        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`."""
+        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`. `attention_mask`:
+        2-D, the prepared 4-D form of `decode_mask`, or None (a decode step whose cache holds only real tokens)."""
 
     def decoder_weight_bytes(self) -> int:
         """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table
@@ -154,10 +179,63 @@ class ModelAdapter(ABC):
     def new_cache(self, kind: str, max_length: int):
         """A fresh KV cache: "dynamic", or "static" holding `max_length` positions."""
 
+    @property
+    def oracle_name(self) -> str:
+        """The exactness reference of this family: "masked" or "compaction" (see `oracle_generate`)."""
+        return "masked" if self.masking_equals_dropping else "compaction"
+
+    def oracle_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """What a pruned run must equal, through the model's OWN `generate` (greedy; per-step logits [B, V],
+        float32): the masked oracle where masking equals dropping, else the compaction oracle."""
+        if self.masking_equals_dropping:
+            return self.masked_generate(inputs, keep, max_new_tokens, eos_ids)
+        return self.compaction_generate(inputs, keep, max_new_tokens, eos_ids)
+
+    # Attention backends whose prepared 4-D mask the decoder passes through untouched (transformers' masking
+    # returns a 4-D tensor as is): sdpa takes bool (True = attend), eager an additive float mask.
+    PREPARED_MASK_BACKENDS = ("sdpa", "eager")
+
+    def _attention_backend(self) -> str:
+        return str(getattr(self.model.config, "_attn_implementation", None) or "eager")
+
+    def _all_layers_full_attention(self) -> bool:
+        text = self.model.config.get_text_config()
+        return all(kind == "full_attention" for kind in (getattr(text, "layer_types", None) or ["full_attention"]))
+
+    @property
+    def decode_capturable(self) -> bool:
+        """Whether a one-token decode step reads nothing but tensors it is given (a prepared mask, no per-step
+        mask building from host values), so it can be captured as a CUDA graph and replayed."""
+        return self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
+
+    def decode_mask(self, valid: Tensor) -> Tensor:
+        """The attention mask of a decode step of one new token per row, from `valid` [B, S] bool (True: the new
+        token may attend cache slot s, its own slot included).
+
+        Where the backend takes one, the decoder's prepared 4-D form [B, 1, 1, S], so the model builds no mask
+        per step (a view of `valid` for sdpa); otherwise the 2-D 0/1 mask the model builds its own from."""
+        if not self.decode_capturable:
+            return valid.long()
+        prepared = valid[:, None, None, :]
+        if self._attention_backend() == "sdpa":
+            return prepared
+        dtype = self.embed_dtype
+        return torch.zeros((), dtype=dtype, device=valid.device).masked_fill(~prepared, torch.finfo(dtype).min)
+
+    @property
+    def embed_dtype(self) -> torch.dtype:
+        """The dtype of the decoder's activations (that of its input embeddings)."""
+        return self.model.dtype
+
     @abstractmethod
     def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
         """The masked oracle through the model's OWN `generate`: the whole prompt, dropped tokens masked out
         of attention, original positions. Greedy; returns the per-step logits [B, V] (float32)."""
+
+    def compaction_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """The compaction oracle through the model's OWN `generate`: the stock embeddings of the kept tokens
+        only (`keep` [B, L]), left-padded, at their original position ids. Greedy; per-step logits [B, V]."""
+        raise NotImplementedError(f"{type(self).__name__} has no compaction oracle")
 
     @staticmethod
     def next_positions(prefill_positions: Tensor, attention_mask: Tensor) -> Tensor:

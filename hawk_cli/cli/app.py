@@ -52,7 +52,8 @@ def _root(
                                           help="Print hawk's version and exit.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """hawk: training-free visual-token pruning for Qwen2-VL / Qwen2.5-VL. Results on stdout, logs on stderr.
+    """hawk: training-free visual-token pruning for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5. Results on stdout,
+    logs on stderr.
 
     Exit codes: 0 success, 1 runtime failure, 2 bad input or usage, 128 + signal when interrupted (130 Ctrl-C).
     """

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="'builtin' (default), a hub id or a local "
-                                                 "folder of a Qwen2-VL / Qwen2.5-VL checkpoint.")]
+                                                 "folder of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint.")]
 RatioOpt = Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, "
                                                    "1); 0.8 keeps 20%. 0 disables pruning. Default 0.8.")]
 KeepOpt = Annotated[Optional[float], typer.Option("--keep", help="Fraction of visual tokens KEPT, in (0, 1]: --keep "
@@ -22,6 +22,9 @@ SCORER_CHOICES = ("hawk", "hawk-uniform", "hawk-attn", "hawk-attn-prior", "norm"
 ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help=f"Scoring method: {', '.join(SCORER_CHOICES)} "
                                                   "(default: hawk, the published method; the built-in model "
                                                   "recommends norm).")]
+LayerOpt = Annotated[Optional[int], typer.Option("--layer", help="Decoder layer whose q/k score the visual tokens "
+                                                 "(default: the model's scoring layer: 0, or the first full-attention "
+                                                 "layer of Qwen3.5; a Gated DeltaNet layer scores with its own q/k).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, "
                                        "float16.")]
@@ -33,6 +36,15 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing o
 # Read from the command line before parsing (so parse errors get a traceback too); declared for the help.
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Print the traceback after an error (also HAWK_DEBUG=1).")]
 HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
+NoCudaGraphsOpt = Annotated[bool, typer.Option("--no-cuda-graphs", help="Run decode steps eagerly on CUDA "
+                                                "instead of replaying captured CUDA graphs (the default there).")]
+
+
+def decode_choice(no_cuda_graphs: bool, compile_decode: bool = False) -> str:
+    """The session's decode mode from the shared flags ("auto": CUDA graphs on CUDA, eager elsewhere)."""
+    if compile_decode:
+        return "compile"
+    return "eager" if no_cuda_graphs else "auto"
 
 
 def flag_for(setting: str) -> str:

@@ -19,9 +19,11 @@ import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range, resolve_budget
 from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, KeepOpt, KeepTokensOpt,
-                                  MaxNewTokensOpt, ModelOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
+                                  LayerOpt, MaxNewTokensOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt,
+                                  WeightsOpt, decode_choice)
 from hawk_cli.cli.output import Output
-from hawk_cli.cli.run_shared import builtin_notes, open_session, open_sink, overlay_picture, settings_origin
+from hawk_cli.cli.run_shared import (SessionChoice, builtin_notes, open_session, open_sink, overlay_picture,
+                                     settings_origin)
 from hawk_cli.errors import InputError, UsageError
 
 DEFAULT_RATIO = 0.8
@@ -105,10 +107,15 @@ def run_command(
     keep_tokens: KeepTokensOpt = None,
     weights: WeightsOpt = None,
     scorer: ScorerOpt = None,
+    layer: LayerOpt = None,
     max_new_tokens: MaxNewTokensOpt = 32,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
+    no_cuda_graphs: NoCudaGraphsOpt = False,
+    compile_decode: Annotated[bool, typer.Option("--compile", help="Compile the decode step (torch.compile, "
+                                                 "CUDA only): extra fusion for long answers, after a one-time "
+                                                 "compilation of a minute or more.")] = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -138,20 +145,24 @@ def run_command(
         raise UsageError(error.message, error.fix) from None
     ratio, keep_tokens = resolve_budget(ratio, keep, keep_tokens, DEFAULT_RATIO)
     settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens, keep_tokens=keep_tokens)  # validated
+    if compile_decode and no_cuda_graphs:
+        raise UsageError("--compile and --no-cuda-graphs exclude each other (a compiled step replays CUDA graphs)",
+                         "Give one of them")
+    choice = SessionChoice(model, device, dtype, attn, scorer, weights, decode_choice(no_cuda_graphs, compile_decode),
+                           layer)
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
                              'Write e.g. {"video": "clip.gif", "question": "..."}')
         from hawk_cli.cli.run_jsonl import run_jsonl
 
-        return run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, settings,
-                         weights, scorer, device, dtype, attn)
-    return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, settings,
-                    weights, scorer, device, dtype, attn, json_output)
+        return run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, settings, choice)
+    return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, settings, choice,
+                    json_output)
 
 
-def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, settings, weights,
-             scorer, device, dtype, attn, json_output) -> int:
+def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, settings,
+             choice: SessionChoice, json_output) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.io.atomic import check_writable
     from hawk_cli.io.images import load_images
@@ -170,7 +181,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     images = load_images(image_paths)
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
-    session, method = open_session(out, model, device, dtype, attn, scorer, weights)
+    session, method = open_session(out, choice)
     session.check_new_tokens(max_new_tokens)
     for note in builtin_notes(session, request):
         out.note(note)
@@ -183,7 +194,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
         if json_output:
             record = {"answer": answer.text, "ratio": ratio if keep_tokens is None else None,
                       "keep_tokens": keep_tokens, **method.describe(),
-                      **settings_origin(session, scorer, weights), **session.describe(),
+                      **settings_origin(session, choice), **session.describe(),
                       **answer.stats.to_dict(), "visual_tokens_per_image": list(answer.visual_blocks),
                       "visual_tokens_kept_per_image": list(answer.kept_per_block()),
                       "generated_tokens": len(answer.tokens), "timings": timings,

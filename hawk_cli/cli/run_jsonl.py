@@ -12,7 +12,14 @@ from pathlib import Path
 
 from hawk_cli.cli.checks import check_distinct_paths
 from hawk_cli.cli.output import Output
-from hawk_cli.cli.run_shared import builtin_notes, open_session, open_sink, overlay_picture, settings_origin
+from hawk_cli.cli.run_shared import (
+    SessionChoice,
+    builtin_notes,
+    open_session,
+    open_sink,
+    overlay_picture,
+    settings_origin,
+)
 from hawk_cli.errors import InputError, UsageError, worded
 
 
@@ -61,13 +68,8 @@ def run_jsonl(
     fps,
     overlay,
     overlay_scores,
-    model,
     settings,
-    weights,
-    scorer,
-    device,
-    dtype,
-    attn,
+    choice: SessionChoice,
 ) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.io.requests import read_requests
@@ -89,7 +91,7 @@ def run_jsonl(
     in_processes = prepare_in_processes(os.environ.get("HAWK_PREPARE", "threads").strip())  # before the model loads
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
-    session, method = open_session(out, model, device, dtype, attn, scorer, weights)
+    session, method = open_session(out, choice)
     session.check_new_tokens(settings.max_new_tokens)
     overlay_names = None
     if overlay_dir is not None:
@@ -102,7 +104,7 @@ def run_jsonl(
         overlay_names = OverlayNames(tuple(beside))  # never the --output file's name
     context = {
         **method.describe(),
-        **settings_origin(session, scorer, weights),
+        **settings_origin(session, choice),
         **session.describe(),
         "versions": versions(),
     }

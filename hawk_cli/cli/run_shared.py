@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -40,19 +41,34 @@ def open_sink(stack: ExitStack, out: Output, output: str | None, force: bool) ->
     return Sink(out, stack.enter_context(open(temporary, "w", encoding="utf-8")))
 
 
-def open_session(out: Output, model, device, dtype, attn, scorer, weights):
+@dataclass(frozen=True)
+class SessionChoice:
+    """The model and pruning method as the flags chose them (both modes open the session the same way)."""
+
+    model: str | None
+    device: str
+    dtype: str
+    attn: str
+    scorer: str | None
+    weights: str | None
+    decode: str = "auto"
+    layer: int | None = None
+
+
+def open_session(out: Output, choice: SessionChoice):
     from hawk_cli.engine.session import HawkSession
 
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
-    method, notices = session.make_scorer(scorer, weights)
+    session = HawkSession.open(choice.model, device=choice.device, dtype=choice.dtype, attn=choice.attn,
+                               decode=choice.decode)
+    method, notices = session.make_scorer(choice.scorer, choice.weights, choice.layer)
     for notice in notices:
         out.note(notice)
     return session, method
 
 
-def settings_origin(session, scorer: str | None, weights: str | None) -> dict:
+def settings_origin(session, choice: SessionChoice) -> dict:
     """Echoed in JSON: whether the pruning settings came from the user, the model's recommendation or defaults."""
-    if scorer is not None or weights is not None:
+    if choice.scorer is not None or choice.weights is not None or choice.layer is not None:
         return {"settings_from": "user"}
     return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
 

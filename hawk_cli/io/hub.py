@@ -8,6 +8,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlparse
 
 from hawk_cli.errors import ModelError
@@ -47,24 +48,26 @@ def hub_reachable(endpoint: str | None = None, seconds: float = PROBE_SECONDS) -
     return bool(result and result[0])
 
 
-def is_cached(repo_id: str) -> bool:
-    """Whether the model's config is in the local hub cache (the rest is checked when it loads)."""
-    from huggingface_hub import try_to_load_from_cache
+def cached_snapshot(repo_id: str) -> str | None:
+    """The local folder of the model's cached snapshot (its config there), or None; never touches the network."""
+    from huggingface_hub import snapshot_download
 
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repository id
-        return False
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure here means "not usable from the cache"
+        return None
+    return folder if (Path(folder) / "config.json").is_file() else None
 
 
-def resolve_hub_id(repo_id: str) -> bool:
-    """For a hub id: whether to load from the local cache only (True), or from the hub (False); a ModelError,
-    raised before any download is tried, when neither can work."""
+def resolve_hub_id(repo_id: str) -> str:
+    """Where to load a hub id from: the id itself when the hub answers, else the cached snapshot's folder (so
+    nothing below tries the network and retries); a ModelError, before any download is tried, when neither."""
     offline = offline_by_setting()
     reachable = False if offline else hub_reachable()
     if offline or not reachable:
-        if is_cached(repo_id):
-            return True
+        snapshot = cached_snapshot(repo_id)
+        if snapshot is not None:
+            return snapshot
         why = "the hub is switched off (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached (no network)"
         folder = repo_id.split("/")[-1]
         raise ModelError(
@@ -72,4 +75,4 @@ def resolve_hub_id(repo_id: str) -> bool:
             f"Pass a local folder ({{model=}}./{folder}): download it where there is a network "
             f"('hf download {repo_id} --local-dir {folder}') and copy it here",
         )
-    return False
+    return repo_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def _locate(spec: str) -> tuple[str, bool]:
         folder = builtin_dir()
         if not (folder / "model.safetensors").is_file():
             raise ModelError("the built-in model is not installed with this copy of hawk",
-                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL checkpoint")
+                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint")
         return str(folder), True
     if spec.lower().startswith(("http://", "https://", "hf://")):
         repo = "/".join(spec.split("://", 1)[1].split("/")[1:3]) if "huggingface.co" in spec else ""
@@ -78,39 +79,48 @@ def _locate(spec: str) -> tuple[str, bool]:
     return spec, False
 
 
-def read_model_type(location: str, local_only: bool = False) -> str:
+def read_model_type(location: str) -> str:
     from transformers import AutoConfig
 
     try:
-        return str(AutoConfig.from_pretrained(location, local_files_only=local_only).model_type)
+        return str(AutoConfig.from_pretrained(location).model_type)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as error:
         raise ModelError(f"cannot load model '{location}': {str(error).splitlines()[0][:200]}",
                          "Pass a local checkpoint folder (no hub downloads happen offline)")
 
 
+def pil_image_processor(location: str, model_type: str):
+    """The checkpoint's image processor through transformers' auto class, PIL backend."""
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(location, backend="pil")
+
+
 def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
-               attn: str = "sdpa") -> LoadedModel:
+               attn: str = "sdpa",
+               image_processor_loader: Callable[[str, str], object] = pil_image_processor) -> LoadedModel:
+    """`image_processor_loader(location, model_type)`: the family's own loader (its adapter knows which
+    processor class a checkpoint of its type uses when the settings do not name one)."""
     if attn not in ATTENTION_BACKENDS:
         raise UsageError(f"unknown attention backend '{attn}'", f"Use one of: {', '.join(ATTENTION_BACKENDS)}")
     name = spec or "builtin"
     location, is_builtin = _locate(name)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    # A hub id: fail at once offline unless cached, and then load from the cache alone (no retries).
-    local_only = resolve_hub_id(location) if location == name and not Path(location).exists() else False
+    # A hub id: fail at once offline unless cached; a cached one then loads from its local snapshot folder.
+    location = resolve_hub_id(location) if location == name and not Path(location).exists() else location
     from transformers import AutoModelForImageTextToText, AutoTokenizer
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
-    model_type = read_model_type(location, local_only)
+    model_type = read_model_type(location)
     if model_type not in supported:
         raise ModelError(f"model type '{model_type}' is not supported", f"Supported: {', '.join(sorted(supported))}")
     try:
         # use_kernels=False: transformers 5.25 swaps in hub kernels on CUDA by default, which needs a download.
         model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn,
-                                                            use_kernels=False, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", local_files_only=local_only)
+                                                            use_kernels=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
-        image_processor = AutoImageProcessor.from_pretrained(location, backend="pil", local_files_only=local_only)
+        image_processor = image_processor_loader(location, model_type)
     except ImportError as error:
         raise ModelError(f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
                          "Use {attn=}sdpa, or install the missing package")
