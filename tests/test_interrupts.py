@@ -1,4 +1,5 @@
-"""Ctrl-C, SIGTERM and SIGHUP during long commands: exit 128 + the signal (130 for Ctrl-C), one line on stderr, no\npartial output file, no worker left."""
+"""Ctrl-C, SIGTERM and SIGHUP during long commands: exit 128 + the signal (130 for Ctrl-C), one line on stderr, no
+partial output file, no worker left."""
 
 from __future__ import annotations
 

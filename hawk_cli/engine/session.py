@@ -171,10 +171,11 @@ class HawkSession:
             self.check_new_tokens(max_new_tokens)
         lengths = inputs.attention_mask.sum(dim=1).tolist()
         visual = ((inputs.mm_token_type_ids > 0) & inputs.attention_mask.bool()).sum(dim=1).tolist()
-        for length, n_visual, max_new_tokens in zip(lengths, visual, new_tokens):
+        for length, n_visual, max_new_tokens in zip(lengths, visual, new_tokens, strict=True):
             if length + max_new_tokens > context:
                 raise InputError(f"the prompt is {length:,} tokens ({n_visual:,} of them visual) and "
-                                 f"{max_new_tokens:,} new tokens were asked for, over the model's context of {context:,} tokens",
+                                 f"{max_new_tokens:,} new tokens were asked for, over the model's context of "
+                                 f"{context:,} tokens",
                                  "Use fewer or smaller images or frames, a shorter question, or fewer new tokens")
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,

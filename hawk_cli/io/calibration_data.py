@@ -141,11 +141,10 @@ def _jsonl(path: Path, limit: int | None) -> list[CalibrationSample]:
     """The file's lines read as `hawk run` reads JSONL (bounded line length, UTF-8, a BOM allowed, strict JSON);
     any bad line stops here, before the model loads, naming the file and the line."""
     try:
-        handle = open(path, "rb")
+        with open(path, "rb") as handle:
+            return _samples(decoded_lines(handle), path, limit)
     except OSError as error:
-        raise InputError(f"cannot read '{path}' ({error.strerror})", "Give a readable UTF-8 JSONL file")
-    with handle:
-        return _samples(decoded_lines(handle), path, limit)
+        raise InputError(f"cannot read '{path}' ({error.strerror})", "Give a readable UTF-8 JSONL file") from None
 
 
 def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
@@ -163,10 +162,10 @@ def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
             record = strict_json(line)
         except json.JSONDecodeError as error:
             raise InputError(f"{where} is not valid JSON ({error.msg} at column {error.colno})",
-                             "Write one JSON object per line")
+                             "Write one JSON object per line") from None
         except (ValueError, RecursionError) as error:
             reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]
-            raise InputError(f"{where} is not valid JSON ({reason})", "Write one JSON object per line")
+            raise InputError(f"{where} is not valid JSON ({reason})", "Write one JSON object per line") from None
         if not isinstance(record, dict):
             raise InputError(f"{where} is not a JSON object", "Write one JSON object per line")
         images = record.get("image", record.get("images"))
@@ -185,7 +184,7 @@ def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
             try:
                 check_local_file(name if name.lower().startswith(URL_PREFIXES) else image)
             except InputError as error:
-                raise InputError(f"{where}: {error.message}", error.fix)
+                raise InputError(f"{where}: {error.message}", error.fix) from None
             image_paths.append(image)
         question = _text_field(record, "question", where, required=True)
         answer = _text_field(record, "answer", where, required=False)
