@@ -130,17 +130,12 @@ def test_old_names_still_work(capsys, argv, fragment):
     assert code == 2 and fragment in err
 
 
-def test_shell_completion_is_installable_and_completes():
+def test_shell_completion_is_installable_and_completes(capsys):
+    """`hawk --install-completion` writes the script for the user's shell (detected from the parent processes); the
+    script calls hawk with _HAWK_COMPLETE set, which is the protocol checked here."""
+    shown = _normalised(_help(capsys))
+    assert "--install-completion" in shown and "--show-completion" in shown
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = subprocess.run(
-        [sys.executable, "-m", "hawk_cli", "--show-completion", "bash"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert script.returncode == 0 and "_HAWK_COMPLETE" in script.stdout and "hawk" in script.stdout
     completed = subprocess.run(
         [sys.executable, "-m", "hawk_cli"],
         cwd=ROOT,
@@ -150,6 +145,15 @@ def test_shell_completion_is_installable_and_completes():
         env={**env, "_HAWK_COMPLETE": "complete_bash", "COMP_WORDS": "hawk run --kee", "COMP_CWORD": "2"},
     )
     assert set(completed.stdout.split()) == {"--keep", "--keep-tokens"}
+    script = subprocess.run(  # the script itself, for a shell named explicitly
+        [sys.executable, "-m", "hawk_cli", "--show-completion", "bash"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
+    )
+    assert script.returncode == 0 and "_HAWK_COMPLETE=complete_bash" in script.stdout
 
 
 # --- one budget: --ratio, --keep or --keep-tokens ------------------------------------------------------------
