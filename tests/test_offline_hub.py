@@ -38,8 +38,8 @@ def test_hub_id_with_hub_offline_fails_in_one_line_naming_a_local_folder(capsys,
     assert errors[0] == (
         "hawk: error: 'Qwen/Qwen2.5-VL-7B-Instruct' is a hub id, the hub is switched off (HF_HUB_OFFLINE=1), and "
         "the model is not in the local cache. Pass a local folder (--model ./Qwen2.5-VL-7B-Instruct): download it "
-        "where there is a network ('hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir Qwen2.5-VL-7B-Instruct') "
-        "and copy it here."
+        "where there is a network ('hf download Qwen/Qwen2.5-VL-7B-Instruct' prints where it went) and copy that "
+        "folder here."
     )
 
 

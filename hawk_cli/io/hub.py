@@ -73,6 +73,6 @@ def resolve_hub_id(repo_id: str) -> str:
         raise ModelError(
             f"'{repo_id}' is a hub id, {why}, and the model is not in the local cache",
             f"Pass a local folder ({{model=}}./{folder}): download it where there is a network "
-            f"('hf download {repo_id} --local-dir {folder}') and copy it here",
+            f"('hf download {repo_id}' prints where it went) and copy that folder here",
         )
     return repo_id
