@@ -7,6 +7,7 @@ compacted prompt mask plus ones, and a static cache is sized AFTER pruning, so t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -20,6 +21,14 @@ from hawk_cli.errors import UsageError
 from hawk_cli.scorers.base import Scorer
 
 
+class TokenChoice(Protocol):
+    """A decoding policy (e.g. `engine.sampling.Sampling`): `start` binds it to one batch's prompts and returns
+    the per-step chooser, `choose(logits [B, V] float32) -> next tokens [B]`, which also remembers what it chose
+    (a repetition penalty reads the prompt and the tokens generated so far)."""
+
+    def start(self, input_ids: Tensor, attention_mask: Tensor) -> Callable[[Tensor], Tensor]: ...
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     ratio: float = 0.8
@@ -27,6 +36,8 @@ class GenerationSettings:
     cache: str = "dynamic"  # "dynamic" | "static"
     compile: bool = False  # compile the static-cache decode step (CUDA)
     record_logits: bool = False
+    # How each next token is chosen from the step's logits; None: greedy (argmax), the exactness-tested default.
+    choice: TokenChoice | None = None
 
     def __post_init__(self) -> None:
         validate_ratio(self.ratio)
@@ -122,8 +133,9 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes = cache_bytes(cache)
         next_positions = next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1)  # [P, B, 1]
+        choose = settings.choice.start(inputs.input_ids, inputs.attention_mask) if settings.choice else None
         tokens, step_logits = _greedy_loop(step, logits, next_positions, mask_buffer, length, cache, eos_ids,
-                                           adapter.tokens.pad, settings, timer)
+                                           adapter.tokens.pad, settings, timer, choose)
     timings = dict(timer.seconds)
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
@@ -134,7 +146,8 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
 
 def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_buffer: Tensor, length: int,
                  cache, eos_ids: set[int], pad_id: int, settings: GenerationSettings,
-                 timer: PhaseTimer | EventTimer) -> tuple[list[list[int]], list[Tensor]]:
+                 timer: PhaseTimer | EventTimer,
+                 choose: Callable[[Tensor], Tensor] | None = None) -> tuple[list[list[int]], list[Tensor]]:
     batch = logits.shape[0]
     eos = torch.tensor(sorted(eos_ids), device=logits.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
@@ -143,7 +156,8 @@ def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_b
         for t in range(settings.max_new_tokens):
             if settings.record_logits:
                 step_logits.append(logits.cpu())
-            token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(-1))
+            chosen = logits.argmax(-1) if choose is None else choose(logits)
+            token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), chosen)
             generated.append(token)
             finished |= torch.isin(token, eos)
             if t == settings.max_new_tokens - 1 or (eos_ids and bool(finished.all())):
