@@ -80,19 +80,52 @@ class Generation:
     scorer: dict = field(default_factory=dict)  # the scorer and head weights used (as `hawk run --json` echoes)
     sampling: dict = field(default_factory=dict)  # do_sample, temperature, top_k, top_p, repetition_penalty, seed
     visual_keep: torch.Tensor | None = field(default=None, repr=False)  # [n_visual] bool, prompt order
+    kept_per_image: tuple[tuple[int, int], ...] = ()  # (kept, visual tokens) of each image (a video: one entry)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "tokens": list(self.tokens), "ratio": self.ratio, **self.stats.to_dict(),
-                "scorer": dict(self.scorer), "sampling": dict(self.sampling)}
+                "kept_per_image": [list(pair) for pair in self.kept_per_image], "scorer": dict(self.scorer),
+                "sampling": dict(self.sampling)}
 
 
 def load(model: str | Path | torch.nn.Module = "builtin", *, processor=None, tokenizer=None, image_processor=None,
-         device: str = "auto", dtype: str = "auto", attn: str = "sdpa") -> "HawkModel":
+         device: str = "auto", dtype: str = "auto", attn: str = "sdpa", min_pixels: int | None = None,
+         max_pixels: int | None = None) -> "HawkModel":
     """A model ready for `generate`: "builtin", a hub id, a local folder, or a transformers model you loaded.
 
     For your own model object pass its `processor` (or `tokenizer` and `image_processor`); it is used on the
     device and in the dtype it already has (`device`, `dtype` and `attn` apply only to models loaded here).
+    `min_pixels` / `max_pixels` bound each image's resized area, as the Qwen processor's settings of those names
+    do (a copy of the image processor is changed, never yours); None keeps the checkpoint's values.
     """
+    hawk_model = _load(model, processor, tokenizer, image_processor, device, dtype, attn)
+    if min_pixels is not None or max_pixels is not None:
+        hawk_model.session.loaded.image_processor = _with_pixel_bounds(hawk_model.session.loaded.image_processor,
+                                                                       min_pixels, max_pixels)
+        hawk_model.session = HawkSession(hawk_model.session.loaded)
+    return hawk_model
+
+
+def _with_pixel_bounds(image_processor, min_pixels: int | None, max_pixels: int | None):
+    import copy
+
+    from transformers.image_utils import SizeDict
+
+    size = image_processor.size
+    low = min_pixels if min_pixels is not None else getattr(size, "shortest_edge", None)
+    high = max_pixels if max_pixels is not None else getattr(size, "longest_edge", None)
+    for name, value in (("min_pixels", low), ("max_pixels", high)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"must be a positive integer, got {value!r}", "Use e.g. {max_pixels=}1003520",
+                             setting=name)
+    if low > high:
+        raise UsageError(f"min_pixels {low} is above max_pixels {high}", "Give min_pixels <= max_pixels")
+    changed = copy.deepcopy(image_processor)
+    changed.size = SizeDict(shortest_edge=low, longest_edge=high)
+    return changed
+
+
+def _load(model, processor, tokenizer, image_processor, device, dtype, attn) -> "HawkModel":
     if isinstance(model, torch.nn.Module):
         if processor is not None:
             tokenizer = tokenizer or getattr(processor, "tokenizer", None)
@@ -200,7 +233,7 @@ class HawkModel:
         settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)  # validates both
         sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=repetition_penalty, seed=seed).seeded()
-        chosen = self.scorer(scorer, weights, layer)
+        chosen = self.scorer(scorer, weights, layer) if settings.ratio > 0 else None
         if sampling.is_greedy:
             settings = GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)
         else:
@@ -216,7 +249,7 @@ class HawkModel:
         return results[0] if single else results
 
     # --- internals -------------------------------------------------------------------------------------------
-    def _run_requests(self, requests: list[Request], scorer: Scorer, settings: GenerationSettings,
+    def _run_requests(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
                       sampling: Sampling) -> list[Generation]:
         """Rows with an image at `settings.ratio`, rows without one unpruned (nothing to prune), merged in order."""
         visual = [bool(r.images or r.video) for r in requests]
@@ -231,7 +264,7 @@ class HawkModel:
                 out[row] = generation
         return [generation for generation in out if generation is not None]
 
-    def _run_inputs(self, batch, scorer: Scorer, settings: GenerationSettings, sampling: Sampling) -> list[Generation]:
+    def _run_inputs(self, batch, scorer: Scorer | None, settings: GenerationSettings, sampling: Sampling) -> list[Generation]:
         session = self.session
         inputs = batch.to(session.loaded.device)
         active = scorer if settings.ratio > 0 else None
@@ -239,8 +272,22 @@ class HawkModel:
         described = active.describe() if active is not None else {"scorer": None}
         return [Generation(text=session.decode(tokens), tokens=tokens, stats=stats, ratio=settings.ratio,
                            scorer=described, sampling=sampling.describe(),
-                           visual_keep=result.keep_mask[row][result.visual_mask[row]])
+                           visual_keep=result.keep_mask[row][result.visual_mask[row]],
+                           kept_per_image=_kept_per_image(result.visual_mask[row], result.keep_mask[row]))
                 for row, (tokens, stats) in enumerate(zip(result.tokens, result.rows))]
+
+
+def _kept_per_image(visual: torch.Tensor, keep: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """(kept, total) per run of consecutive visual tokens: each image (or video) is one run in the prompt."""
+    flags = visual.tolist()
+    runs, start = [], None
+    for index, flag in enumerate(flags + [False]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            runs.append((int(keep[start:index].sum()), index - start))
+            start = None
+    return tuple(runs)
 
 
 def _unpruned(settings: GenerationSettings) -> GenerationSettings:

@@ -229,3 +229,17 @@ def test_bad_inputs_name_the_problem_and_the_fix(model, image, call, fragment):
 def test_docstring_examples_run():
     results = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
     assert results.attempted >= 10 and results.failed == 0
+
+
+def test_kept_counts_per_image_add_up_to_the_row_budget(model, image):
+    out = model.generate([image, random_image(112, 112, 5)], QUESTION, ratio=0.5, max_new_tokens=2)
+    assert [total for _, total in out.kept_per_image] == [64, 16]
+    assert sum(kept for kept, _ in out.kept_per_image) == out.stats.visual_tokens_kept == 40
+
+
+def test_pixel_bounds_change_the_visual_token_count_on_a_copy_of_the_processor(model_dir, model, image):
+    small = api.load(str(model_dir), device="cpu", max_pixels=112 * 112)
+    assert small.generate(image, QUESTION, ratio=0.0, max_new_tokens=1).stats.visual_tokens == 16
+    assert model.generate(image, QUESTION, ratio=0.0, max_new_tokens=1).stats.visual_tokens == 64
+    with pytest.raises(UsageError, match="min_pixels 90000 is above max_pixels"):
+        api.load(str(model_dir), device="cpu", min_pixels=300 * 300, max_pixels=112 * 112)
