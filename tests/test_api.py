@@ -124,8 +124,8 @@ def test_repetition_penalty_alone_changes_greedy_decoding_as_transformers_does(m
     inputs = session.build_inputs([request])
     with torch.inference_mode():
         output = session.model.generate(**session.adapter.stock_generate_inputs(inputs), max_new_tokens=STEPS,
-                                        do_sample=False, repetition_penalty=3.0, pad_token_id=session.adapter.tokens.pad,
-                                        eos_token_id=sorted(session.eos_ids))
+                                        do_sample=False, repetition_penalty=3.0,
+                                        pad_token_id=session.adapter.tokens.pad, eos_token_id=sorted(session.eos_ids))
     stock = output[0, inputs.input_ids.shape[1]:].tolist()
     assert penalised.tokens == stock[:len(penalised.tokens)]
     assert penalised.tokens != model.generate(image, QUESTION, ratio=0.0, max_new_tokens=STEPS).tokens

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SYNTHETIC_BATCH as BATCH, SYNTHETIC_N as N
 from hawk_cli.errors import UsageError
 from hawk_cli.integrations.lmms_eval import MODEL_CLASS_PATH, TASKS_DIR
 from hawk_cli.integrations.lmms_eval.runner import Decoding, HarnessRunner, HarnessSettings, hawk_chat
@@ -24,24 +25,10 @@ from hawk_cli.integrations.lmms_eval.synthetic import doc_to_text, doc_to_visual
 from hawk_cli.io.models import builtin_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-N = 24
-BATCH = 8
 TASK_KWARGS = {"max_new_tokens": 2, "temperature": 0, "do_sample": False}  # hawk_synthetic.yaml's
 
 needs_builtin = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
                                    reason="the built-in model is not installed in this checkout")
-
-
-@pytest.fixture(scope="module")
-def hawk_eval_norm():
-    """`hawk eval -n N --ratios 0.8 --methods norm`: the built-in model's recommended scorer, which the plugin uses
-    when no scorer is named."""
-    from hawk_cli.engine.session import HawkSession
-    from hawk_cli.tasks.evaluation import EvalSettings, evaluate
-
-    report = evaluate(HawkSession.open("builtin", device="cpu"),
-                      EvalSettings(ratios=(0.8,), methods=("norm",), n=N, batch_size=BATCH))
-    return report.results[0].tally
 
 
 def _harness_chats(docs):
@@ -51,20 +38,20 @@ def _harness_chats(docs):
 
 
 @needs_builtin
-def test_the_wrapper_answers_the_synthetic_task_exactly_as_hawk_eval(hawk_eval_norm):
+def test_the_wrapper_answers_the_synthetic_task_exactly_as_hawk_eval(synthetic_eval_norm):
     docs = documents(N)
     runner = HarnessRunner(HarnessSettings.parse({"pretrained": "builtin", "ratio": "0.8", "device": "cpu",
                                                   "batch_size": BATCH}))
     answers = runner.answer([(chat, TASK_KWARGS) for chat in _harness_chats(docs)])
-    assert [text for text, _ in answers] == hawk_eval_norm.answers
+    assert [text for text, _ in answers] == synthetic_eval_norm.answers
     scores = [process_results(doc, [text])["exact_match"] for doc, (text, _) in zip(docs, answers)]
-    assert sum(scores) == sum(hawk_eval_norm.correct.values())
+    assert sum(scores) == sum(synthetic_eval_norm.correct.values())
     assert all(output.stats.visual_tokens_kept == 52 for _, output in answers)
     # Negative control: another scorer answers differently, so the comparison above can fail.
     random = HarnessRunner(HarnessSettings(ratio=0.8, scorer="random", device="cpu", batch_size=BATCH),
                            model=runner.model)
     assert [text for text, _ in random.answer([(chat, TASK_KWARGS) for chat in _harness_chats(docs)])] \
-        != hawk_eval_norm.answers
+        != synthetic_eval_norm.answers
 
 
 def test_task_documents_are_hawk_evals_questions_with_their_images():
@@ -138,7 +125,7 @@ print("RESULT " + json.dumps({
 @needs_builtin
 @pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
                     reason="lmms-eval is not installed (pip install 'hawk-vlm[lmms-eval]' runs this end to end)")
-def test_lmms_eval_runs_the_task_end_to_end_with_hawk_evals_accuracy(hawk_eval_norm):
+def test_lmms_eval_runs_the_task_end_to_end_with_hawk_evals_accuracy(synthetic_eval_norm):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", LMMS_SCRIPT, str(N), str(BATCH)], capture_output=True, text=True,
@@ -146,8 +133,8 @@ def test_lmms_eval_runs_the_task_end_to_end_with_hawk_evals_accuracy(hawk_eval_n
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
-    assert result["accuracy"] == pytest.approx(sum(hawk_eval_norm.correct.values()) / N)
-    assert result["answers"] == hawk_eval_norm.answers
+    assert result["accuracy"] == pytest.approx(sum(synthetic_eval_norm.correct.values()) / N)
+    assert result["answers"] == synthetic_eval_norm.answers
     # Token accounting: each answer's input tokens are its PRUNED prompt, 204 of the 256 visual tokens fewer.
     from hawk_cli.api import load
     from hawk_cli.io.requests import Request

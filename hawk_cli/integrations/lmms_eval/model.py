@@ -18,7 +18,7 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from hawk_cli.api import Generation
+from hawk_cli.engine.library import Generation
 from hawk_cli.integrations.lmms_eval.runner import HarnessRunner, HarnessSettings
 
 

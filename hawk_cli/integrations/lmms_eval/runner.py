@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
-from hawk_cli.api import Generation, HawkModel, load
+from hawk_cli.engine.library import Generation, HawkModel, load
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.frames import read_frames
 
