@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"hawk: error: {error.render()}\n")
         return error.exit_code
     for done in runs:
+        if done.results is None and not done.notes:  # another rank under torchrun: rank 0 reports
+            continue
         results = done.results.to_dict() if hasattr(done.results, "to_dict") else done.results
         sys.stdout.write(json.dumps({"model": name, "dataset": done.dataset, "ratio": args.ratio,
                                      "visual_tokens": done.visual_tokens, "visual_tokens_kept": done.visual_tokens_kept,

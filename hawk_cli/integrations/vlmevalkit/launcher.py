@@ -52,6 +52,7 @@ def run(datasets: list[str], name: str, work_dir: str, model_kwargs: dict, judge
     `evaluate` (judge `exact_matching` needs no API key; VLMEvalKit's GPT judges read their keys from its .env)."""
     vlmeval = vlmeval or import_vlmeval()
     register(vlmeval, name, **model_kwargs)
+    rank = _start_distributed()
     runs, model = [], name  # the name the first time (VLMEvalKit builds it), then the model it returned
     for dataset_name in datasets:
         dataset = vlmeval.dataset.build_dataset(dataset_name, **(dataset_kwargs or {}))
@@ -63,12 +64,13 @@ def run(datasets: list[str], name: str, work_dir: str, model_kwargs: dict, judge
                                                  verbose=False, api_nproc=nproc)
         after = _token_counts(model)
         prediction_file = vlmeval.smp.get_pred_file_path(work_dir, name, dataset_name, use_env_format=True)
-        notes = []
-        try:
-            results = dataset.evaluate(prediction_file, model=judge, nproc=nproc, verbose=False)
-        except NotImplementedError:  # VLMEvalKit's custom VQA datasets (a local TSV) have no scorer
-            results = None
-            notes.append(f"VLMEvalKit has no evaluator for '{dataset_name}'; the predictions are in {prediction_file}")
+        notes, results = [], None
+        if rank == 0:  # VLMEvalKit gathers every rank's predictions into rank 0's file
+            try:
+                results = dataset.evaluate(prediction_file, model=judge, nproc=nproc, verbose=False)
+            except NotImplementedError:  # VLMEvalKit's custom VQA datasets (a local TSV) have no scorer
+                notes.append(f"VLMEvalKit has no evaluator for '{dataset_name}'; the predictions are in "
+                             f"{prediction_file}")
         runs.append(DatasetRun(dataset=dataset_name, prediction_file=prediction_file, results=results,
                                visual_tokens=after[0] - before[0], visual_tokens_kept=after[1] - before[1],
                                notes=notes))
@@ -79,3 +81,18 @@ def _token_counts(model) -> tuple[int, int]:
     """Visual tokens seen and kept so far by a built HawkVLM (0, 0 before VLMEvalKit builds it, or when it reused
     earlier predictions)."""
     return int(getattr(model, "visual_tokens", 0)), int(getattr(model, "visual_tokens_kept", 0))
+
+
+def _start_distributed() -> int:
+    """Under torchrun (WORLD_SIZE > 1), the process group VLMEvalKit's inference waits on, as its run.py starts it
+    (NCCL on GPUs); this process's rank, 0 when alone."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
