@@ -168,7 +168,8 @@ def summarise(results: list[dict]) -> dict:
     if 1 in by_batch:
         one = by_batch[1][0]["_answers"]
         summary |= {f"speedup_b{b}_vs_b1": round(m / medians[1], 2) for b, m in medians.items() if b != 1}
-        summary |= {f"answers_b{b}_equal_b1": min(sum(a == o for a, o in zip(r["_answers"], one)) for r in runs)
+        summary |= {f"answers_b{b}_equal_b1": min(sum(a == o for a, o in zip(r["_answers"], one, strict=True))
+                                                      for r in runs)
                     for b, runs in by_batch.items()}
     return summary
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import sys
 
-ORDER = ("unpruned", "pruned", "downscaled", "stock_generate")
-ROWS = [("vision ms", "vision_ms", 1), ("scoring + selection ms", "scoring_ms", 1), ("LLM prefill ms", "prefill_ms", 1),
+ORDER = ("unpruned", "pruned", "downscaled", "stock_generate", "run_path")
+ROWS = [("inputs (host) ms", "inputs_ms", 1), ("vision ms", "vision_ms", 1), ("scoring + selection ms", "scoring_ms", 1),
+        ("LLM prefill ms", "prefill_ms", 1),
         ("time to first token ms", "ttft_ms", 1), ("decode ms/token", "decode_ms_per_token", 2),
         ("end to end ms", "total_ms", 1), ("tokens/s", "tokens_per_s", 1),
         ("peak above weights, LLM prefill MB", "peak_prefill_bytes", -6),

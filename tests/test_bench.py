@@ -40,10 +40,16 @@ def check_record(record: dict) -> None:
     environment = record["environment"]
     for key in ("device", "device_name", "torch", "transformers", "dtype", "attn", "copy_bandwidth_bytes_per_s"):
         assert key in environment
+    phases = {"vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms", "tokens_per_s",
+              "peak_run_bytes"}
+    if record["variant"] == "run_path":  # timed as `hawk run` times itself: no per-phase memory, inputs included
+        assert phases | {"inputs_ms"} <= set(record["metrics"]) and "peak_prefill_bytes" not in record["metrics"]
+        assert record["metrics"]["inputs_ms"]["median"] < record["metrics"]["total_ms"]["median"]
+    elif record["variant"] != "stock_generate":
+        assert phases | {"peak_prefill_bytes"} <= set(record["metrics"])
     if record["variant"] != "stock_generate":
-        assert {"vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms",
-                "tokens_per_s", "peak_prefill_bytes", "peak_run_bytes"} <= set(record["metrics"])
         assert record["kv_cache_bytes"] > 0 and record["decode_floor_ms"] > 0
+        assert record["decode"] in ("eager", "cuda-graphs", "compiled")
     assert not any("accuracy" in key for key in record)
 
 
@@ -52,7 +58,8 @@ def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [(r["batch"], r["variant"]) for r in records] == [(b, v) for b in (1, 2) for v in
-                                                             ("unpruned", "stock_generate", "pruned", "downscaled")]
+                                                             ("unpruned", "stock_generate", "pruned", "downscaled",
+                                                              "run_path")]
     for record in records:
         check_record(record)
     pruned = next(r for r in records if r["variant"] == "pruned" and r["batch"] == 2)
@@ -63,6 +70,25 @@ def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
     downscaled = next(r for r in records if r["variant"] == "downscaled" and r["batch"] == 2)
     assert max(downscaled["visual_tokens"]) <= max(pruned["visual_tokens_kept"])  # same token budget, or fewer
     assert "note" not in pruned  # a real checkpoint: no random-weights note
+
+
+def test_run_path_variant_runs_what_hawk_run_runs(capsys, model_dir):
+    """The run_path record is `hawk run`'s call: the same pruning as the pruned variant (kept counts), the
+    forced length, the CPU's eager decode, and the records' ratios taken against the same baselines."""
+    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--batch", "2", "--json", "--no-stock",
+                             "--no-compile", *QUICK)
+    assert code == 0, err
+    records = {r["variant"]: r for r in map(json.loads, out.splitlines())}
+    run_path, pruned, unpruned = records["run_path"], records["pruned"], records["unpruned"]
+    check_record(run_path)
+    assert run_path["ratio"] == pruned["ratio"] == 0.8 and run_path["batch"] == 2
+    assert run_path["visual_tokens_kept"] == pruned["visual_tokens_kept"] < run_path["visual_tokens"]
+    assert run_path["prompt_tokens_kept"] == pruned["prompt_tokens_kept"]
+    assert run_path["generated_tokens"] == 3  # end-of-sequence never fires: lengths stay forced
+    assert run_path["decode"] == "eager" and run_path["compiled_decode"] is False
+    assert run_path["environment"]["run_path_decode"] == "eager"
+    total = run_path["metrics"]["total_ms"]["median"]
+    assert run_path["ratio_to_unpruned"]["total_ms"] == pytest.approx(total / unpruned["metrics"]["total_ms"]["median"])
 
 
 @pytest.mark.skipif(not HAS_BUILTIN, reason="the built-in model is not installed")
@@ -86,7 +112,7 @@ def test_random_weights_from_a_config_say_so(capsys, tmp_path):
                              "--no-stock", *QUICK)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert {r["variant"] for r in records} == {"unpruned", "pruned", "downscaled"}
+    assert {r["variant"] for r in records} == {"unpruned", "pruned", "downscaled", "run_path"}
     for record in records:
         check_record(record)
         assert record["note"] == RANDOM_WEIGHTS_NOTE and record["environment"]["random_weights"]
@@ -98,12 +124,15 @@ def test_config_without_random_weights_is_refused(capsys):
     assert code == 2 and "--random-weights" in err
 
 
-@pytest.mark.parametrize("name, text, vision_out, tied", [
+@pytest.mark.parametrize("name, text, vision_out, vision_mlp, tied", [
     ("qwen2.5-vl-7b", dict(num_hidden_layers=28, hidden_size=3584, num_attention_heads=28, num_key_value_heads=4,
-                           intermediate_size=18944, vocab_size=152064), 3584, False),
+                           intermediate_size=18944, vocab_size=152064), 3584, 3420, False),
     ("qwen2.5-vl-3b", dict(num_hidden_layers=36, hidden_size=2048, num_attention_heads=16, num_key_value_heads=2,
-                           intermediate_size=11008, vocab_size=151936), 2048, True)])
-def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, tied):
+                           intermediate_size=11008, vocab_size=151936), 2048, 3420, True),
+    # Qwen2.5-VL-32B-Instruct's published config.json (its tower's MLP is 3456 wide, not 3420)
+    ("qwen2.5-vl-32b", dict(num_hidden_layers=64, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8,
+                            intermediate_size=27648, vocab_size=152064), 5120, 3456, False)])
+def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, vision_mlp, tied):
     from transformers import Qwen2_5_VLConfig
 
     config = Qwen2_5_VLConfig.from_json_file(str(CONFIG_DIR / f"{name}.json"))
@@ -112,8 +141,8 @@ def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, tied
     assert text_config.rope_parameters["mrope_section"] == [16, 24, 24]
     assert text_config.rope_parameters["rope_theta"] == 1e6
     assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size, vision.window_size,
-            list(vision.fullatt_block_indexes), vision.out_hidden_size) == (32, 1280, 16, 3420, 112, [7, 15, 23, 31],
-                                                                            vision_out)
+            list(vision.fullatt_block_indexes), vision.out_hidden_size) == (32, 1280, 16, vision_mlp, 112,
+                                                                            [7, 15, 23, 31], vision_out)
     assert (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id,
             config.video_token_id) == (151652, 151653, 151655, 151656)
     assert config.tie_word_embeddings is tied
@@ -163,7 +192,7 @@ def test_compiled_decode_equals_eager_on_cuda():
     requests = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
                 Request("how many stars are there ?", (random_image(112, 168, 2),))]
     inputs = build_inputs(tokenizer, tiny_image_processor(), requests).to(DEVICE)
-    step = DecodeStep(adapter, compiled=True)
+    step = DecodeStep(adapter, "compile")
     for _ in range(2):
         for ratio in (0.0, 0.8):
             settings = dict(ratio=ratio, max_new_tokens=6, cache="static", record_logits=True)

@@ -47,7 +47,7 @@ def test_several_images_and_video_groups_are_separate_panels_in_token_order():
     keep[[1, 31, 32, 36, 40, 51, 52, 67]] = True
     picture = render_overlay(panels, keep)
     x, offset, total = 0, 0, 0
-    for (h, w), count in zip([(8, 16), (4, 4), (8, 8), (8, 8)], counts):
+    for (h, w), count in zip([(8, 16), (4, 4), (8, 8), (8, 8)], counts, strict=True):
         outlined, _ = outlined_and_dimmed(picture, x, h // 2, w // 2)
         assert [offset + i for i in outlined] == [i for i in keep.nonzero().view(-1).tolist()
                                                   if offset <= i < offset + count]

@@ -16,7 +16,7 @@ def heldout():
 
 def test_seeded_sets_are_deterministic(heldout):
     again = S.heldout_set(80)
-    for a, b in zip(heldout, again):
+    for a, b in zip(heldout, again, strict=True):
         assert (a.question, a.answer, a.kind, a.scene_id) == (b.question, b.answer, b.kind, b.scene_id)
         assert np.array_equal(a.target_mask, b.target_mask)
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))

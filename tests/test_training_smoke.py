@@ -75,7 +75,7 @@ def test_fast_logits_equal_stock_forward(setup):
     model, layout, questions = setup
     inputs = _stock_inputs(layout, questions)
     images = torch.from_numpy(np.stack([np.asarray(q.image) for q in questions]))
-    rows, apos = zip(*(layout.encode(q.question, q.answer) for q in questions))
+    rows, apos = zip(*(layout.encode(q.question, q.answer) for q in questions), strict=True)
     ids = torch.from_numpy(np.stack(rows))
     apos = torch.tensor(apos)
     with torch.no_grad():

@@ -213,10 +213,7 @@ class FastVision:
             qf, kf = q.float(), k.float()
             q = (qf * self.cos + _rotate_half(qf) * self.sin).to(dtype)
             k = (kf * self.cos + _rotate_half(kf) * self.sin).to(dtype)
-            if index in self.full:
-                shape = (b, n)
-            else:
-                shape = (b * (n // self.window_tokens), self.window_tokens)
+            shape = (b, n) if index in self.full else (b * (n // self.window_tokens), self.window_tokens)
             q, k, val = (t.reshape(*shape, attn.num_heads, -1).transpose(1, 2) for t in (q, k, val))
             out = F.scaled_dot_product_attention(q, k, val, scale=attn.scaling)
             out = out.transpose(1, 2).reshape(b, n, -1)
@@ -312,10 +309,7 @@ class DataPipe:
         t = time.perf_counter()
         worker, slot, ids, answer_pos, labels, kinds = self.out_q.get(timeout=300)
         self.wait_s += time.perf_counter() - t
-        if out is None:
-            images = self.slots[worker][slot].clone()
-        else:
-            images = out.copy_(self.slots[worker][slot])
+        images = self.slots[worker][slot].clone() if out is None else out.copy_(self.slots[worker][slot])
         self.free_qs[worker].put(slot)
         return images, torch.from_numpy(ids), torch.from_numpy(answer_pos), torch.from_numpy(labels), kinds
 
@@ -444,7 +438,7 @@ def evaluate_generate(model, questions, device, batch: int = 50) -> list[tuple[s
                              mm_token_type_ids=inputs.mm_token_type_ids, pixel_values=inputs.pixel_values,
                              image_grid_thw=inputs.image_grid_thw, max_new_tokens=3, do_sample=False)
         new = out[:, inputs.input_ids.shape[1]:].cpu()
-        for row, q in zip(new, chunk):
+        for row, q in zip(new, chunk, strict=True):
             first = tok.convert_ids_to_tokens(int(row[0]))
             ended = len(row) > 1 and int(row[1]) == im_end
             answers.append((first, first == q.answer and ended))
@@ -622,7 +616,7 @@ def main(argv=None) -> int:
     gen_n = min(args.generate_check, len(heldout))
     t_gen = time.time()
     gen = evaluate_generate(shipped, heldout[:gen_n], device)
-    agree = sum(g[0] == p for g, p in zip(gen, preds[:gen_n]))
+    agree = sum(g[0] == p for g, p in zip(gen, preds[:gen_n], strict=True))
     gen_ok = sum(g[1] for g in gen)
     log(f"stock generate on the first {gen_n}: {gen_ok} right, agrees with the fast path on {agree} "
         f"[{time.time() - t_gen:.1f}s]")

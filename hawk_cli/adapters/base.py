@@ -121,10 +121,11 @@ class ModelAdapter(ABC):
 
     # --- decoding --------------------------------------------------------------------------------------
     @abstractmethod
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor | None, cache,
                extras: VisualExtras | None = None) -> Tensor:
         """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]. `extras`
-        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`."""
+        (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`. `attention_mask`:
+        2-D, the prepared 4-D form of `decode_mask`, or None (a decode step whose cache holds only real tokens)."""
 
     def decoder_weight_bytes(self) -> int:
         """Bytes one decode step must read: every decoder weight and the output head. The input-embedding table
@@ -154,6 +155,42 @@ class ModelAdapter(ABC):
     @abstractmethod
     def new_cache(self, kind: str, max_length: int):
         """A fresh KV cache: "dynamic", or "static" holding `max_length` positions."""
+
+    # Attention backends whose prepared 4-D mask the decoder passes through untouched (transformers' masking
+    # returns a 4-D tensor as is): sdpa takes bool (True = attend), eager an additive float mask.
+    PREPARED_MASK_BACKENDS = ("sdpa", "eager")
+
+    def _attention_backend(self) -> str:
+        return str(getattr(self.model.config, "_attn_implementation", None) or "eager")
+
+    def _all_layers_full_attention(self) -> bool:
+        text = self.model.config.get_text_config()
+        return all(kind == "full_attention" for kind in (getattr(text, "layer_types", None) or ["full_attention"]))
+
+    @property
+    def decode_capturable(self) -> bool:
+        """Whether a one-token decode step reads nothing but tensors it is given (a prepared mask, no per-step
+        mask building from host values), so it can be captured as a CUDA graph and replayed."""
+        return self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
+
+    def decode_mask(self, valid: Tensor) -> Tensor:
+        """The attention mask of a decode step of one new token per row, from `valid` [B, S] bool (True: the new
+        token may attend cache slot s, its own slot included).
+
+        Where the backend takes one, the decoder's prepared 4-D form [B, 1, 1, S], so the model builds no mask
+        per step (a view of `valid` for sdpa); otherwise the 2-D 0/1 mask the model builds its own from."""
+        if not self.decode_capturable:
+            return valid.long()
+        prepared = valid[:, None, None, :]
+        if self._attention_backend() == "sdpa":
+            return prepared
+        dtype = self.embed_dtype
+        return torch.zeros((), dtype=dtype, device=valid.device).masked_fill(~prepared, torch.finfo(dtype).min)
+
+    @property
+    def embed_dtype(self) -> torch.dtype:
+        """The dtype of the decoder's activations (that of its input embeddings)."""
+        return self.model.dtype
 
     @abstractmethod
     def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:

@@ -10,8 +10,11 @@ import os
 import sys
 import traceback
 import warnings
+from typing import Annotated
 
 import typer
+
+from hawk_cli import __version__
 
 from hawk_cli.cli.bench import bench_command
 from hawk_cli.cli.calibrate import calibrate_command
@@ -30,8 +33,17 @@ app.command("eval")(eval_command)
 app.add_typer(weights_app, name="weights")
 
 
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"hawk {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print hawk's version and exit.")] = False,
+) -> None:
     """hawk: training-free visual-token pruning for Qwen2-VL / Qwen2.5-VL. Results on stdout, logs on stderr."""
 
 

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, ScorerOpt, WeightsOpt
+from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt, ScorerOpt,
+                                  WeightsOpt, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
 
@@ -36,7 +37,8 @@ def _cell(record: dict, metric: str, scale=None) -> str:
     return text if record["variant"] == "unpruned" or ratio is None else f"{text} {ratio:.2f}×"
 
 
-ROWS = [("vision ms", "vision_ms", None), ("scoring + selection ms", "scoring_ms", None),
+ROWS = [("inputs (host) ms", "inputs_ms", None), ("vision ms", "vision_ms", None),
+        ("scoring + selection ms", "scoring_ms", None),
         ("LLM prefill ms", "prefill_ms", None), ("time to first token ms", "ttft_ms", None),
         ("decode ms/token", "decode_ms_per_token", lambda v: f"{v:.2f}"), ("end to end ms", "total_ms", None),
         ("tokens/s", "tokens_per_s", None), ("peak above weights, prefill MB", "peak_prefill_bytes", _mb),
@@ -73,7 +75,7 @@ def render_tables(records: list[dict], out: Output) -> None:
         Console(highlight=False, width=200).print(table)
     env = records[0]["environment"]
     out.result(f"{env['model']} on {env['device_name']} ({env['dtype']}, {env['attn']}, "
-               f"compiled decode: {'yes' if env['cuda_graphs'] else 'no'}), torch {env['torch']}, "
+               f"decode: {env['decode']}, run path: {env['run_path_decode']}), torch {env['torch']}, "
                f"transformers {env['transformers']}; copy bandwidth "
                f"{env['copy_bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s")
     if env["random_weights"]:
@@ -83,8 +85,8 @@ def render_tables(records: list[dict], out: Output) -> None:
 def bench_command(
     model: ModelOpt = None,
     config: Annotated[Optional[str], typer.Option("--config", help="Build the model from a config instead: "
-                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b or a config.json (needs "
-                                                  "--random-weights).")] = None,
+                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b or a config.json "
+                                                  "(needs --random-weights).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from the config "
                                                  "(speed and memory only; no checkpoint needed).")] = False,
     ratio: Annotated[list[str], typer.Option("--ratio", "-r", help="Fraction of visual tokens removed; repeat "
@@ -98,8 +100,13 @@ def bench_command(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first (compile happens here).")] = 2,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds; medians with min–max.")] = 5,
     compile_decode: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compiled static-cache "
-                                                           "decode step with CUDA graphs (default: on CUDA).")] = None,
+                                                           "decode step for the unpruned, pruned and downscaled "
+                                                           "variants (default: on CUDA; --no-compile: 'hawk run''s "
+                                                           "captured steps).")] = None,
     stock: Annotated[bool, typer.Option("--stock/--no-stock", help="Also time stock model.generate.")] = True,
+    run_path: Annotated[bool, typer.Option("--run-path/--no-run-path", help="Also time exactly what 'hawk run' "
+                                           "executes (CUDA graphs on CUDA, never compiled).")] = True,
+    no_cuda_graphs: NoCudaGraphsOpt = False,
     weights: WeightsOpt = None,
     scorer: ScorerOpt = None,
     device: DeviceOpt = "auto",
@@ -127,20 +134,21 @@ def bench_command(
         raise UsageError("--config builds a model without weights", "Add --random-weights")
     settings = BenchSettings(ratios=_numbers(ratio, float, "ratio"), batches=_numbers(batch, int, "batch"),
                              size=size, max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats,
-                             compile=compile_decode, stock=stock)
+                             compile=compile_decode, stock=stock, run_path=run_path)
     images = [load_image(path) for path in image] if image else [synthetic_image(size)]
     if random_weights:
         out.note(f"building {config or model or 'builtin'} with random weights: speed and memory only")
-        session = random_weight_session(config or model or "builtin", device, dtype, attn)
+        session = random_weight_session(config or model or "builtin", device, dtype, attn,
+                                        decode_choice(no_cuda_graphs))
     else:
-        session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+        session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs))
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)
     if check:
         _check(out, session, method, images, settings, check_steps, json_output)
         return
-    variants = 1 + int(settings.stock) + 2 * len(settings.ratios)
+    variants = 1 + int(settings.stock) + (2 + int(settings.run_path)) * len(settings.ratios)
     total = len(settings.batches) * (settings.warmup + settings.repeats) * variants
     with out.progress("benchmarking", total=total) as advance:
 

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, WeightsOpt)
+from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt,
+                                  WeightsOpt, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import ResourceError, UsageError
 
@@ -132,6 +133,7 @@ def eval_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
+    no_cuda_graphs: NoCudaGraphsOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -154,7 +156,7 @@ def eval_command(
             raise UsageError(f"--plot writes a PNG, got '{plot}'", "Give a path ending in .png")
         check_writable(plot, force)
         require_matplotlib()
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs))
     with out.progress(f"evaluating {len(settings.methods)} methods x {len(settings.ratios)} ratios",
                       total=settings.n) as advance:
         report = evaluate(session, settings, progress=advance)

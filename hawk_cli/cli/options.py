@@ -21,6 +21,15 @@ MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tok
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or progress on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+NoCudaGraphsOpt = Annotated[bool, typer.Option("--no-cuda-graphs", help="Run decode steps eagerly on CUDA "
+                                                "instead of replaying captured CUDA graphs (the default there).")]
+
+
+def decode_choice(no_cuda_graphs: bool, compile_decode: bool = False) -> str:
+    """The session's decode mode from the shared flags ("auto": CUDA graphs on CUDA, eager elsewhere)."""
+    if compile_decode:
+        return "compile"
+    return "eager" if no_cuda_graphs else "auto"
 
 
 def flag_for(setting: str) -> str:

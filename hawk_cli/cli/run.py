@@ -19,7 +19,7 @@ from typing import Annotated, Iterator, Optional, TextIO
 import typer
 
 from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
-                                  QuietOpt, RatioOpt, ScorerOpt, WeightsOpt)
+                                  NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import InputError, UsageError
 
@@ -119,6 +119,10 @@ def run_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
+    no_cuda_graphs: NoCudaGraphsOpt = False,
+    compile_decode: Annotated[bool, typer.Option("--compile", help="Compile the decode step (torch.compile, "
+                                                 "CUDA only): extra fusion for long answers, after a one-time "
+                                                 "compilation of a minute or more.")] = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
@@ -144,20 +148,24 @@ def run_command(
     except InputError as error:
         raise UsageError(error.message, error.fix)
     GenerationSettings(ratio=ratio, max_new_tokens=max_new_tokens)  # validates the flags before loading
+    if compile_decode and no_cuda_graphs:
+        raise UsageError("--compile and --no-cuda-graphs exclude each other (a compiled step replays CUDA graphs)",
+                         "Give one of them")
+    decode = decode_choice(no_cuda_graphs, compile_decode)
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
                              'Write e.g. {"video": "clip.gif", "question": "..."}')
         return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-                          weights, scorer, max_new_tokens, device, dtype, attn)
+                          weights, scorer, max_new_tokens, device, dtype, attn, decode)
     return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, ratio, weights,
-                    scorer, max_new_tokens, device, dtype, attn, json_output)
+                    scorer, max_new_tokens, device, dtype, attn, json_output, decode)
 
 
-def _open_session(out: Output, model, device, dtype, attn, scorer, weights):
+def _open_session(out: Output, model, device, dtype, attn, scorer, weights, decode: str = "auto"):
     from hawk_cli.engine.session import HawkSession
 
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode)
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)
@@ -183,7 +191,7 @@ def _overlay_picture(session, request, answer, by_score: bool):
 
 
 def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, ratio, weights,
-             scorer, max_new_tokens, device, dtype, attn, json_output) -> int:
+             scorer, max_new_tokens, device, dtype, attn, json_output, decode) -> int:
     from hawk_cli.engine.generation import GenerationSettings
     from hawk_cli.engine.session import versions
     from hawk_cli.io.atomic import check_writable
@@ -201,7 +209,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     images = tuple(load_image(path) for path in image_paths)
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
@@ -243,7 +251,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 
 
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-               weights, scorer, max_new_tokens, device, dtype, attn) -> int:
+               weights, scorer, max_new_tokens, device, dtype, attn, decode) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
@@ -261,7 +269,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     in_processes = prepare_in_processes(os.environ.get("HAWK_PREPARE", "threads").strip())  # before the model loads
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),

@@ -12,6 +12,12 @@ from torch import Tensor
 class Compaction:
     source_index: Tensor  # [B, L'] column of the original prompt each compact slot comes from
     attention_mask: Tensor  # [B, L'] long, 0 on left padding
+    row_lengths: tuple[int, ...] = ()  # kept tokens per row
+
+    @property
+    def padded(self) -> bool:
+        """Whether some row is shorter than the batch (so its left padding must be masked)."""
+        return len(set(self.row_lengths)) > 1
 
     @property
     def length(self) -> int:
@@ -32,7 +38,9 @@ class Compaction:
 
 def compact(keep: Tensor) -> Compaction:
     """Kept columns of each row, in original order, right-aligned (left padding) to the longest row."""
-    length = int(keep.sum(dim=1).max())
+    lengths = keep.sum(dim=1).tolist()  # one read-back: the batch length needs it anyway
+    length = max(lengths, default=0)
     order = torch.sort(keep.int(), dim=1, stable=True).indices  # dropped first, kept last, each in order
     source = order[:, -length:] if length else order[:, :0]
-    return Compaction(source_index=source, attention_mask=keep.gather(1, source).long())
+    return Compaction(source_index=source, attention_mask=keep.gather(1, source).long(),
+                      row_lengths=tuple(int(n) for n in lengths))

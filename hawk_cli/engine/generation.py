@@ -1,18 +1,22 @@
 """The engine's own greedy prefill + decode loop (gpt-fast style): pruned or not, dynamic or static cache.
 
 Decode positions are the unpruned run's (largest original rotary id + 1 + step), the decode mask is the
-compacted prompt mask plus ones, and a static cache is sized AFTER pruning, so the KV saving is real.
+compacted prompt mask plus ones, and a static cache is sized AFTER pruning, so the KV saving is real. How each
+step runs (eager, captured CUDA graph, compiled) is `decode_step.DecodeStep`'s business.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter
+from hawk_cli.engine.decode_step import DecodeStep, Decoding
+from hawk_cli.engine.finish_watch import FinishWatch
 from hawk_cli.engine.pruning import PrunedPrefill, prune_prefill
 from hawk_cli.engine.results import GenerationResult, RowStats
 from hawk_cli.engine.selection import validate_ratio
@@ -29,12 +33,24 @@ class TokenChoice(Protocol):
     def start(self, input_ids: Tensor, attention_mask: Tensor) -> Callable[[Tensor], Tensor]: ...
 
 
+class PolicyStep(DecodeStep):
+    """An eager decode step whose next tokens come from a decoding policy instead of argmax (a policy runs host
+    code per step, which a captured or compiled step cannot)."""
+
+    def __init__(self, adapter: ModelAdapter, choose: Callable[[Tensor], Tensor]) -> None:
+        super().__init__(adapter, "eager")
+        self._choose = choose
+
+    def pick(self, logits: Tensor) -> Tensor:
+        return self._choose(logits)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     ratio: float = 0.8
     max_new_tokens: int = 16
-    cache: str = "dynamic"  # "dynamic" | "static"
-    compile: bool = False  # compile the static-cache decode step (CUDA)
+    cache: str = "auto"  # "auto" (static where the decode step is captured or compiled, else dynamic) | ...
+    compile: bool = False  # without a decode_step: a compiled static-cache step (CUDA)
     record_logits: bool = False
     # How each next token is chosen from the step's logits; None: greedy (argmax), the exactness-tested default.
     choice: TokenChoice | None = None
@@ -44,10 +60,13 @@ class GenerationSettings:
         if self.max_new_tokens < 1:
             raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
                              "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
-        if self.cache not in ("dynamic", "static"):
-            raise UsageError(f"unknown cache kind '{self.cache}'", "Use dynamic or static")
-        if self.compile and self.cache != "static":
+        if self.cache not in ("auto", "dynamic", "static"):
+            raise UsageError(f"unknown cache kind '{self.cache}'", "Use auto, dynamic or static")
+        if self.compile and self.cache == "dynamic":
             raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
+        if self.compile and self.choice is not None:
+            raise UsageError("sampling and penalties run eagerly, not in a compiled decode step",
+                             "Leave {compile} off", setting="compile")
 
 
 def cache_bytes(cache) -> int:
@@ -71,102 +90,75 @@ def row_stats(pruned: PrunedPrefill) -> list[RowStats]:
             for r, (v, vk, p, pk, q) in enumerate(counts)]
 
 
-class DecodeStep:
-    """One greedy step: embed the last tokens, run the decoder at their positions, return next-token logits.
-
-    Compiled (CUDA): `torch.compile` with CUDA graphs ("reduce-overhead") over a static cache and the fixed-size
-    mask buffer. Shapes are dynamic, so one graph per batch size serves every prompt length, and the step keeps
-    one static cache per (batch, capacity): a CUDA graph replays on fixed addresses, and a fresh cache would
-    force a re-capture inside the timed decode.
-    """
-
-    def __init__(self, adapter: ModelAdapter, compiled: bool) -> None:
-        self.adapter = adapter
-        self.compiled = compiled
-        self._caches: dict[tuple[int, int], object] = {}
-        self._call = torch.compile(self._step, mode="reduce-overhead", dynamic=True) if compiled else self._step
-
-    def _step(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache) -> Tensor:
-        hidden = self.adapter.decode(self.adapter.embed(tokens), positions, mask, cache)
-        return self.adapter.logits(hidden[:, -1]).float()
-
-    def __call__(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache) -> Tensor:
-        return self._call(tokens, positions, mask, cache)
-
-    def new_cache(self, kind: str, batch: int, capacity: int):
-        """A cache for one generation; a compiled step reuses its static cache of that shape (reset)."""
-        if not self.compiled:
-            return self.adapter.new_cache(kind, capacity)
-        cache = self._caches.get((batch, capacity))
-        if cache is None:
-            cache = self._caches[(batch, capacity)] = self.adapter.new_cache("static", capacity)
-        else:
-            cache.reset()
-        return cache
-
-
 def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: GenerationSettings,
              eos_ids: set[int], target_mask: Tensor | None = None,
              decode_step: DecodeStep | None = None,
              timer: PhaseTimer | EventTimer | None = None) -> GenerationResult:
     """Greedy generation with HAWK pruning before decoder layer 0. `inputs` is a left-padded ModelInputs.
 
-    Pass a `decode_step` to reuse its compiled graphs across calls, and a `timer` to observe the phases (default:
-    CUDA events, so the host never waits on a phase boundary; `hawk bench` passes a synchronising one).
-    An empty `eos_ids` forces `max_new_tokens` and keeps the decode loop free of host synchronisation.
+    Pass a `decode_step` to choose how steps run (eager, captured CUDA graphs, compiled) and to reuse its graphs
+    and caches across calls (default: an eager step, or a compiled one with `settings.compile`), and a `timer`
+    to observe the phases (default: CUDA events, so the host never waits on a phase boundary; `hawk bench`
+    passes a synchronising one). The decode loop never waits for the device: an empty `eos_ids` forces
+    `max_new_tokens`, otherwise the end is learnt from flags copied to the host asynchronously (FinishWatch).
     """
     device = inputs.input_ids.device
     timer = timer or EventTimer(device)
+    if settings.choice is not None:
+        if decode_step is not None:
+            raise ValueError("a decoding policy runs its own eager step; pass no decode_step with it")
+        step: DecodeStep = PolicyStep(adapter, settings.choice.start(inputs.input_ids, inputs.attention_mask))
+    else:
+        step = decode_step or DecodeStep(adapter, "compile" if settings.compile else "eager")
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()
         extras = pruned.decoder_extras()
         batch, length = mask.shape
-        capacity = length + settings.max_new_tokens
-        mask_buffer = torch.zeros(batch, capacity, dtype=mask.dtype, device=device)
-        mask_buffer[:, :length] = mask
         next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
-        step = decode_step or DecodeStep(adapter, settings.compile)
         with timer.phase("prefill_s"):
-            cache = step.new_cache(settings.cache, batch, capacity)
-            hidden = adapter.decode(embeds, positions, mask, cache, extras)
+            decoding = step.start(batch, length, positions.shape[0], settings.max_new_tokens, len(eos_ids),
+                                  step.cache_kind(settings.cache), device, padded=pruned.compaction.padded)
+            hidden = adapter.decode(embeds, positions, mask, decoding.cache, extras)
             logits = adapter.logits(hidden[:, -1]).float()
-        kv_bytes = cache_bytes(cache)
-        next_positions = next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1)  # [P, B, 1]
-        choose = settings.choice.start(inputs.input_ids, inputs.attention_mask) if settings.choice else None
-        tokens, step_logits = _greedy_loop(step, logits, next_positions, mask_buffer, length, cache, eos_ids,
-                                           adapter.tokens.pad, settings, timer, choose)
+        kv_bytes = cache_bytes(decoding.cache)
+        # the unpruned run's position of the first new token, on every rotary axis: [P, B, 1]
+        decoding.state.load(mask, next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1),
+                            sorted(eos_ids))
+        tokens, step_logits = _greedy_loop(decoding, logits, eos_ids, settings, timer)
     timings = dict(timer.seconds)
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
     return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
-                            keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(), scores=None if pruned.scores is None else pruned.scores.cpu(),
-                            step_logits=step_logits)
+                            keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(),
+                            scores=None if pruned.scores is None else pruned.scores.cpu(), step_logits=step_logits,
+                            kv_cache_slots=decoding.cache_slots)
 
 
-def _greedy_loop(step: DecodeStep, logits: Tensor, next_position: Tensor, mask_buffer: Tensor, length: int,
-                 cache, eos_ids: set[int], pad_id: int, settings: GenerationSettings,
-                 timer: PhaseTimer | EventTimer,
-                 choose: Callable[[Tensor], Tensor] | None = None) -> tuple[list[list[int]], list[Tensor]]:
-    batch = logits.shape[0]
-    eos = torch.tensor(sorted(eos_ids), device=logits.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
-    generated, step_logits = [], []
+def _greedy_loop(decoding: Decoding, logits: Tensor, eos_ids: set[int], settings: GenerationSettings,
+                 timer: PhaseTimer | EventTimer) -> tuple[list[list[int]], list[Tensor]]:
+    """Token 0 from the prefill's logits, then one decode step per further token. Per step the host only queues
+    work: the chosen tokens land in `produced` on the device and are read back once, at the end."""
+    batch, steps = logits.shape[0], settings.max_new_tokens
+    produced = torch.empty(batch, steps, dtype=torch.long, device=logits.device)
+    watch = FinishWatch(logits.device) if eos_ids else None
+    step_logits = []
+    count = 0
     with timer.phase("decode_s"):
-        for t in range(settings.max_new_tokens):
+        for t in range(steps):
+            if t > 0:
+                logits, chosen = decoding.advance(t - 1)
+            else:
+                chosen = decoding.step.choose(decoding.state, logits)
             if settings.record_logits:
                 step_logits.append(logits.cpu())
-            chosen = logits.argmax(-1) if choose is None else choose(logits)
-            token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), chosen)
-            generated.append(token)
-            finished |= torch.isin(token, eos)
-            if t == settings.max_new_tokens - 1 or (eos_ids and bool(finished.all())):
-                break
-            mask_buffer[:, length + t] = 1
-            positions = next_position + t  # the unpruned run's position of this token, on every rotary axis
-            mask = mask_buffer if settings.cache == "static" else mask_buffer[:, : length + t + 1]
-            logits = step(token[:, None], positions, mask, cache)
-    return _trim(torch.stack(generated, dim=1).tolist(), eos_ids), step_logits
+            produced[:, t] = chosen
+            count = t + 1
+            if watch is not None:
+                watch.push(decoding.state.finished)
+                if watch.done():
+                    break
+    return _trim(produced[:, :count].tolist(), eos_ids), step_logits
 
 
 def _trim(rows: list[list[int]], eos_ids: set[int]) -> list[list[int]]:

@@ -32,3 +32,4 @@ class GenerationResult:
     visual_mask: Tensor  # [B, L] bool: the prompt's visual tokens (engine.roles' definition)
     scores: Tensor | None = None  # [B, L] float32, -inf off visual tokens
     step_logits: list[Tensor] = field(default_factory=list)  # per step [B, V] float32 (when recorded)
+    kv_cache_slots: int = 0  # positions a static cache holds (a captured step's: a bucket); 0: dynamic cache

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from hawk_cli.adapters import ADAPTERS, adapter_for
+from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
 from hawk_cli.engine.results import GenerationResult, RowStats
-from hawk_cli.errors import HawkWarning
-from hawk_cli.io.models import LoadedModel, load_model
+from hawk_cli.errors import HawkWarning, ResourceError, UsageError
+from hawk_cli.io.models import LoadedModel, load_model, resolve_device
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
 
@@ -39,19 +40,57 @@ class BatchOutput:
     notices: list[str] = field(default_factory=list)
 
 
+DECODE_CHOICES = ("auto", "eager", "graphs", "compile")
+
+
+def resolve_decode_mode(requested: str, device: torch.device) -> str:
+    """"auto": decode steps captured as CUDA graphs on CUDA, eager elsewhere."""
+    if requested not in DECODE_CHOICES:
+        raise UsageError(f"unknown decode mode '{requested}'", f"Use one of {', '.join(DECODE_CHOICES)}")
+    if requested == "auto":
+        return "graphs" if device.type == "cuda" else "eager"
+    if requested in ("graphs", "compile") and device.type != "cuda":
+        what = "CUDA graphs need" if requested == "graphs" else "a compiled decode step needs"
+        raise ResourceError(f"{what} a CUDA device, and the model is on {device}",
+                            "Decode eagerly on this device, or load the model on a GPU")
+    return requested
+
+
 class HawkSession:
-    def __init__(self, loaded: LoadedModel) -> None:
+    """`decode`: how decode steps run ("auto": CUDA graphs on CUDA, eager elsewhere; "eager", "graphs",
+    "compile"). The session keeps one decode step, so captured graphs serve every later request."""
+
+    def __init__(self, loaded: LoadedModel, decode: str = "auto") -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.adapter = adapter_for(loaded.model, loaded.tokenizer)
         self.prompts = self.adapter.prompts(loaded.tokenizer, loaded.image_processor)
         self.eos_ids = self._eos_ids()
+        self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device))
+        self._decode_step: DecodeStep | None = None
 
     @classmethod
-    def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa") -> "HawkSession":
+    def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa",
+             decode: str = "auto") -> "HawkSession":
         warn_if_untested_transformers()
-        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn))
+        resolve_decode_mode(decode, resolve_device(device))  # a bad choice fails before the model loads
+        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn), decode=decode)
+
+    @property
+    def decode_step(self) -> DecodeStep:
+        """The session's decode step (made on first use), keeping its graphs and caches between requests."""
+        if self._decode_step is None:
+            self._decode_step = DecodeStep(self.adapter, self.decode_mode)
+        return self._decode_step
+
+    @property
+    def decode_label(self) -> str:
+        """How decode steps actually run: "cuda-graphs", "compiled" or "eager" (graphs asked for but the
+        attention backend builds its mask per step: eager)."""
+        if self.decode_mode == "compile":
+            return "compiled"
+        return "cuda-graphs" if self.decode_mode == "graphs" and self.adapter.decode_capturable else "eager"
 
     def _eos_ids(self) -> set[int]:
         ids = {self.adapter.tokens.im_end}
@@ -89,8 +128,9 @@ class HawkSession:
         return scorer, notices
 
     def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
-            encoded: list | None = None) -> BatchOutput:
-        """`encoded`: the rows' `self.prompts.encode` output when already computed (e.g. in a worker).
+            encoded: list | None = None, eos_ids: set[int] | None = None) -> BatchOutput:
+        """`encoded`: the rows' `self.prompts.encode` output when already computed (e.g. in a worker);
+        `eos_ids`: end-of-sequence ids other than the model's (a benchmark forcing lengths).
 
         Timings add `inputs_s`: host time to collate the batch and queue its copies to the device."""
         started = time.perf_counter()
@@ -98,7 +138,8 @@ class HawkSession:
                    for request, done in zip(requests, encoded or [None] * len(requests))]
         inputs = self.build_inputs(requests, encoded).to(self.loaded.device)
         inputs_s = time.perf_counter() - started
-        result = generate(self.adapter, inputs, scorer, settings, self.eos_ids)
+        result = generate(self.adapter, inputs, scorer, settings, self.eos_ids if eos_ids is None else eos_ids,
+                          decode_step=self.decode_step)
         result.timings["inputs_s"] = inputs_s
         visual = result.visual_mask
         answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
@@ -137,7 +178,7 @@ class HawkSession:
     def describe(self) -> dict:
         return {"model": self.loaded.name, "device": str(self.loaded.device),
                 "dtype": str(self.loaded.dtype).replace("torch.", ""), "attn": self.loaded.attn,
-                "model_type": self.model.config.model_type}
+                "decode": self.decode_label, "model_type": self.model.config.model_type}
 
 
 TESTED_TRANSFORMERS = ("5.17.0", "5.25")  # keep in step with pyproject.toml

@@ -30,7 +30,7 @@ def _score_colour(rank: float) -> tuple[int, int, int]:
     low = int(position)
     high = min(low + 1, len(stops) - 1)
     frac = position - low
-    return tuple(int(round(a + (b - a) * frac)) for a, b in zip(stops[low], stops[high]))
+    return tuple(int(round(a + (b - a) * frac)) for a, b in zip(stops[low], stops[high], strict=True))
 
 
 def panels_for(images: tuple[Image.Image, ...] | list[Image.Image], frames: tuple[Image.Image, ...] | list,
@@ -45,7 +45,7 @@ def panels_for(images: tuple[Image.Image, ...] | list[Image.Image], frames: tupl
         blocks.extend([(h, w)] * t)
     if len(blocks) != len(pictures):
         raise InputError(f"{len(pictures)} pictures but {len(blocks)} token grids", "This is a bug; please report it")
-    return [(picture, h, w) for picture, (h, w) in zip(pictures, blocks)]
+    return [(picture, h, w) for picture, (h, w) in zip(pictures, blocks, strict=True)]
 
 
 def render_overlay(panels: list[tuple[Image.Image, int, int]], keep: torch.Tensor, scores: torch.Tensor | None = None,
@@ -65,7 +65,7 @@ def render_overlay(panels: list[tuple[Image.Image, int, int]], keep: torch.Tenso
     canvas = Image.new("RGB", (sum(s[0] for s in sizes) + GAP * (len(sizes) - 1), max(s[1] for s in sizes)),
                        BACKGROUND)
     x, offset = 0, 0
-    for (picture, h, w), (width, height), count in zip(panels, sizes, counts):
+    for (picture, _, w), (width, height), count in zip(panels, sizes, counts, strict=True):
         panel = picture.convert("RGB").resize((width, height), Image.BICUBIC)
         dimmed = panel.point(lambda v: int(v * DIM_FACTOR))
         cols = w // merge_size

@@ -72,7 +72,7 @@ def load_head_weights(path: str | Path) -> HeadWeights:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"'{path}' is not a valid safetensors file ({error})",
-                         "Re-create it with 'hawk calibrate'")
+                         "Re-create it with 'hawk calibrate'") from error
     values = tensors.pop(TENSOR_NAME).float().flatten()
     if not torch.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
         raise InputError(f"'{path}' holds negative, zero-sum or non-finite head weights",

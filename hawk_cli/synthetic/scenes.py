@@ -186,7 +186,7 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
 
     objects: list[SceneObject] = []
     n_box_seen = 0
-    for kind, cell in zip(kinds, cells):
+    for kind, cell in zip(kinds, cells, strict=True):
         if kind == "box":
             colour = COLORS[int(box_colours[n_box_seen])]
             n_box_seen += 1

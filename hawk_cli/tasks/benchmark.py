@@ -6,6 +6,9 @@ Variants, per batch size and ratio, run interleaved in one process on the same i
   pruned          hawk's loop at the ratio (HAWK scoring, compaction, post-pruning static cache)
   downscaled      hawk's loop at ratio 0 on the image shrunk (max_pixels) to the pruned run's visual-token count
   stock_generate  the model's own `generate` on the unpruned prompt (what users run today)
+  run_path        exactly what `hawk run` executes at the ratio: the session's own decode step (CUDA graphs
+                  on CUDA, captured on its first call, never compiled), inputs prepared from the images, and the
+                  end-of-sequence watch running (with an id the model never produces, so lengths stay forced)
 Times are host clocks around device work with synchronisation at every phase boundary; memory is the CUDA
 allocator's peak (or the process's resident-set high-water mark on CPU) above what was allocated before.
 """
@@ -27,7 +30,8 @@ import torch
 from PIL import Image
 
 from hawk_cli.adapters import adapter_class
-from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
+from hawk_cli.engine.decode_step import NO_EOS, DecodeStep
+from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.engine.session import HawkSession, versions
@@ -40,9 +44,10 @@ SCHEMA = "hawk.bench/1"
 RANDOM_WEIGHTS_NOTE = "random weights: speed and memory only"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 DEFAULT_QUESTION = "what color is the circle ?"
-VARIANTS = ("unpruned", "pruned", "downscaled", "stock_generate")
+VARIANTS = ("unpruned", "pruned", "downscaled", "stock_generate", "run_path")
 # Metrics kept per run; each becomes {median, min, max} and a ratio to the unpruned baseline.
-TIME_METRICS = ("vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms", "tokens_per_s")
+TIME_METRICS = ("inputs_ms", "vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms",
+                "tokens_per_s")
 MEMORY_METRICS = ("peak_prefill_bytes", "peak_run_bytes")
 
 
@@ -58,10 +63,11 @@ class BenchSettings:
     max_new_tokens: int = 16
     warmup: int = 2
     repeats: int = 5
-    compile: bool | None = None  # None: compiled decode on CUDA, eager elsewhere
+    compile: bool | None = None  # None: compiled decode on CUDA; else the session's decode mode
     question: str = DEFAULT_QUESTION
     stock: bool = True
     downscaled: bool = True
+    run_path: bool = True
 
     def __post_init__(self) -> None:
         for ratio in self.ratios:
@@ -83,7 +89,8 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b), a config.json file, a model folder, or builtin."""
+    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b), a config.json file, a model folder,
+    or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
     named = CONFIG_DIR / f"{spec}.json"
@@ -97,7 +104,7 @@ def resolve_config(spec: str) -> Path:
     raise UsageError(f"unknown config '{spec}'", f"Use one of {', '.join(named_configs())} or a config.json file")
 
 
-def random_weight_session(config_spec: str, device: str, dtype: str, attn: str) -> HawkSession:
+def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto") -> HawkSession:
     """A model built from a config with random weights, directly on the device (speed and memory only)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
@@ -118,7 +125,7 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str) 
     loaded = LoadedModel(model=model.eval(), tokenizer=tokenizer, image_processor=processor,
                          name=f"{config_spec} (random weights)", path=str(folder), device=torch_device,
                          dtype=torch_dtype, attn=attn, is_builtin=False)
-    return HawkSession(loaded)
+    return HawkSession(loaded, decode=decode)
 
 
 # --- inputs --------------------------------------------------------------------------------------------------
@@ -128,9 +135,12 @@ def synthetic_image(size: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def batch_requests(images: list[Image.Image], batch: int, question: str) -> list[Request]:
+    return [Request(question, (images[row % len(images)],)) for row in range(batch)]
+
+
 def batch_inputs(session: HawkSession, images: list[Image.Image], batch: int, question: str):
-    requests = [Request(question, (images[row % len(images)],)) for row in range(batch)]
-    return session.build_inputs(requests).to(session.loaded.device)
+    return session.build_inputs(batch_requests(images, batch, question)).to(session.loaded.device)
 
 
 # --- measurement ---------------------------------------------------------------------------------------------
@@ -247,7 +257,18 @@ class Bench:
         self.compiled = settings.compile if settings.compile is not None else self.device.type == "cuda"
         if self.compiled and self.device.type != "cuda":
             raise UsageError("a compiled decode step needs a CUDA device", "Turn compilation off on the CPU")
-        self.step = DecodeStep(session.adapter, self.compiled)
+        # The engine variants' own step (graphs or compiled); `run_path` uses the session's, as `hawk run` does.
+        self.step = DecodeStep(session.adapter, "compile" if self.compiled else session.decode_mode)
+
+    def _label(self, step: DecodeStep) -> str:
+        return "compiled" if step.compiled else ("cuda-graphs" if step.captured else "eager")
+
+    @staticmethod
+    def _kv_facts(result, kept_length: int) -> dict:
+        """The static cache's allocated bytes, and what it holds after prefill (its prompt slots)."""
+        allocated, slots = result.kv_cache_bytes, result.kv_cache_slots
+        return {"kv_cache_allocated_bytes": allocated,
+                "kv_cache_bytes": allocated * kept_length // slots if slots else allocated}
 
     # one run of each kind -> a flat sample of metrics
     def _engine_run(self, inputs, ratio: float) -> tuple[dict, object]:
@@ -262,8 +283,9 @@ class Bench:
         wall = time.perf_counter() - start
         t, n, batch = result.timings, self.settings.max_new_tokens, inputs.batch_size
         kept_length = max(row.prompt_tokens_kept for row in result.rows)
-        # A compiled step keeps its static cache between runs (CUDA graphs need fixed addresses): count it here.
-        pooled = result.kv_cache_bytes if self.compiled else 0
+        # A captured or compiled step keeps its static cache between runs (CUDA graphs need fixed addresses):
+        # count it here.
+        pooled = result.kv_cache_bytes if self.step.mode != "eager" else 0
         sample = {"vision_ms": 1e3 * t["vision_s"], "scoring_ms": 1e3 * t["scoring_s"],
                   "prefill_ms": 1e3 * t["prefill_s"], "ttft_ms": 1e3 * t["ttft_s"],
                   "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1), "total_ms": 1e3 * wall,
@@ -274,10 +296,37 @@ class Bench:
                  "prompt_tokens_kept": kept_length,
                  "visual_tokens": [row.visual_tokens for row in result.rows],
                  "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
-                 "kv_cache_allocated_bytes": result.kv_cache_bytes,
-                 # what the cache holds after prefill: the allocated static buffer less the decode slots
-                 "kv_cache_bytes": result.kv_cache_bytes * kept_length // (kept_length + n),
+                 **self._kv_facts(result, kept_length), "decode": self._label(self.step),
                  "generated_tokens": len(result.tokens[0])}
+        return sample, facts
+
+    def _run_path_run(self, requests: list[Request], ratio: float) -> tuple[dict, dict]:
+        """`hawk run`'s call: HawkSession.run from the images, the session's decode step, its default timer."""
+        session, n = self.session, self.settings.max_new_tokens
+        settings = GenerationSettings(ratio=ratio, max_new_tokens=n)
+        _sync(self.device)
+        start_bytes = self.probe.current()
+        self.probe.reset_peak()
+        start = time.perf_counter()
+        output = session.run(requests, self.scorer, settings, eos_ids={NO_EOS})
+        _sync(self.device)
+        wall = time.perf_counter() - start
+        result, t = output.result, output.result.timings
+        step = session.decode_step
+        kept_length = max(row.prompt_tokens_kept for row in result.rows)
+        pooled = result.kv_cache_bytes if step.mode != "eager" else 0
+        peak = max(0, self.probe.peak() - start_bytes) + pooled
+        sample = {"inputs_ms": 1e3 * t["inputs_s"], "vision_ms": 1e3 * t["vision_s"],
+                  "scoring_ms": 1e3 * t["scoring_s"], "prefill_ms": 1e3 * t["prefill_s"],
+                  "ttft_ms": 1e3 * t["ttft_s"],  # as the other variants: from prepared inputs
+                  "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1), "total_ms": 1e3 * wall,
+                  "tokens_per_s": len(requests) * n / wall, "peak_run_bytes": peak}
+        facts = {"prompt_tokens": max(row.prompt_tokens for row in result.rows),
+                 "prompt_tokens_kept": kept_length,
+                 "visual_tokens": [row.visual_tokens for row in result.rows],
+                 "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
+                 **self._kv_facts(result, kept_length), "decode": self._label(step),
+                 "graph_captures": step.captures, "generated_tokens": len(result.tokens[0])}
         return sample, facts
 
     def _stock_run(self, inputs) -> tuple[dict, dict]:
@@ -307,7 +356,7 @@ class Bench:
         sample = {"vision_ms": 1e3 * vision, "ttft_ms": 1e3 * (times[0] - start),
                   "decode_ms_per_token": 1e3 * (times[-1] - times[0]) / max(1, len(times) - 1),
                   "total_ms": 1e3 * wall, "tokens_per_s": inputs.batch_size * n / wall, "peak_run_bytes": peak}
-        facts = {"prompt_tokens": int(inputs.attention_mask.sum(-1).max()),
+        facts = {"prompt_tokens": int(inputs.attention_mask.sum(-1).max()), "decode": "stock",
                  "generated_tokens": int(output.shape[1] - inputs.input_ids.shape[1])}
         return sample, facts
 
@@ -325,6 +374,9 @@ class Bench:
                          for im in self.images]
                 shrunk = batch_inputs(self.session, small, batch, question)
                 plan.append(("downscaled", ratio, lambda inputs=shrunk: self._engine_run(inputs, 0.0)))
+            if self.settings.run_path:
+                requests = batch_requests(self.images, batch, question)
+                plan.append(("run_path", ratio, lambda r=ratio, q=requests: self._run_path_run(q, r)))
         return plan
 
     def run(self) -> list[dict]:
@@ -371,7 +423,7 @@ class Bench:
                 "ratio_to_stock_generate": {k: v["median"] / stock_summary[k]["median"] for k, v in metrics.items()
                                             if k in stock_summary and stock_summary[k]["median"]},
                 "first_call_s": entry.first_call_s, "compile_s": compile_s,
-                "compiled_decode": self.compiled and name != "stock_generate",
+                "compiled_decode": entry.facts.get("decode") == "compiled",
                 **self._floor(entry, metrics, environment),
                 "environment": environment,
             }
@@ -400,7 +452,8 @@ class Bench:
                 "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
                 "decoder_weight_bytes": self.session.adapter.decoder_weight_bytes(),
                 "weight_bytes": sum(p.numel() * p.element_size() for p in self.session.model.parameters()),
-                "cuda_graphs": self.compiled, "torch_threads": torch.get_num_threads()}
+                "cuda_graphs": self.compiled or self.step.captured, "decode": self._label(self.step),
+                "run_path_decode": self.session.decode_label, "torch_threads": torch.get_num_threads()}
 
 
 # --- the correctness check -----------------------------------------------------------------------------------

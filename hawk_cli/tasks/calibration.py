@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter
+from hawk_cli.engine.finish_watch import FinishWatch
 from hawk_cli.errors import UsageError
 from hawk_cli.io.calibration_data import CalibrationData, CalibrationSample
 from hawk_cli.io.requests import Request
@@ -242,6 +243,9 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
     logits, mask = _replicated_prefill(adapter, prefill, heads, layer, cache, share_prefixes)
     length = mask.shape[1]
     mask_buffer = torch.cat([mask, mask.new_zeros(rows, steps)], dim=1)
+    # Teacher-forced targets end where the longest does (`steps`); a step after every row ended adds nothing
+    # (inactive rows are masked out of the score), so a late stop is harmless.
+    watch = FinishWatch(device) if targets is None else None
     with ablate_heads(adapter.head_output_projection(layer),
                       _head_keep(batch, heads, adapter.num_query_heads, device)):
         for t in range(steps):
@@ -259,8 +263,12 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
                 following = active & ~torch.isin(token, eos)
             score += torch.where(active[None], gained.double(), torch.zeros_like(score))
             measured += active.long()
-            if t == steps - 1 or not bool(following.any()):
+            if t == steps - 1:
                 break
+            if watch is not None:  # greedy answers end at different steps: learn it without a host wait
+                watch.push(~following)
+                if watch.done():
+                    break
             mask_buffer[:, length + t] = 1
             step_positions = (next_position + t).view(1, rows, 1).expand(rope_rows, rows, 1)
             hidden = adapter.decode(adapter.embed(token.repeat(replicas)[:, None]), step_positions,

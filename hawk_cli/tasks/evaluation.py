@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.roles import token_roles
 from hawk_cli.engine.selection import keep_count, validate_ratio
@@ -229,6 +230,7 @@ def evaluate(session, settings: EvalSettings, progress: Callable[[int], None] | 
     questions = list(questions) if questions is not None else heldout_set(settings.n, settings.set_seed)
     scorers = build_scorers(session, settings)
     adapter = _VisionOnce(session.adapter)
+    step = DecodeStep(adapter, session.decode_mode)  # graphs captured once, replayed for every configuration
     unpruned = Tally()
     tallies = {(m, r): Tally() for m in settings.methods for r in settings.ratios}
     device = session.loaded.device
@@ -244,7 +246,8 @@ def evaluate(session, settings: EvalSettings, progress: Callable[[int], None] | 
         for tally, scorer, ratio in runs:
             result = generate(adapter, inputs, scorer, GenerationSettings(ratio=ratio,
                                                                           max_new_tokens=settings.max_new_tokens),
-                              session.eos_ids, target_mask=targets if scorer is not None else None)
+                              session.eos_ids, target_mask=targets if scorer is not None else None,
+                              decode_step=step)
             tally.scoring_s += result.timings.get("scoring_s", 0.0)
             tally.prefill_s += result.timings.get("prefill_s", 0.0)
             kept = result.keep_mask.to(targets.device) & visual

@@ -210,7 +210,7 @@ class QwenVLAdapter(ModelAdapter):
         return [step.float() for step in output.logits]
 
     # --- decoding --------------------------------------------------------------------------------------
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, cache,
+    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor | None, cache,
                extras: VisualExtras | None = None) -> Tensor:
         output = self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
                                      use_cache=True, **{self._cache_keyword: cache})

@@ -1,0 +1,1 @@
+"""JSONL serving plumbing: read ahead, prepare requests in workers, batch, isolate failures."""
