@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from cli_helpers import run_cli
 from tiny_models import random_image
 
@@ -59,8 +58,23 @@ def test_greedy_through_the_api_equals_hawk_run_and_the_masked_oracle(capsys, mo
 
     path = tmp_path / "scene.png"
     image.save(path)
-    code, stdout, _ = run_cli(capsys, "run", path, QUESTION, "--model", model_dir, "--json", "--ratio", "0.8",
-                              "--max-new-tokens", STEPS, "--scorer", "hawk-uniform", "--device", "cpu")
+    code, stdout, _ = run_cli(
+        capsys,
+        "run",
+        path,
+        QUESTION,
+        "--model",
+        model_dir,
+        "--json",
+        "--ratio",
+        "0.8",
+        "--max-new-tokens",
+        STEPS,
+        "--scorer",
+        "hawk-uniform",
+        "--device",
+        "cpu",
+    )
     record = json.loads(stdout)
     assert code == 0
     assert record["answer"] == out.text and record["generated_tokens"] == len(out.tokens)
@@ -83,10 +97,15 @@ def _stock_sample(model, request, seed: int, **sampling) -> list[int]:
     inputs = session.build_inputs([request])
     torch.manual_seed(seed)
     with torch.inference_mode():
-        output = session.model.generate(**session.adapter.stock_generate_inputs(inputs), max_new_tokens=STEPS,
-                                        do_sample=True, pad_token_id=session.adapter.tokens.pad,
-                                        eos_token_id=sorted(session.eos_ids), **sampling)
-    tokens = output[0, inputs.input_ids.shape[1]:].tolist()
+        output = session.model.generate(
+            **session.adapter.stock_generate_inputs(inputs),
+            max_new_tokens=STEPS,
+            do_sample=True,
+            pad_token_id=session.adapter.tokens.pad,
+            eos_token_id=sorted(session.eos_ids),
+            **sampling,
+        )
+    tokens = output[0, inputs.input_ids.shape[1] :].tolist()
     end = next((i + 1 for i, t in enumerate(tokens) if t in session.eos_ids), len(tokens))
     return tokens[:end]
 
@@ -112,8 +131,14 @@ def test_seeded_sampling_is_reproducible_differs_from_greedy_and_equals_transfor
 def test_a_sample_does_not_depend_on_its_batch_mates(model, image):
     other = random_image(160, 224, 3)
     alone = model.generate(image, QUESTION, max_new_tokens=STEPS, do_sample=True, seed=4, **SAMPLING)
-    batch = model.generate([other, image], ["how many stars are there ?", QUESTION], max_new_tokens=STEPS,
-                           do_sample=True, seed=4, **SAMPLING)
+    batch = model.generate(
+        [other, image],
+        ["how many stars are there ?", QUESTION],
+        max_new_tokens=STEPS,
+        do_sample=True,
+        seed=4,
+        **SAMPLING,
+    )
     assert batch[1].tokens == alone.tokens and batch[1].stats == alone.stats
 
 
@@ -123,11 +148,16 @@ def test_repetition_penalty_alone_changes_greedy_decoding_as_transformers_does(m
     session = model.session
     inputs = session.build_inputs([request])
     with torch.inference_mode():
-        output = session.model.generate(**session.adapter.stock_generate_inputs(inputs), max_new_tokens=STEPS,
-                                        do_sample=False, repetition_penalty=3.0,
-                                        pad_token_id=session.adapter.tokens.pad, eos_token_id=sorted(session.eos_ids))
-    stock = output[0, inputs.input_ids.shape[1]:].tolist()
-    assert penalised.tokens == stock[:len(penalised.tokens)]
+        output = session.model.generate(
+            **session.adapter.stock_generate_inputs(inputs),
+            max_new_tokens=STEPS,
+            do_sample=False,
+            repetition_penalty=3.0,
+            pad_token_id=session.adapter.tokens.pad,
+            eos_token_id=sorted(session.eos_ids),
+        )
+    stock = output[0, inputs.input_ids.shape[1] :].tolist()
+    assert penalised.tokens == stock[: len(penalised.tokens)]
     assert penalised.tokens != model.generate(image, QUESTION, ratio=0.0, max_new_tokens=STEPS).tokens
 
 
@@ -140,11 +170,11 @@ def _processor_output(model, images: list, questions: list[str], padding_side: s
 
     tokenizer, processor = model.session.tokenizer, model.session.loaded.image_processor
     texts = []
-    for image, question in zip(images, questions):
+    for image, question in zip(images, questions, strict=True):
         chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-        texts.append(text.replace("<|image_pad|>", "<|image_pad|>" * (int(grid.prod()) // processor.merge_size ** 2)))
+        texts.append(text.replace("<|image_pad|>", "<|image_pad|>" * (int(grid.prod()) // processor.merge_size**2)))
     encoded = tokenizer(texts, padding=True, padding_side=padding_side, return_tensors="pt")
     pixels = processor(images=images, return_tensors="pt")
     return BatchFeature({**encoded, **pixels})
@@ -181,11 +211,16 @@ def test_an_already_loaded_model_and_processor_are_used_as_they_are(model_dir, i
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     mine = AutoModelForImageTextToText.from_pretrained(model_dir)
-    wrapped = api.load(mine, tokenizer=AutoTokenizer.from_pretrained(model_dir),
-                       image_processor=AutoImageProcessor.from_pretrained(model_dir, backend="pil"))
+    wrapped = api.load(
+        mine,
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+        image_processor=AutoImageProcessor.from_pretrained(model_dir, backend="pil"),
+    )
     assert wrapped.session.model is mine and wrapped.session.loaded.device == torch.device("cpu")
-    assert wrapped.generate(image, QUESTION, max_new_tokens=STEPS, scorer="hawk-uniform").tokens == \
-        model.generate(image, QUESTION, max_new_tokens=STEPS, scorer="hawk-uniform").tokens
+    assert (
+        wrapped.generate(image, QUESTION, max_new_tokens=STEPS, scorer="hawk-uniform").tokens
+        == model.generate(image, QUESTION, max_new_tokens=STEPS, scorer="hawk-uniform").tokens
+    )
 
 
 def test_head_weights_as_values_are_checked_against_the_model(model, image):
@@ -195,16 +230,19 @@ def test_head_weights_as_values_are_checked_against_the_model(model, image):
         model.generate(image, QUESTION, scorer="hawk", weights=[0.5, 0.5])
 
 
-@pytest.mark.parametrize("kwargs, error, fragment", [
-    (dict(ratio=1.5), UsageError, "ratio must be in [0, 1)"),
-    (dict(max_new_tokens=0), UsageError, "max_new_tokens must be at least 1"),
-    (dict(do_sample=True, temperature=0), UsageError, "temperature must be a number greater than 0"),
-    (dict(top_p=1.5), UsageError, "top_p must be a number in (0, 1]"),
-    (dict(top_k=-1), UsageError, "top_k must be a non-negative integer"),
-    (dict(seed=-3), UsageError, "seed must be a non-negative integer"),
-    (dict(scorer="nope"), UsageError, "unknown scorer 'nope'"),
-    (dict(batch_size=0), UsageError, "batch_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        (dict(ratio=1.5), UsageError, "ratio must be in [0, 1)"),
+        (dict(max_new_tokens=0), UsageError, "max_new_tokens must be at least 1"),
+        (dict(do_sample=True, temperature=0), UsageError, "temperature must be a number greater than 0"),
+        (dict(top_p=1.5), UsageError, "top_p must be a number in (0, 1]"),
+        (dict(top_k=-1), UsageError, "top_k must be a non-negative integer"),
+        (dict(seed=-3), UsageError, "seed must be a non-negative integer"),
+        (dict(scorer="nope"), UsageError, "unknown scorer 'nope'"),
+        (dict(batch_size=0), UsageError, "batch_size must be a positive integer"),
+    ],
+)
 def test_bad_arguments_raise_errors_in_the_librarys_words(model, image, kwargs, error, fragment):
     with pytest.raises(error) as raised:
         model.generate(image, QUESTION, **kwargs)
@@ -212,14 +250,17 @@ def test_bad_arguments_raise_errors_in_the_librarys_words(model, image, kwargs, 
     assert "--" not in raised.value.render()
 
 
-@pytest.mark.parametrize("call, fragment", [
-    (lambda m, im: m.generate(im, QUESTION, messages=[{"role": "user", "content": "x"}]), "exactly one of"),
-    (lambda m, im: m.generate([im], [QUESTION, QUESTION]), "one entry of images per question"),
-    (lambda m, im: m.generate(42, QUESTION), "cannot use a int as an image"),
-    (lambda m, im: m.generate("/nonexistent.png", QUESTION), "does not exist"),
-    (lambda m, im: m.generate(messages=[{"role": "robot", "content": "x"}]), "unknown chat role"),
-    (lambda m, im: api.load(torch.nn.Linear(2, 2)), "needs its tokenizer and image processor"),
-])
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda m, im: m.generate(im, QUESTION, messages=[{"role": "user", "content": "x"}]), "exactly one of"),
+        (lambda m, im: m.generate([im], [QUESTION, QUESTION]), "one entry of images per question"),
+        (lambda m, im: m.generate(42, QUESTION), "cannot use a int as an image"),
+        (lambda m, im: m.generate("/nonexistent.png", QUESTION), "does not exist"),
+        (lambda m, im: m.generate(messages=[{"role": "robot", "content": "x"}]), "unknown chat role"),
+        (lambda m, im: api.load(torch.nn.Linear(2, 2)), "needs its tokenizer and image processor"),
+    ],
+)
 def test_bad_inputs_name_the_problem_and_the_fix(model, image, call, fragment):
     with pytest.raises(HawkError) as raised:
         call(model, image)

@@ -18,13 +18,14 @@ import pytest
 
 from hawk_cli.io.models import builtin_dir
 
-pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
-                                reason="the built-in model is not installed in this checkout")
+pytestmark = pytest.mark.skipif(
+    not (builtin_dir() / "model.safetensors").is_file(), reason="the built-in model is not installed in this checkout"
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "=== hawk starts here ==="
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, logging, os, sys, warnings
 import torch
 
@@ -66,13 +67,14 @@ warnings.simplefilter("ignore")  # the negative control: deliberate changes must
 torch.set_num_threads(1)
 report["spoiled"] = changed(snapshot())
 sys.stdout.write(json.dumps(report) + "\n")
-'''.replace("MARK", MARK)
+""".replace("MARK", MARK)
 
 
 def test_import_and_generate_change_no_global_state_and_print_nothing():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out_after = done.stdout.split(MARK, 1)[1].strip().splitlines()
     report = json.loads(out_after[-1])

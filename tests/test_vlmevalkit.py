@@ -21,8 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import SYNTHETIC_N as N
+
 from hawk_cli.integrations.lmms_eval.synthetic import is_correct
 from hawk_cli.integrations.vlmevalkit import HawkVLM
 from hawk_cli.integrations.vlmevalkit.launcher import run
@@ -32,8 +32,9 @@ from hawk_cli.synthetic.scenes import heldout_set
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_KWARGS = dict(pretrained="builtin", ratio=0.8, device="cpu", max_new_tokens=2)  # hawk eval's 2 tokens
 
-pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
-                                reason="the built-in model is not installed in this checkout")
+pytestmark = pytest.mark.skipif(
+    not (builtin_dir() / "model.safetensors").is_file(), reason="the built-in model is not installed in this checkout"
+)
 
 
 class StandInDataset:
@@ -51,8 +52,10 @@ class StandInDataset:
         return [str(path)]
 
     def build_prompt(self, line) -> list[dict]:
-        return [*({"type": "image", "value": p} for p in self.dump_image(line)),
-                {"type": "text", "value": line["question"]}]
+        return [
+            *({"type": "image", "value": p} for p in self.dump_image(line)),
+            {"type": "text", "value": line["question"]},
+        ]
 
     def evaluate(self, eval_file, **judge_kwargs) -> dict:
         predictions = json.loads(Path(eval_file).read_text())
@@ -79,10 +82,12 @@ def stand_in_vlmeval(tmp_path: Path) -> SimpleNamespace:
     def get_pred_file_path(work_dir, model_name, dataset_name, use_env_format=True):
         return str(Path(work_dir) / f"{model_name}_{dataset_name}.json")
 
-    return SimpleNamespace(config=SimpleNamespace(supported_VLM=supported_VLM),
-                           dataset=SimpleNamespace(build_dataset=lambda name: StandInDataset(name, tmp_path)),
-                           inference=SimpleNamespace(infer_data_job=infer_data_job),
-                           smp=SimpleNamespace(get_pred_file_path=get_pred_file_path))
+    return SimpleNamespace(
+        config=SimpleNamespace(supported_VLM=supported_VLM),
+        dataset=SimpleNamespace(build_dataset=lambda name: StandInDataset(name, tmp_path)),
+        inference=SimpleNamespace(infer_data_job=infer_data_job),
+        smp=SimpleNamespace(get_pred_file_path=get_pred_file_path),
+    )
 
 
 def test_the_launcher_registers_hawk_and_vlmevalkits_loop_gives_hawk_evals_answers(tmp_path, synthetic_eval_norm):
@@ -102,7 +107,9 @@ def test_message_shapes_vlmevalkit_sends_are_read_in_order(tmp_path):
     model = HawkVLM.__new__(HawkVLM)  # the parsing needs no model
     assert model.preproc_content("hi") == [{"type": "text", "value": "hi"}]
     assert model.preproc_content([str(image), "what color is the triangle ?"]) == [
-        {"type": "image", "value": str(image)}, {"type": "text", "value": "what color is the triangle ?"}]
+        {"type": "image", "value": str(image)},
+        {"type": "text", "value": "what color is the triangle ?"},
+    ]
     assert model.use_custom_prompt("MME") is False
 
 
@@ -116,7 +123,7 @@ def test_the_launcher_says_how_to_install_vlmevalkit_when_it_is_missing(capsys):
     assert err.startswith("hawk: error: VLMEvalKit is not importable") and "pip install -e VLMEvalKit" in err
 
 
-REAL_SCRIPT = r'''
+REAL_SCRIPT = r"""
 import json, sys
 import pandas as pd
 from hawk_cli.integrations.vlmevalkit.launcher import run
@@ -124,12 +131,14 @@ done = run(["hawk_synthetic"], "hawk-0.8", sys.argv[1], json.loads(sys.argv[2]))
 table = pd.read_csv(done.prediction_file, sep="\t")
 print("RESULT " + json.dumps({"answers": [str(a) for a in table.sort_values("index")["prediction"]],
                               "notes": done.notes, "kept": done.visual_tokens_kept}))
-'''
+"""
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vlmeval") is None,
-                    reason="VLMEvalKit is not installed (it is not on PyPI: install it from its repository to run "
-                           "this through its real build_dataset and infer_data_job)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vlmeval") is None,
+    reason="VLMEvalKit is not installed (it is not on PyPI: install it from its repository to run "
+    "this through its real build_dataset and infer_data_job)",
+)
 def test_vlmevalkits_real_inference_loop_gives_hawk_evals_answers(tmp_path, synthetic_eval_norm):
     data, work = tmp_path / "LMUData", tmp_path / "outputs"
     data.mkdir(), work.mkdir()
@@ -139,12 +148,24 @@ def test_vlmevalkits_real_inference_loop_gives_hawk_evals_answers(tmp_path, synt
         q.image.save(buffer, format="PNG")
         rows.append(f"{index}\t{base64.b64encode(buffer.getvalue()).decode()}\t{q.question}\t{q.answer}")
     (data / "hawk_synthetic.tsv").write_text("index\timage\tquestion\tanswer\n" + "\n".join(rows) + "\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LMUData": str(data), "PRED_FORMAT": "tsv",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", REAL_SCRIPT, str(work), json.dumps(MODEL_KWARGS)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LMUData": str(data),
+        "PRED_FORMAT": "tsv",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", REAL_SCRIPT, str(work), json.dumps(MODEL_KWARGS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
     assert result["answers"] == synthetic_eval_norm.answers
     assert result["kept"] == N * 52
     assert "no evaluator" in result["notes"][0]  # VLMEvalKit scores no custom VQA data; hawk eval's rule does

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,30 +44,38 @@ class Sampling:
             raise UsageError(f"must be True or False, got {self.do_sample!r}", setting="do_sample")
         _check_number(self.temperature, "temperature", low=0.0, low_open=True, example="0.7")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise UsageError(f"must be a non-negative integer, got {self.top_k!r}", "Use e.g. {top_k=}50, or 0 for no "
-                             "top-k filter", setting="top_k")
+            raise UsageError(
+                f"must be a non-negative integer, got {self.top_k!r}",
+                "Use e.g. {top_k=}50, or 0 for no top-k filter",
+                setting="top_k",
+            )
         _check_number(self.top_p, "top_p", low=0.0, low_open=True, high=1.0, example="0.9")
         _check_number(self.repetition_penalty, "repetition_penalty", low=0.0, low_open=True, example="1.1")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < 2 ** 63):
-            raise UsageError(f"must be a non-negative integer, got {self.seed!r}", "Use e.g. {seed=}0",
-                             setting="seed")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63
+        ):
+            raise UsageError(f"must be a non-negative integer, got {self.seed!r}", "Use e.g. {seed=}0", setting="seed")
 
     @property
     def is_greedy(self) -> bool:
         """Plain argmax: the engine's default path, nothing to process."""
         return not self.do_sample and self.repetition_penalty == 1.0
 
-    def seeded(self) -> "Sampling":
+    def seeded(self) -> Sampling:
         """These settings with a concrete seed when sampling (so the caller can report and replay it)."""
         if self.do_sample and self.seed is None:
-            return replace(self, seed=int(torch.Generator().seed()) % 2 ** 63)
+            return replace(self, seed=int(torch.Generator().seed()) % 2**63)
         return self
 
     def processors(self):
         """The transformers `LogitsProcessorList` these settings mean, in `generate`'s order."""
-        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                  TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         processors = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
@@ -80,13 +89,19 @@ class Sampling:
                 processors.append(TopPLogitsWarper(top_p=float(self.top_p)))
         return processors
 
-    def start(self, input_ids: Tensor, attention_mask: Tensor) -> "RowChooser":
+    def start(self, input_ids: Tensor, attention_mask: Tensor) -> RowChooser:
         """The chooser for one left-padded batch (`engine.generation.TokenChoice`)."""
         return RowChooser(self.seeded(), input_ids, attention_mask)
 
     def describe(self) -> dict:
-        return {"do_sample": self.do_sample, "temperature": self.temperature, "top_k": self.top_k,
-                "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+        return {
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
 
 
 class RowChooser:
@@ -99,13 +114,13 @@ class RowChooser:
         self.histories = [input_ids[row][valid[row]][None] for row in range(input_ids.shape[0])]
         self.generators = None
         if sampling.do_sample:
-            self.generators = [torch.Generator(device=input_ids.device).manual_seed(sampling.seed)
-                               for _ in self.histories]
+            seed = int(sampling.seed or 0)  # `start` seeds the settings first: never None here
+            self.generators = [torch.Generator(device=input_ids.device).manual_seed(seed) for _ in self.histories]
 
     def __call__(self, logits: Tensor) -> Tensor:
         chosen = []
         for row, history in enumerate(self.histories):
-            scores = self.processors(history, logits[row:row + 1].float())
+            scores = self.processors(history, logits[row : row + 1].float())
             if self.generators is None:
                 token = scores.argmax(-1)
             else:
@@ -116,7 +131,7 @@ class RowChooser:
         return torch.cat(chosen)
 
 
-def _check_number(value, name: str, low: float, low_open: bool, example: str, high: float | None = None) -> None:
+def _check_number(value: Any, name: str, low: float, low_open: bool, example: str, high: float | None = None) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
     if not ok:

@@ -7,8 +7,8 @@ Kept apart so that it can be tested (and reused by another harness) where lmms-e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable
 
 from hawk_cli.engine.library import Generation, HawkModel, load
 from hawk_cli.errors import InputError, UsageError
@@ -35,12 +35,13 @@ class HarnessSettings:
     system_prompt: str | None = None
 
     @classmethod
-    def parse(cls, arguments: dict) -> "HarnessSettings":
+    def parse(cls, arguments: dict) -> HarnessSettings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(arguments) - set(known))
         if unknown:
-            raise UsageError(f"unknown model argument(s) {', '.join(unknown)} for the hawk model",
-                             f"Use some of: {', '.join(known)}")
+            raise UsageError(
+                f"unknown model argument(s) {', '.join(unknown)} for the hawk model", f"Use some of: {', '.join(known)}"
+            )
         values = {}
         for name, value in arguments.items():
             if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
@@ -51,9 +52,22 @@ class HarnessSettings:
 
 
 _OPTIONAL = {"scorer", "weights", "layer", "min_pixels", "max_pixels", "system_prompt"}
-_KINDS = {"pretrained": str, "ratio": float, "scorer": str, "weights": str, "layer": int, "device": str,
-          "dtype": str, "attn_implementation": str, "batch_size": int, "min_pixels": int, "max_pixels": int,
-          "max_new_tokens": int, "seed": int, "system_prompt": str}
+_KINDS = {
+    "pretrained": str,
+    "ratio": float,
+    "scorer": str,
+    "weights": str,
+    "layer": int,
+    "device": str,
+    "dtype": str,
+    "attn_implementation": str,
+    "batch_size": int,
+    "min_pixels": int,
+    "max_pixels": int,
+    "max_new_tokens": int,
+    "seed": int,
+    "system_prompt": str,
+}
 
 
 def _convert(name: str, value, kind: type):
@@ -66,12 +80,20 @@ def _convert(name: str, value, kind: type):
         return int(number) if kind is int else number
     except (TypeError, ValueError):
         wanted = "an integer" if kind is int else "a number"
-        raise UsageError(f"model argument {name} must be {wanted}, got {value!r}",
-                         f"e.g. {name}={_EXAMPLES.get(name, '1')}") from None
+        raise UsageError(
+            f"model argument {name} must be {wanted}, got {value!r}", f"e.g. {name}={_EXAMPLES.get(name, '1')}"
+        ) from None
 
 
-_EXAMPLES = {"ratio": "0.8", "batch_size": "8", "layer": "0", "max_pixels": "1003520", "min_pixels": "3136",
-             "max_new_tokens": "128", "seed": "0"}
+_EXAMPLES = {
+    "ratio": "0.8",
+    "batch_size": "8",
+    "layer": "0",
+    "max_pixels": "1003520",
+    "min_pixels": "3136",
+    "max_new_tokens": "128",
+    "seed": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -87,30 +109,42 @@ class Decoding:
     until: tuple[str, ...]
 
     @classmethod
-    def of(cls, gen_kwargs: dict | None, default_tokens: int) -> "Decoding":
+    def of(cls, gen_kwargs: dict | None, default_tokens: int) -> Decoding:
         kwargs = dict(gen_kwargs or {})
         beams = int(kwargs.get("num_beams", 1) or 1)
         if beams != 1:
-            raise UsageError(f"beam search ({beams} beams) is not supported with pruning",
-                             "Use greedy or sampled decoding (num_beams=1)")
+            raise UsageError(
+                f"beam search ({beams} beams) is not supported with pruning",
+                "Use greedy or sampled decoding (num_beams=1)",
+            )
         temperature = float(kwargs.get("temperature", 0.0) or 0.0)
         until = kwargs.get("until") or ()
         until = (until,) if isinstance(until, str) else tuple(str(u) for u in until)
-        return cls(max_new_tokens=int(kwargs.get("max_new_tokens", kwargs.get("max_gen_toks", default_tokens))),
-                   do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-                   top_p=float(kwargs.get("top_p") or 1.0) if temperature > 0 else 1.0,
-                   top_k=int(kwargs.get("top_k") or 0) if temperature > 0 else 0,
-                   repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0), until=until)
+        return cls(
+            max_new_tokens=int(kwargs.get("max_new_tokens", kwargs.get("max_gen_toks", default_tokens))),
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0,
+            top_p=float(kwargs.get("top_p") or 1.0) if temperature > 0 else 1.0,
+            top_k=int(kwargs.get("top_k") or 0) if temperature > 0 else 0,
+            repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0),
+            until=until,
+        )
 
     def generate_kwargs(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+        }
 
     def cut(self, text: str) -> str:
         """The answer up to the first stop string (lmms-eval's `until`)."""
         for stop in self.until:
             if stop and stop in text:
-                text = text[:text.index(stop)]
+                text = text[: text.index(stop)]
         return text
 
 
@@ -119,12 +153,18 @@ class HarnessRunner:
 
     def __init__(self, settings: HarnessSettings, model: HawkModel | None = None) -> None:
         self.settings = settings
-        self.model = model or load(settings.pretrained, device=settings.device, dtype=settings.dtype,
-                                   attn=settings.attn_implementation, min_pixels=settings.min_pixels,
-                                   max_pixels=settings.max_pixels)
+        self.model = model or load(
+            settings.pretrained,
+            device=settings.device,
+            dtype=settings.dtype,
+            attn=settings.attn_implementation,
+            min_pixels=settings.min_pixels,
+            max_pixels=settings.max_pixels,
+        )
 
-    def answer(self, items: list[tuple[list[dict], dict | None]],
-               on_batch: Callable[[list[Generation]], None] | None = None) -> list[tuple[str, Generation]]:
+    def answer(
+        self, items: list[tuple[list[dict], dict | None]], on_batch: Callable[[list[Generation]], None] | None = None
+    ) -> list[tuple[str, Generation]]:
         """`items`: (chat in transformers' / lmms-eval's message format, the task's generation keywords)."""
         groups: dict[str, list[int]] = {}
         for index, (_, gen_kwargs) in enumerate(items):
@@ -133,12 +173,17 @@ class HarnessRunner:
         for indices in groups.values():
             decoding = Decoding.of(items[indices[0]][1], self.settings.max_new_tokens)
             for start in range(0, len(indices), self.settings.batch_size):
-                batch = indices[start:start + self.settings.batch_size]
-                outputs = self.model.generate(messages=[hawk_chat(items[i][0]) for i in batch],
-                                              ratio=self.settings.ratio, scorer=self.settings.scorer,
-                                              weights=self.settings.weights, layer=self.settings.layer,
-                                              seed=self.settings.seed, **decoding.generate_kwargs())
-                for index, output in zip(batch, outputs):
+                batch = indices[start : start + self.settings.batch_size]
+                outputs = self.model.generate(
+                    messages=[hawk_chat(items[i][0]) for i in batch],
+                    ratio=self.settings.ratio,
+                    scorer=self.settings.scorer,
+                    weights=self.settings.weights,
+                    layer=self.settings.layer,
+                    seed=self.settings.seed,
+                    **decoding.generate_kwargs(),
+                )
+                for index, output in zip(batch, outputs, strict=True):
                     results[index] = (decoding.cut(output.text), output)
                 if on_batch is not None:
                     on_batch(outputs)
@@ -166,6 +211,8 @@ def _part(part: dict) -> dict:
             return {"type": "video", "video": list(source)}
         if isinstance(source, str):
             return {"type": "video", "video": read_frames([source])}
-        raise InputError(f"cannot read a video from a {type(source).__name__}",
-                         "Give a folder of frames, an animated image, or a list of frames")
+        raise InputError(
+            f"cannot read a video from a {type(source).__name__}",
+            "Give a folder of frames, an animated image, or a list of frames",
+        )
     return dict(part)

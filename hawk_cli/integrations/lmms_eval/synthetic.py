@@ -16,8 +16,17 @@ DEFAULT_QUESTIONS = 2000  # the whole held-out set, as `hawk eval` uses by defau
 def documents(n: int = DEFAULT_QUESTIONS, seed: int = HELDOUT_SEED) -> list[dict]:
     """The first `n` held-out questions, in `hawk eval`'s order, as plain records (no pixels: those are redrawn
     per scene when asked for, so 2000 documents hold no 1 GB of images)."""
-    return [{"index": index, "question": q.question, "answer": q.answer, "kind": q.kind, "scene_id": q.scene_id,
-             "seed": seed} for index, q in enumerate(heldout_set(n, seed))]
+    return [
+        {
+            "index": index,
+            "question": q.question,
+            "answer": q.answer,
+            "kind": q.kind,
+            "scene_id": q.scene_id,
+            "seed": seed,
+        }
+        for index, q in enumerate(heldout_set(n, seed))
+    ]
 
 
 @lru_cache(maxsize=8)

@@ -16,8 +16,11 @@ from hawk_cli.errors import HawkError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hawk_cli.integrations.vlmevalkit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m hawk_cli.integrations.vlmevalkit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", nargs="+", required=True, help="VLMEvalKit dataset names, e.g. MME TextVQA_VAL")
     p.add_argument("--model", default="builtin", help="hub id or local folder (default: builtin)")
     p.add_argument("--name", default=None, help="model name in VLMEvalKit's tables and files (default: hawk-<ratio>)")
@@ -41,9 +44,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     name = args.name or f"hawk-{args.ratio:g}"
-    model_kwargs = dict(pretrained=args.model, ratio=args.ratio, scorer=args.scorer, weights=args.weights,
-                        min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens,
-                        device=args.device, dtype=args.dtype, attn=args.attn)
+    model_kwargs = dict(
+        pretrained=args.model,
+        ratio=args.ratio,
+        scorer=args.scorer,
+        weights=args.weights,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        attn=args.attn,
+    )
     try:
         runs = run(args.data, name, args.work_dir, model_kwargs, judge=args.judge, nproc=args.nproc)
     except HawkError as error:
@@ -53,10 +65,22 @@ def main(argv: list[str] | None = None) -> int:
         if done.results is None and not done.notes:  # another rank under torchrun: rank 0 reports
             continue
         results = done.results.to_dict() if hasattr(done.results, "to_dict") else done.results
-        sys.stdout.write(json.dumps({"model": name, "dataset": done.dataset, "ratio": args.ratio,
-                                     "visual_tokens": done.visual_tokens, "visual_tokens_kept": done.visual_tokens_kept,
-                                     "predictions": done.prediction_file, "results": results, "notes": done.notes},
-                                    default=str) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "model": name,
+                    "dataset": done.dataset,
+                    "ratio": args.ratio,
+                    "visual_tokens": done.visual_tokens,
+                    "visual_tokens_kept": done.visual_tokens_kept,
+                    "predictions": done.prediction_file,
+                    "results": results,
+                    "notes": done.notes,
+                },
+                default=str,
+            )
+            + "\n"
+        )
     return 0
 
 

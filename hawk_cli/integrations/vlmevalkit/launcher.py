@@ -30,14 +30,18 @@ class DatasetRun:
 def import_vlmeval() -> SimpleNamespace:
     """VLMEvalKit's modules, or a clear error saying how to install it."""
     try:
-        return SimpleNamespace(config=importlib.import_module("vlmeval.config"),
-                               dataset=importlib.import_module("vlmeval.dataset"),
-                               inference=importlib.import_module("vlmeval.inference"),
-                               smp=importlib.import_module("vlmeval.smp"))
+        return SimpleNamespace(
+            config=importlib.import_module("vlmeval.config"),
+            dataset=importlib.import_module("vlmeval.dataset"),
+            inference=importlib.import_module("vlmeval.inference"),
+            smp=importlib.import_module("vlmeval.smp"),
+        )
     except ImportError as error:
-        raise ResourceError(f"VLMEvalKit is not importable ({error})",
-                            "Install it from its repository: git clone https://github.com/open-compass/VLMEvalKit "
-                            "&& pip install -e VLMEvalKit") from None
+        raise ResourceError(
+            f"VLMEvalKit is not importable ({error})",
+            "Install it from its repository: git clone https://github.com/open-compass/VLMEvalKit "
+            "&& pip install -e VLMEvalKit",
+        ) from None
 
 
 def register(vlmeval, name: str, **model_kwargs) -> str:
@@ -46,8 +50,16 @@ def register(vlmeval, name: str, **model_kwargs) -> str:
     return name
 
 
-def run(datasets: list[str], name: str, work_dir: str, model_kwargs: dict, judge: str = "exact_matching",
-        nproc: int = 4, vlmeval=None, dataset_kwargs: dict | None = None) -> list[DatasetRun]:
+def run(
+    datasets: list[str],
+    name: str,
+    work_dir: str,
+    model_kwargs: dict,
+    judge: str = "exact_matching",
+    nproc: int = 4,
+    vlmeval=None,
+    dataset_kwargs: dict | None = None,
+) -> list[DatasetRun]:
     """Register the model, then per dataset: VLMEvalKit's `build_dataset`, `infer_data_job` and the dataset's
     `evaluate` (judge `exact_matching` needs no API key; VLMEvalKit's GPT judges read their keys from its .env)."""
     vlmeval = vlmeval or import_vlmeval()
@@ -57,11 +69,14 @@ def run(datasets: list[str], name: str, work_dir: str, model_kwargs: dict, judge
     for dataset_name in datasets:
         dataset = vlmeval.dataset.build_dataset(dataset_name, **(dataset_kwargs or {}))
         if dataset is None:
-            raise ResourceError(f"VLMEvalKit could not build dataset '{dataset_name}'",
-                                "Check the name against VLMEvalKit's supported datasets")
+            raise ResourceError(
+                f"VLMEvalKit could not build dataset '{dataset_name}'",
+                "Check the name against VLMEvalKit's supported datasets",
+            )
         before = _token_counts(model)
-        model = vlmeval.inference.infer_data_job(model=model, work_dir=work_dir, model_name=name, dataset=dataset,
-                                                 verbose=False, api_nproc=nproc)
+        model = vlmeval.inference.infer_data_job(
+            model=model, work_dir=work_dir, model_name=name, dataset=dataset, verbose=False, api_nproc=nproc
+        )
         after = _token_counts(model)
         prediction_file = vlmeval.smp.get_pred_file_path(work_dir, name, dataset_name, use_env_format=True)
         notes, results = [], None
@@ -69,11 +84,19 @@ def run(datasets: list[str], name: str, work_dir: str, model_kwargs: dict, judge
             try:
                 results = dataset.evaluate(prediction_file, model=judge, nproc=nproc, verbose=False)
             except NotImplementedError:  # VLMEvalKit's custom VQA datasets (a local TSV) have no scorer
-                notes.append(f"VLMEvalKit has no evaluator for '{dataset_name}'; the predictions are in "
-                             f"{prediction_file}")
-        runs.append(DatasetRun(dataset=dataset_name, prediction_file=prediction_file, results=results,
-                               visual_tokens=after[0] - before[0], visual_tokens_kept=after[1] - before[1],
-                               notes=notes))
+                notes.append(
+                    f"VLMEvalKit has no evaluator for '{dataset_name}'; the predictions are in {prediction_file}"
+                )
+        runs.append(
+            DatasetRun(
+                dataset=dataset_name,
+                prediction_file=prediction_file,
+                results=results,
+                visual_tokens=after[0] - before[0],
+                visual_tokens_kept=after[1] - before[1],
+                notes=notes,
+            )
+        )
     return runs
 
 

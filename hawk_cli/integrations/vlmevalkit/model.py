@@ -27,18 +27,31 @@ class HawkVLM:
     is_api = False
     allowed_types = ("text", "image")
 
-    def __init__(self, pretrained: str = "builtin", ratio: float = 0.8, scorer: str | None = None,
-                 weights: str | None = None, layer: int | None = None, device: str = "auto", dtype: str = "auto",
-                 attn: str = "sdpa", min_pixels: int | None = None, max_pixels: int | None = None,
-                 max_new_tokens: int = 2048, system_prompt: str | None = None, model: HawkModel | None = None,
-                 **unused: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str = "builtin",
+        ratio: float = 0.8,
+        scorer: str | None = None,
+        weights: str | None = None,
+        layer: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn: str = "sdpa",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_new_tokens: int = 2048,
+        system_prompt: str | None = None,
+        model: HawkModel | None = None,
+        **unused: Any,
+    ) -> None:
         if device == "auto" and os.environ.get("LOCAL_RANK") is not None:  # torchrun: one model per GPU
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         self.ratio, self.scorer, self.weights, self.layer = ratio, scorer, weights, layer
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
-        self.model = model or load(pretrained, device=device, dtype=dtype, attn=attn, min_pixels=min_pixels,
-                                   max_pixels=max_pixels)
+        self.model = model or load(
+            pretrained, device=device, dtype=dtype, attn=attn, min_pixels=min_pixels, max_pixels=max_pixels
+        )
         self._by_bounds: dict[tuple, HawkModel] = {(min_pixels, max_pixels): self.model}
         self.dump_image_func = None
         self.last: Generation | None = None
@@ -68,12 +81,20 @@ class HawkVLM:
             elif item["type"] == "text":
                 content.append({"type": "text", "text": item["value"]})
             else:
-                raise InputError(f"HawkVLM reads text and images, got a {item['type']!r} item",
-                                 "Run it on image datasets")
-        chat = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + \
-            [{"role": "user", "content": content}]
-        output = self._model_for(dataset).generate(messages=chat, ratio=self.ratio, max_new_tokens=self.max_new_tokens,
-                                                   scorer=self.scorer, weights=self.weights, layer=self.layer)
+                raise InputError(
+                    f"HawkVLM reads text and images, got a {item['type']!r} item", "Run it on image datasets"
+                )
+        chat = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+            {"role": "user", "content": content}
+        ]
+        output = self._model_for(dataset).generate(
+            messages=chat,
+            ratio=self.ratio,
+            max_new_tokens=self.max_new_tokens,
+            scorer=self.scorer,
+            weights=self.weights,
+            layer=self.layer,
+        )
         self.last = output
         self.visual_tokens += output.stats.visual_tokens
         self.visual_tokens_kept += output.stats.visual_tokens_kept
@@ -91,12 +112,14 @@ class HawkVLM:
             if isinstance(item, dict) and "type" in item and "value" in item:
                 items.append(dict(item))
             elif isinstance(item, str):
-                is_image = os.path.isfile(item) and item.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp",
-                                                                           ".gif", ".tif", ".tiff"))
+                is_image = os.path.isfile(item) and item.lower().endswith(
+                    (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+                )
                 items.append({"type": "image" if is_image else "text", "value": item})
             else:
-                raise InputError(f"cannot read a message item {item!r}",
-                                 "Give {'type': 'image' or 'text', 'value': ...} items")
+                raise InputError(
+                    f"cannot read a message item {item!r}", "Give {'type': 'image' or 'text', 'value': ...} items"
+                )
         return items
 
     # --- helpers -------------------------------------------------------------------------------------------------
@@ -106,7 +129,11 @@ class HawkVLM:
             bounds = (OCRBENCH_MIN_PIXELS, self.max_pixels)
         if bounds not in self._by_bounds:
             loaded = self.model.session.loaded
-            self._by_bounds[bounds] = load(loaded.model, tokenizer=loaded.tokenizer,
-                                           image_processor=loaded.image_processor, min_pixels=bounds[0],
-                                           max_pixels=bounds[1])
+            self._by_bounds[bounds] = load(
+                loaded.model,
+                tokenizer=loaded.tokenizer,
+                image_processor=loaded.image_processor,
+                min_pixels=bounds[0],
+                max_pixels=bounds[1],
+            )
         return self._by_bounds[bounds]

@@ -5,8 +5,14 @@ from __future__ import annotations
 import datasets
 from lmms_eval.api.task import ConfigurableMessagesTask
 
-from hawk_cli.integrations.lmms_eval.synthetic import (DEFAULT_QUESTIONS, doc_to_target, doc_to_text, doc_to_visual,
-                                                       documents, process_results)
+from hawk_cli.integrations.lmms_eval.synthetic import (
+    DEFAULT_QUESTIONS,
+    doc_to_target,
+    doc_to_text,
+    doc_to_visual,
+    documents,
+    process_results,
+)
 
 __all__ = ["HawkSyntheticTask", "doc_to_target", "doc_to_text", "doc_to_visual", "process_results"]
 
