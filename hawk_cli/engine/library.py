@@ -43,7 +43,9 @@ class Generation:
     scorer: dict = field(default_factory=dict)  # the scorer and head weights used (as `hawk run --json` echoes)
     sampling: dict = field(default_factory=dict)  # do_sample, temperature, top_k, top_p, repetition_penalty, seed
     visual_keep: torch.Tensor | None = field(default=None, repr=False)  # [n_visual] bool, prompt order
-    kept_per_image: tuple[tuple[int, int], ...] = ()  # (kept, visual tokens) of each image (a video: one entry)
+    # (kept, visual tokens) per contiguous run of visual tokens: each image; a video is one run (Qwen2-VL family)
+    # or one per frame group (Qwen3-VL, Qwen3.5: each group has its own vision span)
+    kept_per_image: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict:
         return {

@@ -41,8 +41,12 @@ def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,
                    target_mask: Tensor | None = None) -> ScoringInputs:
     """Model-agnostic scorer inputs; q/k of layer n are computed lazily (a partial pass for n > 0)."""
 
+    # Extras (e.g. DeepStack features) change the hidden states of the layers they are added after.
+    with_extras = {} if prefill.extras is None else {"extras": prefill.extras}
+
     def query_key(layer: int) -> tuple[Tensor, Tensor]:
-        hidden = adapter.run_layers(prefill.inputs_embeds, prefill.position_ids, prefill.attention_mask, layer)
+        hidden = adapter.run_layers(prefill.inputs_embeds, prefill.position_ids, prefill.attention_mask, layer,
+                                    **with_extras)
         return adapter.query_key(hidden, layer)
 
     return ScoringInputs(embeds=prefill.inputs_embeds, visual_mask=roles.visual, query_mask=roles.query,
