@@ -73,7 +73,7 @@ def _locate(spec: str) -> tuple[str, bool]:
         folder = builtin_dir()
         if not (folder / "model.safetensors").is_file():
             raise ModelError("the built-in model is not installed with this copy of hawk",
-                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint")
+                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint")
         return str(folder), True
     path = Path(spec).expanduser()
     if path.exists():
