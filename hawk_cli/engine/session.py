@@ -81,7 +81,7 @@ class HawkSession:
         self.adapter = adapter_for(loaded.model, loaded.tokenizer)
         self.prompts = self.adapter.prompts(loaded.tokenizer, loaded.image_processor)
         self.eos_ids = self._eos_ids()
-        self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device))
+        self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device or "cpu"))
         self._decode_step: DecodeStep | None = None
 
     @classmethod

@@ -19,15 +19,27 @@ ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 
 @dataclass
 class LoadedModel:
+    """A model with its tokenizer and image processor. Device, dtype and attention default to the model's own, so a
+    library caller can wrap a model it loaded itself: `LoadedModel(model, tokenizer, image_processor)`."""
+
     model: torch.nn.Module
     tokenizer: object
     image_processor: object
-    name: str  # as the user gave it ("builtin", a hub id, a folder)
-    path: str  # where it was loaded from
-    device: torch.device
-    dtype: torch.dtype
-    attn: str
-    is_builtin: bool
+    name: str = "model"  # as the user gave it ("builtin", a hub id, a folder)
+    path: str = ""  # where it was loaded from ("" when unknown: no files beside the weights are read)
+    device: torch.device | None = None
+    dtype: torch.dtype | None = None
+    attn: str | None = None
+    is_builtin: bool = False
+
+    def __post_init__(self) -> None:
+        parameter = next(self.model.parameters(), None)
+        if self.device is None:
+            self.device = parameter.device if parameter is not None else torch.device("cpu")
+        if self.dtype is None:
+            self.dtype = parameter.dtype if parameter is not None else torch.float32
+        if self.attn is None:
+            self.attn = str(getattr(self.model.config, "_attn_implementation", None) or "sdpa")
 
 
 def builtin_dir() -> Path:
