@@ -58,8 +58,9 @@ class SessionChoice:
 def open_session(out: Output, choice: SessionChoice):
     from hawk_cli.engine.session import HawkSession
 
-    session = HawkSession.open(choice.model, device=choice.device, dtype=choice.dtype, attn=choice.attn,
-                               decode=choice.decode)
+    session = HawkSession.open(
+        choice.model, device=choice.device, dtype=choice.dtype, attn=choice.attn, decode=choice.decode
+    )
     method, notices = session.make_scorer(choice.scorer, choice.weights, choice.layer)
     for notice in notices:
         out.note(notice)
