@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hawk_cli.io.placement import input_device, is_dispatched, model_devices
+
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -63,6 +65,11 @@ class ModelAdapter(ABC):
     def __init__(self, model: torch.nn.Module, tokens: SpecialTokens) -> None:
         self.model = model
         self.tokens = tokens
+        # A model spread by accelerate's device map: its hooks move activations into each hooked block; the
+        # adapter moves what it hands to modules it calls directly, and returns logits on the input device.
+        self.dispatched = is_dispatched(model)
+        self.devices = model_devices(model)
+        self.input_device = input_device(model)
 
     # --- shape -----------------------------------------------------------------------------------------
     @property
@@ -169,8 +176,10 @@ class ModelAdapter(ABC):
     @property
     def decode_capturable(self) -> bool:
         """Whether a one-token decode step reads nothing but tensors it is given (a prepared mask, no per-step
-        mask building from host values), so it can be captured as a CUDA graph and replayed."""
-        return self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
+        mask building from host values), so it can be captured as a CUDA graph and replayed. Not for a model
+        dispatched by accelerate: its hooks run Python per block and move tensors between devices."""
+        return (self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
+                and not self.dispatched)
 
     def decode_mask(self, valid: Tensor) -> Tensor:
         """The attention mask of a decode step of one new token per row, from `valid` [B, S] bool (True: the new

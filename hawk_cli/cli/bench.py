@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt, ScorerOpt,
-                                  WeightsOpt, decode_choice)
+from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCudaGraphsOpt,
+                                  QuietOpt, ScorerOpt, WeightsOpt, check_device_map, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
 
@@ -110,6 +110,7 @@ def bench_command(
     weights: WeightsOpt = None,
     scorer: ScorerOpt = None,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     check: Annotated[bool, typer.Option("--check", help="Instead of timing: prune and compare with the masked "
@@ -128,6 +129,7 @@ def bench_command(
     from hawk_cli.io.images import load_image
 
     out = Output(json_mode=json_output, quiet=quiet)
+    check_device_map(device, device_map)
     if config is not None and model is not None:
         raise UsageError("--model and --config exclude each other", "Give one of them")
     if config is not None and not random_weights:
@@ -139,9 +141,12 @@ def bench_command(
     if random_weights:
         out.note(f"building {config or model or 'builtin'} with random weights: speed and memory only")
         session = random_weight_session(config or model or "builtin", device, dtype, attn,
-                                        decode_choice(no_cuda_graphs))
+                                        decode_choice(no_cuda_graphs), device_map=device_map)
     else:
-        session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs))
+        session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs),
+                                   device_map=device_map)
+    if session.decode_notice:
+        out.note(session.decode_notice)
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.options import AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt
+from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt,
+                                  check_device_map)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import Interrupted
 
@@ -47,6 +48,7 @@ def calibrate_command(
     max_new_tokens: MaxTokensOpt = 16,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     json_output: JsonOpt = False,
@@ -72,7 +74,8 @@ def calibrate_command(
     dataset = load_calibration_data(data, limit)
     if method == "ablation":
         dataset.require_answers()
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    check_device_map(device, device_map)
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
     shape = model_shape(session.model.config)
     counts = dataset.subset_counts()
     out.note(f"calibrating {shape['num_heads']} heads of layer {layer} by {method} on {len(dataset.samples)} "

@@ -14,6 +14,10 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Head-impor
 ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="Scoring method (default: hawk, the published "
                                                   "method; the built-in model may recommend another).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option(
+    "--device-map", help="Spread the model over GPUs with accelerate: auto, balanced, or a JSON file mapping "
+                         "module names to devices (e.g. {\"model.visual\": 0, \"lm_head\": 1}). Needs "
+                         "pip install 'hawk-vlm[multi-gpu]'; replaces --device.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, "
                                        "float16.")]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention backend: sdpa, eager or flash_attention_2.")]
@@ -23,6 +27,15 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or progr
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 NoCudaGraphsOpt = Annotated[bool, typer.Option("--no-cuda-graphs", help="Run decode steps eagerly on CUDA "
                                                 "instead of replaying captured CUDA graphs (the default there).")]
+
+
+def check_device_map(device: str, device_map: str | None) -> None:
+    """--device and --device-map choose placement two ways: one of them."""
+    if device_map is not None and device != "auto":
+        from hawk_cli.errors import UsageError
+
+        raise UsageError("--device and --device-map exclude each other", "Give --device-map alone to spread the "
+                         "model, or --device alone to load it on one device")
 
 
 def decode_choice(no_cuda_graphs: bool, compile_decode: bool = False) -> str:

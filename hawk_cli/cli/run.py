@@ -18,8 +18,9 @@ from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
-from hawk_cli.cli.options import (AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt,
-                                  NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt, decode_choice)
+from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt,
+                                  ModelOpt, NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt,
+                                  check_device_map, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import InputError, UsageError
 
@@ -117,6 +118,10 @@ def run_command(
     scorer: ScorerOpt = None,
     max_new_tokens: MaxNewTokensOpt = 32,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", help="JSONL mode: split the requests over these GPUs (e.g. 0,1,2,3), one process per GPU, "
+                       "results merged in input order. Needs --input FILE.")] = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     no_cuda_graphs: NoCudaGraphsOpt = False,
@@ -152,6 +157,16 @@ def run_command(
         raise UsageError("--compile and --no-cuda-graphs exclude each other (a compiled step replays CUDA graphs)",
                          "Give one of them")
     decode = decode_choice(no_cuda_graphs, compile_decode)
+    check_device_map(device, device_map)
+    if gpus is not None:
+        from hawk_cli.cli.run_gpus import run_over_gpus
+
+        if input_file in (None, "-") or video:
+            raise UsageError("--gpus splits a JSONL file", "Give --input FILE.jsonl")
+        if device_map is not None or device != "auto":
+            raise UsageError("--gpus puts one whole model on each GPU; it excludes --device and --device-map",
+                             "Give --gpus alone")
+        return run_over_gpus(out, input_file, gpus, output, force, sys.argv[1:] if argv is None else argv)
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",

@@ -76,7 +76,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     `max_new_tokens`, otherwise the end is learnt from flags copied to the host asynchronously (FinishWatch).
     """
     device = inputs.input_ids.device
-    timer = timer or EventTimer(device)
+    timer = timer or EventTimer(device, adapter.devices)
     step = decode_step or DecodeStep(adapter, "compile" if settings.compile else "eager")
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)

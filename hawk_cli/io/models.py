@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from hawk_cli.errors import ModelError, ResourceError, UsageError
+from hawk_cli.io.placement import (first_device, input_device, model_devices, read_device_map,
+                                   require_accelerate)
 
 BUILTIN_NAMES = ("builtin",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,10 +24,22 @@ class LoadedModel:
     image_processor: object
     name: str  # as the user gave it ("builtin", a hub id, a folder)
     path: str  # where it was loaded from
-    device: torch.device
+    device: torch.device  # where inputs go: the input embedding's device
     dtype: torch.dtype
     attn: str
     is_builtin: bool
+    # Every device the weights live on (input side first); more than one when spread by a device map.
+    devices: tuple[torch.device, ...] = ()
+    device_map: dict | None = None  # the module -> device map accelerate dispatched, when one was used
+
+    def __post_init__(self) -> None:
+        if not self.devices:
+            self.devices = (torch.device(self.device),)
+
+    @property
+    def spread(self) -> bool:
+        """Whether the model spans several devices."""
+        return len(self.devices) > 1
 
 
 def builtin_dir() -> Path:
@@ -84,7 +98,9 @@ def read_model_type(location: str) -> str:
 
 
 def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
-               attn: str = "sdpa") -> LoadedModel:
+               attn: str = "sdpa", device_map: str | None = None) -> LoadedModel:
+    """`device_map`: "auto", "balanced" or a JSON file: the model is spread by transformers / accelerate (their
+    own placement and hooks) instead of moved to `device`."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
@@ -92,15 +108,22 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
         raise UsageError(f"unknown attention backend '{attn}'", f"Use one of: {', '.join(ATTENTION_BACKENDS)}")
     name = spec or "builtin"
     location, is_builtin = _locate(name)
-    torch_device = resolve_device(device)
+    placement = None
+    if device_map is not None:
+        require_accelerate()
+        placement = read_device_map(device_map)
+        torch_device = first_device(placement)
+    else:
+        torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model_type = read_model_type(location)
     if model_type not in supported:
         raise ModelError(f"model type '{model_type}' is not supported", f"Supported: {', '.join(sorted(supported))}")
     try:
         # use_kernels=False: transformers 5.25 swaps in hub kernels on CUDA by default, which needs a download.
+        placed = {} if placement is None else {"device_map": placement}
         model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn,
-                                                            use_kernels=False)
+                                                            use_kernels=False, **placed)
         tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
         image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")
@@ -110,6 +133,12 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load model '{name}': {str(error).splitlines()[0][:200]}",
                          "Check that the folder holds a complete checkpoint (config, weights, tokenizer)")
-    model = model.to(torch_device).eval()
+    if placement is None:
+        model = model.to(torch_device).eval()
+        return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
+                           path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
+    model = model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
-                       path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
+                       path=location, device=input_device(model), dtype=torch_dtype, attn=attn,
+                       is_builtin=is_builtin, devices=model_devices(model),
+                       device_map=dict(getattr(model, "hf_device_map", None) or {}) or None)
