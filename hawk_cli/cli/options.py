@@ -30,12 +30,19 @@ NoCudaGraphsOpt = Annotated[bool, typer.Option("--no-cuda-graphs", help="Run dec
 
 
 def check_device_map(device: str, device_map: str | None) -> None:
-    """--device and --device-map choose placement two ways: one of them."""
-    if device_map is not None and device != "auto":
+    """--device and --device-map choose placement two ways: one of them. A map file is read and checked here,
+    before anything loads."""
+    if device_map is None:
+        return
+    if device != "auto":
         from hawk_cli.errors import UsageError
 
         raise UsageError("--device and --device-map exclude each other", "Give --device-map alone to spread the "
                          "model, or --device alone to load it on one device")
+    from hawk_cli.io.placement import read_device_map, require_accelerate
+
+    require_accelerate()
+    read_device_map(device_map)
 
 
 def decode_choice(no_cuda_graphs: bool, compile_decode: bool = False) -> str:

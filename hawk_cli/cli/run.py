@@ -166,21 +166,30 @@ def run_command(
         if device_map is not None or device != "auto":
             raise UsageError("--gpus puts one whole model on each GPU; it excludes --device and --device-map",
                              "Give --gpus alone")
-        return run_over_gpus(out, input_file, gpus, output, force, sys.argv[1:] if argv is None else argv)
+        from hawk_cli.cli.run_gpus import worker_flags
+
+        flags = worker_flags(batch_size=batch_size, fps=fps, overlay=overlay, overlay_scores=overlay_scores,
+                             model=model, ratio=ratio, weights=weights, scorer=scorer, max_new_tokens=max_new_tokens,
+                             dtype=dtype, attn=attn, no_cuda_graphs=no_cuda_graphs, compile=compile_decode,
+                             force=force)
+        return run_over_gpus(out, input_file, gpus, output, force, flags)
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
                              'Write e.g. {"video": "clip.gif", "question": "..."}')
         return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-                          weights, scorer, max_new_tokens, device, dtype, attn, decode)
+                          weights, scorer, max_new_tokens, device, dtype, attn, decode, device_map=device_map)
     return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, ratio, weights,
-                    scorer, max_new_tokens, device, dtype, attn, json_output, decode)
+                    scorer, max_new_tokens, device, dtype, attn, json_output, decode, device_map=device_map)
 
 
-def _open_session(out: Output, model, device, dtype, attn, scorer, weights, decode: str = "auto"):
+def _open_session(out: Output, model, device, dtype, attn, scorer, weights, decode: str = "auto",
+                  device_map: str | None = None):
     from hawk_cli.engine.session import HawkSession
 
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode)
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode, device_map=device_map)
+    if session.decode_notice:
+        out.note(session.decode_notice)
     method, notices = session.make_scorer(scorer, weights)
     for notice in notices:
         out.note(notice)
@@ -206,7 +215,7 @@ def _overlay_picture(session, request, answer, by_score: bool):
 
 
 def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, ratio, weights,
-             scorer, max_new_tokens, device, dtype, attn, json_output, decode) -> int:
+             scorer, max_new_tokens, device, dtype, attn, json_output, decode, device_map=None) -> int:
     from hawk_cli.engine.generation import GenerationSettings
     from hawk_cli.engine.session import versions
     from hawk_cli.io.atomic import check_writable
@@ -224,7 +233,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     images = tuple(load_image(path) for path in image_paths)
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode, device_map)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
@@ -266,7 +275,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 
 
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-               weights, scorer, max_new_tokens, device, dtype, attn, decode) -> int:
+               weights, scorer, max_new_tokens, device, dtype, attn, decode, device_map=None) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
@@ -284,7 +293,7 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     in_processes = prepare_in_processes(os.environ.get("HAWK_PREPARE", "threads").strip())  # before the model loads
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode, device_map)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),
