@@ -142,3 +142,23 @@ def test_a_missing_device_map_file_and_a_device_beside_a_map_are_one_line_errors
     assert code == 2 and "neither auto nor balanced nor an existing file" in err and len(err.splitlines()) == 1
     code, _, err = run_cli(capsys, "bench", "--device", "cpu", "--device-map", "auto")
     assert code == 2 and "--device and --device-map exclude each other" in err and len(err.splitlines()) == 1
+
+
+def test_the_shipped_72b_config_has_the_published_size_and_accelerate_spreads_it_over_two_gpus():
+    """Qwen2.5-VL-72B-Instruct has 73.4 B parameters (its model card); built without weights, accelerate's
+    balanced map for two 80 GiB budgets puts half the decoder on each GPU and the vision tower whole on one."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from hawk_cli.io.placement import infer_device_map
+    from hawk_cli.tasks.benchmark import resolve_config
+
+    config = AutoConfig.from_pretrained(str(resolve_config("qwen2.5-vl-72b")))
+    with init_empty_weights():
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    assert 73.0e9 < sum(p.numel() for p in model.parameters()) < 73.8e9
+    device_map = infer_device_map(model, "auto", torch.bfloat16, max_memory={0: 80 * 2**30, 1: 80 * 2**30})
+    layers = {value for name, value in device_map.items() if ".layers." in name}
+    assert layers == {0, 1}
+    tower = {value for name, value in device_map.items() if name.startswith("model.visual")}
+    assert len(tower) == 1  # the batched tower runs (it needs the tower on one device)

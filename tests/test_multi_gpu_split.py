@@ -20,10 +20,10 @@ from hawk_cli.serving.multi_gpu import deal, parse_gpus, run_sharded
 FAKE_WORKER = r"""
 import json, sys, time
 path, mode, gpu = sys.argv[1], sys.argv[2], sys.argv[3]
-lines = [line for line in open(path, encoding="utf-8") if line.strip()]
-for local, text in enumerate(lines, start=1):
+lines = [(number, line) for number, line in enumerate(open(path, encoding="utf-8"), start=1) if line.strip()]
+for answered, (local, text) in enumerate(lines):
     data = json.loads(text)
-    if mode == "crash" and local == 3:
+    if mode == "crash" and answered == 2:
         sys.stdout.write('{"id": "torn", "li')  # killed mid-write
         sys.stdout.flush()
         sys.exit(3)
@@ -168,3 +168,34 @@ def test_gpu_lists_are_checked_and_lines_dealt_round_robin():
         with pytest.raises(UsageError):
             parse_gpus(bad)
     assert deal(list(range(7)), 3) == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_real_workers_on_cpu_answer_as_one_process_does(capsys, model_dir, tmp_path):
+    """`hawk run --gpus 0,1` end to end with the real worker command (on this CPU-only machine each worker's
+    CUDA_VISIBLE_DEVICES names no GPU, so it runs on the CPU): the same records as one `hawk run --input`."""
+    from tiny_models import random_image
+
+    from cli_helpers import run_cli
+
+    lines = []
+    for i in range(5):
+        image = tmp_path / f"im{i}.png"
+        random_image(56 + 28 * (i % 3), 84, seed=i).save(image)
+        request = {"images": [str(image)], "question": f"what is in picture {i}?"}
+        if i != 3:
+            request["id"] = f"r{i}"
+        lines.append(json.dumps(request))
+    lines.insert(2, "")
+    lines.insert(4, "{broken")
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    flags = ["--model", str(model_dir), "--max-new-tokens", "3", "--batch-size", "2"]
+    code, single, err = run_cli(capsys, "run", "--input", path, *flags, "--quiet")
+    assert code == 1, err  # the broken line
+    target = tmp_path / "out.jsonl"
+    code, _, err = run_cli(capsys, "run", "--input", path, *flags, "--gpus", "0,1", "-o", target, "--quiet")
+    assert code == 1, err
+    keys = ("id", "line", "answer", "error", "visual_tokens_kept")
+    expected = [{k: r.get(k) for k in keys} for r in map(json.loads, single.splitlines())]
+    merged = [{k: r.get(k) for k in keys} for r in map(json.loads, target.read_text().splitlines())]
+    assert merged == expected and len(merged) == 6

@@ -160,6 +160,8 @@ def eval_command(
     check_device_map(device, device_map)
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs),
                                device_map=device_map)
+    if session.decode_notice:
+        out.note(session.decode_notice)
     with out.progress(f"evaluating {len(settings.methods)} methods x {len(settings.ratios)} ratios",
                       total=settings.n) as advance:
         report = evaluate(session, settings, progress=advance)

@@ -146,15 +146,17 @@ def dispatch(model: torch.nn.Module, device_map: dict[str, str | int], force_hoo
     return model
 
 
-def infer_device_map(model: torch.nn.Module, spec: str, dtype: torch.dtype) -> dict[str, str | int]:
+def infer_device_map(model: torch.nn.Module, spec: str, dtype: torch.dtype,
+                     max_memory: dict | None = None) -> dict[str, str | int]:
     """accelerate's own map for "auto" / "balanced" (both balance the blocks over the visible GPUs, as
-    transformers does for these names), never splitting a decoder layer or a vision block."""
+    transformers does for these names), never splitting a decoder layer or a vision block. `max_memory`:
+    accelerate's per-device budget (default: what the visible devices have)."""
     require_accelerate()
     from accelerate import infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
     no_split = list(getattr(model, "_no_split_modules", None) or [])
-    memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split)
+    memory = get_balanced_memory(model, max_memory=max_memory, dtype=dtype, no_split_module_classes=no_split)
     return dict(infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype))
 
 

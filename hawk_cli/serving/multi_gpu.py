@@ -47,13 +47,14 @@ class WorkerHandle(Protocol):
 
 @dataclass(frozen=True)
 class WorkerTask:
-    """One worker's share: its GPU, its input lines (a JSONL file; line k of it is `lines[k - 1]` of the input),
-    and the file its stdout (one JSON record per line, with the local "line" number) goes to."""
+    """One worker's share: its GPU, its input (a JSONL file holding its lines at their original line numbers,
+    every other line blank, so its records carry the input's line numbers, ids and messages), and the file its
+    stdout (one JSON record per line) goes to."""
 
     gpu: str
     input_path: Path
     output: IO[str]
-    lines: tuple[int, ...]  # the original line numbers, in the order written
+    lines: tuple[int, ...]  # the line numbers of its share
 
 
 def parse_gpus(spec: str) -> list[str]:
@@ -101,7 +102,7 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
         tasks = []
         for index, shard in enumerate(shards):
             input_path = folder / f"shard-{index}.jsonl"
-            input_path.write_text("".join(text + "\n" for _, text in shard), encoding="utf-8")
+            input_path.write_text(_in_place(shard), encoding="utf-8")
             output = open(folder / f"shard-{index}.out.jsonl", "w+", encoding="utf-8")
             outputs.append(output)
             tasks.append(WorkerTask(gpu=gpus[index], input_path=input_path, output=output,
@@ -123,8 +124,6 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
     by_task = {number: task for task in tasks for number in task.lines}
     for number, text in numbered:
         record = answered.get(number)
-        if record is not None and expected_id(number, text) is not None:
-            record["id"] = expected_id(number, text)  # a worker numbers an id-less line by its own share
         if record is None:
             task = by_task[number]
             record = {"id": expected_id(number, text), "line": number,
@@ -133,27 +132,32 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
         yield record
 
 
+def _in_place(shard: list[tuple[int, str]]) -> str:
+    """The shard's lines at their own line numbers, blank lines between (blank lines are skipped by readers)."""
+    text = [""] * (shard[-1][0] if shard else 0)
+    for number, line in shard:
+        text[number - 1] = line
+    return "".join(line + "\n" for line in text)
+
+
 def _exit_code(task: WorkerTask, handles: list[WorkerHandle], tasks: list[WorkerTask]):
     return handles[tasks.index(task)].returncode
 
 
 def _worker_records(task: WorkerTask, returncode: int | None, output: IO[str]) -> dict[int, dict]:
-    """The worker's records by original line number: the first per line it was given; a torn last line (a worker
-    killed mid-write) and anything not a record of its share are dropped."""
+    """The worker's records by line number: the first per line of its share; a torn last line (a worker killed
+    mid-write) and records of lines it was not given are dropped."""
     output.flush()
     output.seek(0)
+    mine = set(task.lines)
     records: dict[int, dict] = {}
     for text in output:
         try:
             record = json.loads(text)
         except json.JSONDecodeError:
             continue
-        local = record.get("line") if isinstance(record, dict) else None
-        if not isinstance(local, int) or not 1 <= local <= len(task.lines):
-            continue
-        number = task.lines[local - 1]
-        if number not in records:
-            record["line"] = number
+        number = record.get("line") if isinstance(record, dict) else None
+        if isinstance(number, int) and number in mine and number not in records:
             records[number] = record
     return records
 

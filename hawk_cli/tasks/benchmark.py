@@ -91,7 +91,7 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b), a config.json file, a model folder,
+    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen2.5-vl-72b), a config.json file, a model folder,
     or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
