@@ -13,9 +13,9 @@ import json
 
 import pytest
 import torch
+from cli_helpers import run_cli
 from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
-from cli_helpers import run_cli
 from hawk_cli.engine.generation import GenerationSettings
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.io.models import LoadedModel

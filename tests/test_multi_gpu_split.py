@@ -173,9 +173,8 @@ def test_gpu_lists_are_checked_and_lines_dealt_round_robin():
 def test_real_workers_on_cpu_answer_as_one_process_does(capsys, model_dir, tmp_path):
     """`hawk run --gpus 0,1` end to end with the real worker command (on this CPU-only machine each worker's
     CUDA_VISIBLE_DEVICES names no GPU, so it runs on the CPU): the same records as one `hawk run --input`."""
-    from tiny_models import random_image
-
     from cli_helpers import run_cli
+    from tiny_models import random_image
 
     lines = []
     for i in range(5):

@@ -85,7 +85,8 @@ def render_tables(records: list[dict], out: Output) -> None:
 def bench_command(
     model: ModelOpt = None,
     config: Annotated[Optional[str], typer.Option("--config", help="Build the model from a config instead: "
-                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen2.5-vl-72b (with --device-map) or a config.json "
+                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen2.5-vl-72b "
+                                                  "(with --device-map) or a config.json "
                                                   "(needs --random-weights).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from the config "
                                                  "(speed and memory only; no checkpoint needed).")] = False,

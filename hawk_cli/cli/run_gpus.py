@@ -13,14 +13,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import InputError, Interrupted
+from hawk_cli.serving.multi_gpu import WorkerHandle, WorkerTask
 
 
-def worker_flags(**options) -> list[str]:
+def worker_flags(**options: object) -> list[str]:
     """The worker's `hawk run` flags from the parent's option values (None / False: left out)."""
     flags: list[str] = []
     for name, value in options.items():
@@ -31,9 +33,9 @@ def worker_flags(**options) -> list[str]:
     return flags
 
 
-def subprocess_launcher(flags: list[str]):
+def subprocess_launcher(flags: list[str]) -> Callable[[WorkerTask], subprocess.Popen]:
     """Starts `python -m hawk_cli run --input SHARD FLAGS` on one GPU, its stdout into the shard's output file."""
-    def launch(task):
+    def launch(task: WorkerTask) -> subprocess.Popen:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": task.gpu}
         command = [sys.executable, "-m", "hawk_cli", "run", "--input", str(task.input_path), "--quiet", *flags]
         return subprocess.Popen(command, stdout=task.output, env=env)
@@ -42,7 +44,7 @@ def subprocess_launcher(flags: list[str]):
 
 
 def run_over_gpus(out: Output, input_file: str, gpus: str, output: str | None, force: bool, flags: list[str],
-                  launch=None) -> int:
+                  launch: Callable[[WorkerTask], WorkerHandle] | None = None) -> int:
     from hawk_cli.io.atomic import atomic_path, check_writable
     from hawk_cli.serving.multi_gpu import parse_gpus, run_sharded
 

@@ -11,12 +11,13 @@ the H200 host).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
 
 
-def synchronize(devices) -> None:
+def synchronize(devices: Iterable[torch.device | str]) -> None:
     """Wait for every CUDA device among `devices` (a model spread over GPUs works on all of them)."""
     for device in devices:
         if torch.device(device).type == "cuda":
@@ -27,7 +28,7 @@ class PhaseTimer:
     """Seconds per named phase, host wall time, synchronising the device(s) before and after each phase.
     `devices`: every device the model uses, when it spans several (default: `device` alone)."""
 
-    def __init__(self, device: torch.device, devices=None) -> None:
+    def __init__(self, device: torch.device, devices: Iterable[torch.device] | None = None) -> None:
         self.device = torch.device(device)
         self.devices = tuple(devices) if devices else (self.device,)
         self.seconds: dict[str, float] = {}
@@ -56,7 +57,7 @@ class EventTimer:
     synchronises every device and times host wall clock.
     """
 
-    def __init__(self, device: torch.device, devices=None) -> None:
+    def __init__(self, device: torch.device, devices: Iterable[torch.device] | None = None) -> None:
         self.device = torch.device(device)
         self.devices = tuple(torch.device(d) for d in devices) if devices else (self.device,)
         self._spans: list[tuple[str, object, object]] = []

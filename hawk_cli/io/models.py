@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 
 from hawk_cli.errors import ModelError, ResourceError, UsageError
-from hawk_cli.io.placement import (first_device, input_device, model_devices, read_device_map,
-                                   require_accelerate)
+from hawk_cli.io.placement import first_device, input_device, model_devices, read_device_map, require_accelerate
 
 BUILTIN_NAMES = ("builtin",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,10 +106,10 @@ def module_device(module: torch.nn.Module) -> torch.device:
     device = getattr(hook, "execution_device", None)
     if device is not None:
         return as_device(device) if not isinstance(device, torch.device) else device
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -126,7 +127,8 @@ def model_devices(model: torch.nn.Module) -> tuple[torch.device, ...]:
 
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where a dispatched model takes its inputs: its input embedding's device."""
-    return module_device(model.get_input_embeddings())
+    embeddings = model.get_input_embeddings()  # type: ignore[operator]
+    return module_device(embeddings)
 
 
 def is_dispatched(model: torch.nn.Module) -> bool:
@@ -142,7 +144,7 @@ def dispatch(model: torch.nn.Module, device_map: dict[str, str | int], force_hoo
 
     check_devices(device_map)
     dispatch_model(model, device_map=device_map, force_hooks=force_hooks)
-    model.hf_device_map = dict(device_map)
+    setattr(model, "hf_device_map", dict(device_map))  # noqa: B010 - an attribute Module's type does not declare
     return model
 
 
@@ -160,7 +162,7 @@ def infer_device_map(model: torch.nn.Module, spec: str, dtype: torch.dtype,
     return dict(infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype))
 
 
-def random_spread_model(config, dtype: torch.dtype, attn: str, spec: DeviceMap, seed: int = 0) -> torch.nn.Module:
+def random_spread_model(config: Any, dtype: torch.dtype, attn: str, spec: DeviceMap, seed: int = 0) -> torch.nn.Module:
     """A model of `config` with random weights created directly on the devices of a map (a 72B model fits on no
     single device, nor in host memory): built without weights, placed by accelerate, initialised in place by
     the model's own initialisation, dispatched."""

@@ -78,7 +78,7 @@ def deal(lines: list[tuple[int, str]], workers: int) -> list[list[tuple[int, str
     return [lines[w::workers] for w in range(workers)]
 
 
-def expected_id(number: int, text: str):
+def expected_id(number: int, text: str) -> object:
     """The id a single `hawk run` gives the line's record: its "id", else its line number (None if unparsable)."""
     try:
         data = json.loads(text)
@@ -103,7 +103,8 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
         for index, shard in enumerate(shards):
             input_path = folder / f"shard-{index}.jsonl"
             input_path.write_text(_in_place(shard), encoding="utf-8")
-            output = open(folder / f"shard-{index}.out.jsonl", "w+", encoding="utf-8")
+            # kept open for the worker's stdout and read back after it ends; closed in `finally`
+            output = open(folder / f"shard-{index}.out.jsonl", "w+", encoding="utf-8")  # noqa: SIM115
             outputs.append(output)
             tasks.append(WorkerTask(gpu=gpus[index], input_path=input_path, output=output,
                                     lines=tuple(number for number, _ in shard)))
@@ -112,14 +113,14 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
         while any(handle.poll() is None for handle in handles):
             time.sleep(poll_s)
         answered: dict[int, dict] = {}
-        for task, handle, output in zip(tasks, handles, outputs, strict=True):
-            answered.update(_worker_records(task, handle.returncode, output))
+        for task, handle, written in zip(tasks, handles, outputs, strict=True):
+            answered.update(_worker_records(task, handle.returncode, written))
     except BaseException:
         _stop(handles)
         raise
     finally:
-        for output in outputs:
-            output.close()
+        for written in outputs:
+            written.close()
         shutil.rmtree(folder, ignore_errors=True)
     by_task = {number: task for task in tasks for number in task.lines}
     for number, text in numbered:
@@ -140,7 +141,7 @@ def _in_place(shard: list[tuple[int, str]]) -> str:
     return "".join(line + "\n" for line in text)
 
 
-def _exit_code(task: WorkerTask, handles: list[WorkerHandle], tasks: list[WorkerTask]):
+def _exit_code(task: WorkerTask, handles: list[WorkerHandle], tasks: list[WorkerTask]) -> int | None:
     return handles[tasks.index(task)].returncode
 
 

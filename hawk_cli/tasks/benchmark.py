@@ -91,7 +91,7 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen2.5-vl-72b), a config.json file, a model folder,
+    """A shipped config name (qwen2.5-vl-7b, -3b, -32b, -72b), a config.json file, a model folder,
     or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
@@ -132,7 +132,8 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, 
         model = random_spread_model(config, torch_dtype, attn, placement)
         loaded = LoadedModel(model=model, tokenizer=tokenizer, image_processor=processor, name=name,
                              path=str(folder), device=input_device(model), dtype=torch_dtype, attn=attn,
-                             is_builtin=False, devices=model_devices(model), device_map=dict(model.hf_device_map))
+                             is_builtin=False, devices=model_devices(model),
+                             device_map=getattr(model, "hf_device_map", None))
         return HawkSession(loaded, decode=decode)
     torch.manual_seed(0)
     with torch.device(torch_device):
@@ -263,10 +264,10 @@ class Runs:
 
 
 class _StepClock:
-    """A logits processor that notes when each new token's logits exist (after a device sync)."""
+    """A logits processor that notes when each new token's logits exist (after syncing the model's devices)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.times = device, []
+    def __init__(self, devices: tuple[torch.device, ...]) -> None:
+        self.devices, self.times = devices, []
 
     def __call__(self, input_ids, scores):
         _sync(self.devices)
