@@ -162,3 +162,32 @@ def test_the_shipped_72b_config_has_the_published_size_and_accelerate_spreads_it
     assert layers == {0, 1}
     tower = {value for name, value in device_map.items() if name.startswith("model.visual")}
     assert len(tower) == 1  # the batched tower runs (it needs the tower on one device)
+
+
+def test_the_stock_tower_through_the_hooks_gives_the_same_answer():
+    """A tower split over devices runs stock, block by block through accelerate's hooks (forced here on one CPU
+    map, where the batched tower would otherwise run): same tokens, logits and keep sets as the whole model."""
+    whole = tiny_model(device="cpu", dtype=torch.float32)
+    spread_map = {key: value for key, value in SPREAD.items() if key != "model.visual"}
+    spread_map.update({"model.visual.patch_embed": "cpu", "model.visual.rotary_pos_emb": "cpu",
+                       "model.visual.blocks.0": "cpu", "model.visual.blocks.1": "cpu", "model.visual.merger": "cpu"})
+    spread = dispatch(copy.deepcopy(whole), spread_map, force_hooks=True)
+    assert hasattr(spread.model.visual.blocks[1], "_hf_hook")
+    session = _session(spread)
+    session.adapter._tower_on_one_device = lambda: False  # as for a tower on two GPUs (this instance only)
+    stock_calls: list[int] = []
+    spread.model.visual.register_forward_hook(lambda *_: stock_calls.append(1))  # the batched tower never calls it
+    tokens, logits, keep = _answer(session)
+    assert stock_calls
+    whole_tokens, whole_logits, whole_keep = _answer(_session(whole))
+    assert tokens == whole_tokens and torch.equal(keep, whole_keep) and torch.equal(logits, whole_logits)
+
+
+def test_a_placement_that_offloads_to_the_cpu_is_refused_with_what_to_do():
+    from hawk_cli.errors import ResourceError
+    from hawk_cli.io.placement import check_fits
+
+    check_fits({"model": 0, "lm_head": 1})
+    check_fits({"": "cpu"})  # a CPU-only model offloads nothing
+    with pytest.raises(ResourceError, match="does not fit on the visible GPUs.*2 modules"):
+        check_fits({"model.visual": 0, "model.language_model": "cpu", "lm_head": "disk"})

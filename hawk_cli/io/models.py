@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from hawk_cli.errors import ModelError, ResourceError, UsageError
-from hawk_cli.io.placement import first_device, input_device, model_devices, read_device_map, require_accelerate
+from hawk_cli.io.placement import (
+    check_fits,
+    first_device,
+    input_device,
+    model_devices,
+    read_device_map,
+    require_accelerate,
+)
 
 BUILTIN_NAMES = ("builtin",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -136,6 +143,7 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
         model = model.to(torch_device).eval()
         return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
                            path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
+    check_fits(dict(getattr(model, "hf_device_map", None) or {}))
     model = model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
                        path=location, device=input_device(model), dtype=torch_dtype, attn=attn,

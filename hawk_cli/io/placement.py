@@ -74,6 +74,17 @@ def check_devices(device_map: dict[str, str | int], source: str = "the device ma
                             "Put every module on a GPU, or every module on the CPU")
 
 
+def check_fits(device_map: dict[str, str | int]) -> None:
+    """A map accelerate computed ("auto", "balanced") offloads what does not fit on the GPUs to the CPU or disk;
+    hawk refuses that placement (see the module docstring) with what to do instead."""
+    values = {str(value) for value in device_map.values()}
+    offloaded = [name for name, value in device_map.items() if str(value) in ("cpu", "disk")]
+    if offloaded and (values - {"cpu", "disk"}):
+        raise ResourceError(f"the model does not fit on the visible GPUs: accelerate's placement offloads "
+                            f"{len(offloaded)} module{'' if len(offloaded) == 1 else 's'} (e.g. '{offloaded[0]}') "
+                            "to the CPU or disk", "Make more GPUs visible, or use a smaller model or dtype")
+
+
 def as_device(value: str | int, name: str = "", source: str = "the device map") -> torch.device:
     if isinstance(value, int):
         return torch.device("cuda", value)
@@ -174,6 +185,7 @@ def random_spread_model(config: Any, dtype: torch.dtype, attn: str, spec: Device
     with init_empty_weights(include_buffers=False):  # buffers (rotary tables) stay real, on the host
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=attn)
     device_map = infer_device_map(model, spec, dtype) if isinstance(spec, str) else dict(spec)
+    check_fits(device_map)
     check_devices(device_map)
     for name, parameter in list(model.named_parameters()):
         target = _mapped_device(device_map, name)
