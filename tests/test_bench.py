@@ -181,20 +181,21 @@ def test_images_are_read_from_files(capsys, model_dir, tmp_path):
 
 @pytest.mark.contract
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="the compiled decode step (CUDA graphs) runs on CUDA only")
-def test_compiled_decode_equals_eager_on_cuda():
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
+def test_compiled_decode_equals_eager_on_cuda(family):
     """The compiled static-cache step (CUDA graphs, dynamic shapes, pooled caches) gives the eager loop's logits,
-    across prompt lengths and repeated calls (cache reuse)."""
+    across prompt lengths and repeated calls (cache reuse); for Qwen3.5 the static cache is the hybrid one (conv
+    and recurrent states updated in place beside the attention layers' keys and values)."""
     from hawk_cli.adapters import adapter_for
     from hawk_cli.engine.generation import DecodeStep, GenerationSettings, generate
-    from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
     from hawk_cli.io.requests import Request
     from hawk_cli.scorers import HawkScorer
 
-    model, tokenizer = tiny_model(), tiny_tokenizer()
+    model, tokenizer = tiny_model(family), tiny_tokenizer()
     adapter = adapter_for(model, tokenizer)
     requests = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
                 Request("how many stars are there ?", (random_image(112, 168, 2),))]
-    inputs = build_inputs(tokenizer, tiny_image_processor(), requests).to(DEVICE)
+    inputs = adapter.prompts(tokenizer, tiny_image_processor(family=family)).collate(requests).to(DEVICE)
     step = DecodeStep(adapter, "compile")
     for _ in range(2):
         for ratio in (0.0, 0.8):

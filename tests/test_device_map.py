@@ -24,22 +24,39 @@ from hawk_cli.io.requests import Request
 
 pytest.importorskip("accelerate")
 
-SPREAD = {"model.visual": "cpu", "model.language_model.embed_tokens": "cpu",
-          "model.language_model.layers.0": "cpu", "model.language_model.layers.1": "cpu",
-          "model.language_model.layers.2": "cpu", "model.language_model.norm": "cpu",
-          "model.language_model.rotary_emb": "cpu", "lm_head": "cpu"}
+SPREAD = {
+    "model.visual": "cpu",
+    "model.language_model.embed_tokens": "cpu",
+    "model.language_model.layers.0": "cpu",
+    "model.language_model.layers.1": "cpu",
+    "model.language_model.layers.2": "cpu",
+    "model.language_model.norm": "cpu",
+    "model.language_model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
 
 
 def _session(model) -> HawkSession:
-    loaded = LoadedModel(model=model, tokenizer=tiny_tokenizer(), image_processor=tiny_image_processor(),
-                         name="tiny", path="tiny", device=torch.device("cpu"), dtype=torch.float32, attn="sdpa",
-                         is_builtin=False, devices=model_devices(model))
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tiny_tokenizer(),
+        image_processor=tiny_image_processor(),
+        name="tiny",
+        path="tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        attn="sdpa",
+        is_builtin=False,
+        devices=model_devices(model),
+    )
     return HawkSession(loaded, decode="eager")
 
 
 def _requests() -> list[Request]:
-    return [Request("what colour is the square?", (random_image(112, 84, seed=1),)),
-            Request("count the dots please", (random_image(84, 112, seed=2), random_image(56, 56, seed=3)))]
+    return [
+        Request("what colour is the square?", (random_image(112, 84, seed=1),)),
+        Request("count the dots please", (random_image(84, 112, seed=2), random_image(56, 56, seed=3))),
+    ]
 
 
 def _answer(session: HawkSession, layer: int = 0):
@@ -107,8 +124,7 @@ def _json_answer(capsys, *argv):
     return json.loads(out)
 
 
-def test_run_with_a_device_map_file_loads_through_transformers_and_answers_as_without(capsys, model_dir,
-                                                                                       tmp_path):
+def test_run_with_a_device_map_file_loads_through_transformers_and_answers_as_without(capsys, model_dir, tmp_path):
     image = tmp_path / "a.png"
     random_image(112, 84, seed=4).save(image)
     mapping = tmp_path / "map.json"
@@ -119,14 +135,17 @@ def test_run_with_a_device_map_file_loads_through_transformers_and_answers_as_wi
     assert mapped["visual_tokens_kept"] == plain["visual_tokens_kept"]
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("{not json", "is not valid JSON"),
-    ("[1, 2]", "is not a JSON object"),
-    ('{"": "cuda:7"}', "puts '' on cuda:7"),
-    ('{"model.visual": "disk", "lm_head": "cpu"}', "offloading"),
-    ('{"lm_head": "tpu"}', "unknown device 'tpu'"),
-    ('{"lm_head": [0]}', "gives module 'lm_head' the device [0]"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"": "cuda:7"}', "puts '' on cuda:7"),
+        ('{"model.visual": "disk", "lm_head": "cpu"}', "offloading"),
+        ('{"lm_head": "tpu"}', "unknown device 'tpu'"),
+        ('{"lm_head": [0]}', "gives module 'lm_head' the device [0]"),
+    ],
+)
 def test_a_bad_device_map_file_is_one_line_naming_the_problem(capsys, model_dir, tmp_path, content, expected):
     mapping = tmp_path / "map.json"
     mapping.write_text(content)
@@ -169,8 +188,15 @@ def test_the_stock_tower_through_the_hooks_gives_the_same_answer():
     map, where the batched tower would otherwise run): same tokens, logits and keep sets as the whole model."""
     whole = tiny_model(device="cpu", dtype=torch.float32)
     spread_map = {key: value for key, value in SPREAD.items() if key != "model.visual"}
-    spread_map.update({"model.visual.patch_embed": "cpu", "model.visual.rotary_pos_emb": "cpu",
-                       "model.visual.blocks.0": "cpu", "model.visual.blocks.1": "cpu", "model.visual.merger": "cpu"})
+    spread_map.update(
+        {
+            "model.visual.patch_embed": "cpu",
+            "model.visual.rotary_pos_emb": "cpu",
+            "model.visual.blocks.0": "cpu",
+            "model.visual.blocks.1": "cpu",
+            "model.visual.merger": "cpu",
+        }
+    )
     spread = dispatch(copy.deepcopy(whole), spread_map, force_hooks=True)
     assert hasattr(spread.model.visual.blocks[1], "_hf_hook")
     session = _session(spread)

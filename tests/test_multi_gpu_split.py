@@ -39,8 +39,10 @@ for answered, (local, text) in enumerate(lines):
 
 def fake_launcher(modes: dict[str, str], started: list | None = None):
     def launch(task):
-        handle = subprocess.Popen([sys.executable, "-c", FAKE_WORKER, str(task.input_path),
-                                   modes.get(task.gpu, "ok"), task.gpu], stdout=task.output)
+        handle = subprocess.Popen(
+            [sys.executable, "-c", FAKE_WORKER, str(task.input_path), modes.get(task.gpu, "ok"), task.gpu],
+            stdout=task.output,
+        )
         if started is not None:
             started.append(handle)
         return handle
@@ -146,8 +148,9 @@ def test_the_command_writes_no_output_file_when_interrupted(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     with pytest.raises(Interrupted):
-        run_over_gpus(Output(json_mode=True, quiet=True), str(path), "0,1", str(target), False, [],
-                      launch=interrupted_launch)
+        run_over_gpus(
+            Output(json_mode=True, quiet=True), str(path), "0,1", str(target), False, [], launch=interrupted_launch
+        )
     assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
 
 
@@ -155,8 +158,15 @@ def test_the_command_writes_the_merged_file_and_fails_when_a_worker_failed(tmp_p
     path = tmp_path / "in.jsonl"
     lines = write_requests(path, 8)
     target = tmp_path / "out.jsonl"
-    code = run_over_gpus(Output(json_mode=True, quiet=True), str(path), "0,1", str(target), False, [],
-                         launch=fake_launcher({"0": "crash"}))
+    code = run_over_gpus(
+        Output(json_mode=True, quiet=True),
+        str(path),
+        "0,1",
+        str(target),
+        False,
+        [],
+        launch=fake_launcher({"0": "crash"}),
+    )
     written = [json.loads(line) for line in target.read_text().splitlines()]
     assert code == 1 and [r["line"] for r in written] == [line for _, line, _ in expected_records(lines)]
     assert sum("error" in r for r in written) == 2  # worker 0 had 4 lines and answered 2

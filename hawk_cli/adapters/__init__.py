@@ -1,13 +1,17 @@
-"""Model-family adapters, looked up by `config.model_type`. A new family is one file and one line here."""
+"""Model-family adapters, looked up by `config.model_type`. A new family is one folder and one line here."""
 
 from __future__ import annotations
 
 from hawk_cli.adapters.base import ModelAdapter, Prefill, SpecialTokens
 from hawk_cli.adapters.qwen2_vl import QwenVLAdapter
+from hawk_cli.adapters.qwen3_5 import Qwen35Adapter
+from hawk_cli.adapters.qwen3_vl import Qwen3VLAdapter
 from hawk_cli.errors import ModelError
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
-    model_type: adapter for adapter in (QwenVLAdapter,) for model_type in adapter.model_types
+    model_type: adapter
+    for adapter in (QwenVLAdapter, Qwen3VLAdapter, Qwen35Adapter)
+    for model_type in adapter.model_types
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hawk_cli.io.placement import input_device, is_dispatched, model_devices
+from hawk_cli.io.placement import input_device, is_dispatched, model_devices, module_device
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ class ModelAdapter(ABC):
     """One model family. The engine calls only these methods; they call only the model's public modules."""
 
     model_types: tuple[str, ...] = ()
+    # Whether masking a token out of attention is the same as dropping it: true for decoders whose only
+    # token mixer is softmax attention. False for decoders that also mix tokens through a convolution or a
+    # recurrence over the sequence (Qwen3.5's Gated DeltaNet): a masked token still moves their state, so
+    # the exactness reference is the compaction oracle, and work that puts padding inside a row (calibration's
+    # shared prefixes) is not exact there.
+    masking_equals_dropping: bool = True
 
     def __init__(self, model: torch.nn.Module, tokens: SpecialTokens) -> None:
         self.model = model
@@ -89,6 +95,18 @@ class ModelAdapter(ABC):
 
     default_scoring_layer: int = 0  # the decoder layer HAWK scores at unless head weights say otherwise
 
+    @classmethod
+    def load_image_processor(cls, location: str):
+        """The family's image processor from a checkpoint folder (or hub id), PIL backend everywhere:
+        torchvision's pixels differ slightly and would change top-k choices."""
+        from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(location, backend="pil")
+
+    def query_heads(self, layer: int) -> int:
+        """Query heads `query_key(hidden, layer)` returns: the length of a head-weight vector for that layer."""
+        return self.num_query_heads
+
     @abstractmethod
     def prompts(self, tokenizer, image_processor):
         """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),
@@ -98,7 +116,9 @@ class ModelAdapter(ABC):
     # --- prefill ---------------------------------------------------------------------------------------
     @abstractmethod
     def encode_vision(self, inputs) -> dict[str, Tensor]:
-        """Visual features per kind ("image", "video"), each [n_tokens, D] in placeholder order."""
+        """Visual features by name, each [n_tokens, ...] with one row per placeholder token in placeholder order:
+        "image" and "video" are the embeddings; a family may add its own (e.g. "image_deepstack") for its
+        `build_prefill`. Every row belongs to one image or video, so callers may cache them per image."""
 
     @abstractmethod
     def build_prefill(self, inputs, features: dict[str, Tensor]) -> Prefill:
@@ -106,11 +126,25 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
-        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`."""
+        """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`
+        (the hidden states after `run_layers(..., layer)`). A family whose layer mixes tokens otherwise than
+        by softmax attention returns that mixer's own query and key vectors and documents what they are."""
+
+    def placed_query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        """`query_key` for a model spread by a device map: its submodules are called directly, not through the
+        block's hook, so `hidden` goes to the layer's device and q/k come back to the input device, where the
+        scorer's masks are. Unchanged for a model on one device."""
+        if not self.dispatched:
+            return self.query_key(hidden, layer)
+        block = self.decoder_module().layers[layer]
+        q, k = self.query_key(hidden.to(module_device(block)), layer)
+        return q.to(self.input_device), k.to(self.input_device)
 
     @abstractmethod
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
-        """Hidden states after the first `n_layers` decoder layers on the full prompt (for deeper scoring)."""
+    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
+                   extras: VisualExtras | None = None) -> Tensor:
+        """Hidden states entering decoder layer `n_layers`, from a pass over the full prompt (for deeper
+        scoring); `extras` are the prefill's per-visual-token values, which the decoder consumes on the way."""
 
     def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
         """The module of decoder layer `layer` whose input is the per-head attention outputs, concatenated
@@ -162,6 +196,18 @@ class ModelAdapter(ABC):
     def new_cache(self, kind: str, max_length: int):
         """A fresh KV cache: "dynamic", or "static" holding `max_length` positions."""
 
+    @property
+    def oracle_name(self) -> str:
+        """The exactness reference of this family: "masked" or "compaction" (see `oracle_generate`)."""
+        return "masked" if self.masking_equals_dropping else "compaction"
+
+    def oracle_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """What a pruned run must equal, through the model's OWN `generate` (greedy; per-step logits [B, V],
+        float32): the masked oracle where masking equals dropping, else the compaction oracle."""
+        if self.masking_equals_dropping:
+            return self.masked_generate(inputs, keep, max_new_tokens, eos_ids)
+        return self.compaction_generate(inputs, keep, max_new_tokens, eos_ids)
+
     # Attention backends whose prepared 4-D mask the decoder passes through untouched (transformers' masking
     # returns a 4-D tensor as is): sdpa takes bool (True = attend), eager an additive float mask.
     PREPARED_MASK_BACKENDS = ("sdpa", "eager")
@@ -204,6 +250,11 @@ class ModelAdapter(ABC):
     def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
         """The masked oracle through the model's OWN `generate`: the whole prompt, dropped tokens masked out
         of attention, original positions. Greedy; returns the per-step logits [B, V] (float32)."""
+
+    def compaction_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
+        """The compaction oracle through the model's OWN `generate`: the stock embeddings of the kept tokens
+        only (`keep` [B, L]), left-padded, at their original position ids. Greedy; per-step logits [B, V]."""
+        raise NotImplementedError(f"{type(self).__name__} has no compaction oracle")
 
     @staticmethod
     def next_positions(prefill_positions: Tensor, attention_mask: Tensor) -> Tensor:

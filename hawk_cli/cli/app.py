@@ -44,7 +44,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
                                           help="Print hawk's version and exit.")] = False,
 ) -> None:
-    """hawk: training-free visual-token pruning for Qwen2-VL / Qwen2.5-VL. Results on stdout, logs on stderr."""
+    """hawk: training-free visual-token pruning for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5. Results on stdout, logs on stderr."""
 
 
 def _error_line(message: str) -> None:

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoCudaGraphsOpt,
-                                  QuietOpt, ScorerOpt, WeightsOpt, check_device_map, decode_choice)
+from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt,
+                                  NoCudaGraphsOpt, QuietOpt, ScorerOpt, WeightsOpt, check_device_map, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
 
@@ -85,9 +85,9 @@ def render_tables(records: list[dict], out: Output) -> None:
 def bench_command(
     model: ModelOpt = None,
     config: Annotated[Optional[str], typer.Option("--config", help="Build the model from a config instead: "
-                                                  "qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen2.5-vl-72b "
-                                                  "(with --device-map) or a config.json "
-                                                  "(needs --random-weights).")] = None,
+                                                  "a shipped name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, "
+                                                  "qwen2.5-vl-72b with --device-map, qwen3-vl-8b, qwen3-vl-30b-a3b, "
+                                                  "...) or a config.json (needs --random-weights).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from the config "
                                                  "(speed and memory only; no checkpoint needed).")] = False,
     ratio: Annotated[list[str], typer.Option("--ratio", "-r", help="Fraction of visual tokens removed; repeat "
@@ -110,11 +110,12 @@ def bench_command(
     no_cuda_graphs: NoCudaGraphsOpt = False,
     weights: WeightsOpt = None,
     scorer: ScorerOpt = None,
+    layer: LayerOpt = None,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
-    check: Annotated[bool, typer.Option("--check", help="Instead of timing: prune and compare with the masked "
+    check: Annotated[bool, typer.Option("--check", help="Instead of timing: prune and compare with the model's "
                                         "oracle; PASS/FAIL, exit 1 on FAIL.")] = False,
     check_steps: Annotated[int, typer.Option("--check-steps", help="Decode steps compared by --check.")] = 4,
     json_output: JsonOpt = False,
@@ -148,7 +149,7 @@ def bench_command(
                                    device_map=device_map)
     if session.decode_notice:
         out.note(session.decode_notice)
-    method, notices = session.make_scorer(scorer, weights)
+    method, notices = session.make_scorer(scorer, weights, layer)
     for notice in notices:
         out.note(notice)
     if check:
@@ -181,7 +182,7 @@ def _check(out: Output, session, method, images, settings, steps: int, json_outp
     if json_output:
         out.record({"check": verdict, "batch": batch, "ratio": ratio, **report.to_dict(), **session.describe()})
     else:
-        out.result(f"{verdict}: pruned decoding vs the masked oracle, batch {batch}, ratio {ratio:g}: "
+        out.result(f"{verdict}: pruned decoding vs the {report.oracle} oracle, batch {batch}, ratio {ratio:g}: "
                    f"max |Δlogit| {max(report.step_max_abs_logit_diff):.3g} (tolerance {report.tolerance:.3g}, "
                    f"logit scale {report.max_abs_logit:.3g}), tokens equal {report.tokens_equal}/"
                    f"{report.tokens_compared}, visual tokens kept {report.visual_tokens_kept}/{report.visual_tokens}")

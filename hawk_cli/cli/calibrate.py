@@ -20,8 +20,9 @@ OutputOpt = Annotated[str, typer.Option("--output", "-o", help="The .safetensors
 MethodOpt = Annotated[str, typer.Option("--method", help="ablation: drop of the reference answer's "
                                         "log-likelihood, reduced by the paper's Eq. 3 (needs answers). kl: "
                                         "label-free, KL between unablated and ablated next-token distributions.")]
-LayerOpt = Annotated[int, typer.Option("--layer", help="Decoder layer whose query heads are ablated (HAWK scores "
-                                       "at layer 0).")]
+LayerOpt = Annotated[Optional[int], typer.Option("--layer", help="Decoder layer whose query heads are ablated "
+                                                 "(default: the layer HAWK scores at: 0, or the first "
+                                                 "full-attention layer of a hybrid model such as Qwen3.5).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N questions.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Questions per forward pass; each is replicated "
                                        "once per head plus once unablated.")]
@@ -42,7 +43,7 @@ def calibrate_command(
     output: OutputOpt,
     model: ModelOpt = None,
     method: MethodOpt = "ablation",
-    layer: LayerOpt = 0,
+    layer: LayerOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     max_new_tokens: MaxTokensOpt = 16,
@@ -59,9 +60,10 @@ def calibrate_command(
     Examples: hawk calibrate builtin:200 -o heads.safetensors | hawk calibrate my_images/ -o heads.safetensors
     --model ./Qwen2.5-VL-3B-Instruct --method kl | hawk weights show heads.safetensors
     """
+    from dataclasses import replace
     from pathlib import Path
 
-    from hawk_cli.tasks.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate
+    from hawk_cli.tasks.calibration import ABLATION, MEASURES, CalibrationSettings, calibrate, calibration_layer
     from hawk_cli.engine.head_weights import model_shape
     from hawk_cli.engine.session import HawkSession, versions
     from hawk_cli.io.atomic import check_writable
@@ -76,6 +78,8 @@ def calibrate_command(
         dataset.require_answers()
     check_device_map(device, device_map)
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
+    layer = calibration_layer(session.adapter, layer)
+    settings = replace(settings, layer=layer)
     shape = model_shape(session.model.config)
     counts = dataset.subset_counts()
     out.note(f"calibrating {shape['num_heads']} heads of layer {layer} by {method} on {len(dataset.samples)} "

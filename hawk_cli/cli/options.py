@@ -7,12 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="'builtin' (default), a hub id or a local "
-                                                 "folder of a Qwen2-VL / Qwen2.5-VL checkpoint.")]
+                                                 "folder of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint.")]
 RatioOpt = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of visual tokens REMOVED, in [0, 1); "
                                          "0.8 keeps 20%. 0 disables pruning.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Head-importance file from 'hawk calibrate'.")]
 ScorerOpt = Annotated[Optional[str], typer.Option("--scorer", help="Scoring method (default: hawk, the published "
                                                   "method; the built-in model may recommend another).")]
+LayerOpt = Annotated[Optional[int], typer.Option("--layer", help="Decoder layer whose q/k score the visual tokens "
+                                                 "(default: the model's scoring layer: 0, or the first full-attention "
+                                                 "layer of Qwen3.5; a Gated DeltaNet layer scores with its own q/k).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 DeviceMapOpt = Annotated[Optional[str], typer.Option(
     "--device-map", help="Spread the model over GPUs with accelerate: auto, balanced, or a JSON file mapping "

@@ -18,8 +18,8 @@ from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
-from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, MaxNewTokensOpt,
-                                  ModelOpt, NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt,
+from hawk_cli.cli.options import (AttnOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, LayerOpt,
+                                  MaxNewTokensOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt, WeightsOpt,
                                   check_device_map, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import InputError, UsageError
@@ -116,6 +116,7 @@ def run_command(
     ratio: RatioOpt = DEFAULT_RATIO,
     weights: WeightsOpt = None,
     scorer: ScorerOpt = None,
+    layer: LayerOpt = None,
     max_new_tokens: MaxNewTokensOpt = 32,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
@@ -178,27 +179,28 @@ def run_command(
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",
                              'Write e.g. {"video": "clip.gif", "question": "..."}')
         return _run_jsonl(out, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-                          weights, scorer, max_new_tokens, device, dtype, attn, decode, device_map=device_map)
+                          weights, scorer, max_new_tokens, device, dtype, attn, decode, layer=layer,
+                          device_map=device_map)
     return _run_one(out, arguments, output, force, video or [], fps, overlay, overlay_scores, model, ratio, weights,
-                    scorer, max_new_tokens, device, dtype, attn, json_output, decode, device_map=device_map)
+                    scorer, max_new_tokens, device, dtype, attn, json_output, decode, layer=layer, device_map=device_map)
 
 
 def _open_session(out: Output, model, device, dtype, attn, scorer, weights, decode: str = "auto",
-                  device_map: str | None = None):
+                  layer: int | None = None, device_map: str | None = None):
     from hawk_cli.engine.session import HawkSession
 
     session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode, device_map=device_map)
     if session.decode_notice:
         out.note(session.decode_notice)
-    method, notices = session.make_scorer(scorer, weights)
+    method, notices = session.make_scorer(scorer, weights, layer)
     for notice in notices:
         out.note(notice)
     return session, method
 
 
-def _settings_origin(session, scorer: str | None, weights: str | None) -> dict:
+def _settings_origin(session, scorer: str | None, weights: str | None, layer: int | None = None) -> dict:
     """Echoed in JSON: whether the pruning settings came from the user, the model's recommendation or defaults."""
-    if scorer is not None or weights is not None:
+    if scorer is not None or weights is not None or layer is not None:
         return {"settings_from": "user"}
     return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
 
@@ -215,7 +217,7 @@ def _overlay_picture(session, request, answer, by_score: bool):
 
 
 def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay_scores, model, ratio, weights,
-             scorer, max_new_tokens, device, dtype, attn, json_output, decode, device_map=None) -> int:
+             scorer, max_new_tokens, device, dtype, attn, json_output, decode, layer=None, device_map=None) -> int:
     from hawk_cli.engine.generation import GenerationSettings
     from hawk_cli.engine.session import versions
     from hawk_cli.io.atomic import check_writable
@@ -233,7 +235,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
     images = tuple(load_image(path) for path in image_paths)
     frames = tuple(read_frames(video)) if video else ()
     request = Request(question=question, images=images, video=frames, fps=fps)
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode, device_map)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode, layer, device_map)
     batch = session.run([request], method, settings)
     answer, timings = batch.answers[0], batch.result.timings
     if overlay is not None:
@@ -242,7 +244,7 @@ def _run_one(out: Output, arguments, output, force, video, fps, overlay, overlay
         sink = _open_sink(stack, out, output, force)
         if json_output:
             record = {"answer": answer.text, "ratio": ratio, **method.describe(),
-                      **_settings_origin(session, scorer, weights), **session.describe(),
+                      **_settings_origin(session, scorer, weights, layer), **session.describe(),
                       **answer.stats.to_dict(), "generated_tokens": len(answer.tokens), "timings": timings,
                       "kv_cache_bytes": batch.result.kv_cache_bytes, "versions": versions()}
             if frames:
@@ -275,7 +277,7 @@ def _lines(input_file: str | None) -> tuple[Iterator[str], Path, ExitStack]:
 
 
 def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay, overlay_scores, model, ratio,
-               weights, scorer, max_new_tokens, device, dtype, attn, decode, device_map=None) -> int:
+               weights, scorer, max_new_tokens, device, dtype, attn, decode, layer=None, device_map=None) -> int:
     from hawk_cli.engine.session import versions
     from hawk_cli.serving.stream import answer_stream, prepare_in_processes, prepare_workers
     from hawk_cli.io.requests import read_requests
@@ -293,10 +295,10 @@ def _run_jsonl(out: Output, input_file, batch_size, output, force, fps, overlay,
     in_processes = prepare_in_processes(os.environ.get("HAWK_PREPARE", "threads").strip())  # before the model loads
     lines, base, input_stack = _lines(input_file)
     total = _count_lines(Path(input_file)) if input_file not in (None, "-") else None
-    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode, device_map)
+    session, method = _open_session(out, model, device, dtype, attn, scorer, weights, decode, layer, device_map)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
-    context = {**method.describe(), **_settings_origin(session, scorer, weights), **session.describe(),
+    context = {**method.describe(), **_settings_origin(session, scorer, weights, layer), **session.describe(),
                "versions": versions()}
     counts = {"done": 0, "failed": 0, "first_batch": 0}
     started = time.perf_counter()

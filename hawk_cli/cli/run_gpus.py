@@ -35,6 +35,7 @@ def worker_flags(**options: object) -> list[str]:
 
 def subprocess_launcher(flags: list[str]) -> Callable[[WorkerTask], subprocess.Popen]:
     """Starts `python -m hawk_cli run --input SHARD FLAGS` on one GPU, its stdout into the shard's output file."""
+
     def launch(task: WorkerTask) -> subprocess.Popen:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": task.gpu}
         command = [sys.executable, "-m", "hawk_cli", "run", "--input", str(task.input_path), "--quiet", *flags]
@@ -43,8 +44,15 @@ def subprocess_launcher(flags: list[str]) -> Callable[[WorkerTask], subprocess.P
     return launch
 
 
-def run_over_gpus(out: Output, input_file: str, gpus: str, output: str | None, force: bool, flags: list[str],
-                  launch: Callable[[WorkerTask], WorkerHandle] | None = None) -> int:
+def run_over_gpus(
+    out: Output,
+    input_file: str,
+    gpus: str,
+    output: str | None,
+    force: bool,
+    flags: list[str],
+    launch: Callable[[WorkerTask], WorkerHandle] | None = None,
+) -> int:
     from hawk_cli.io.atomic import atomic_path, check_writable
     from hawk_cli.serving.multi_gpu import parse_gpus, run_sharded
 
@@ -76,6 +84,8 @@ def run_over_gpus(out: Output, input_file: str, gpus: str, output: str | None, f
     except KeyboardInterrupt:
         raise Interrupted("interrupted; every worker was stopped and no output file was written") from None
     seconds = time.perf_counter() - started
-    out.info(f"{counts['done']} requests over {len(devices)} GPUs, {counts['failed']} failed, {seconds:.2f} s "
-             f"({counts['done'] / max(seconds, 1e-9):.2f} requests/s, loading included)")
+    out.info(
+        f"{counts['done']} requests over {len(devices)} GPUs, {counts['failed']} failed, {seconds:.2f} s "
+        f"({counts['done'] / max(seconds, 1e-9):.2f} requests/s, loading included)"
+    )
     return 1 if counts["failed"] else 0

@@ -42,15 +42,39 @@ class GenerationSettings:
             raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
 
 
-def cache_bytes(cache) -> int:
-    """Bytes of all key/value tensors the cache holds (allocated size for a static cache)."""
+# What a cache layer holds: keys and values of attention layers (one slot per token), and the fixed-size states
+# of convolution / recurrent layers (Qwen3.5's Gated DeltaNet: a conv window and a recurrent matrix per layer).
+TOKEN_STATE_ATTRIBUTES = ("keys", "values")
+FIXED_STATE_ATTRIBUTES = ("conv_states", "recurrent_states")
+
+
+def _tensors(value: object) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
+
+
+def cache_bytes(cache: object, attributes: tuple[str, ...] = TOKEN_STATE_ATTRIBUTES + FIXED_STATE_ATTRIBUTES) -> int:
+    """Bytes of all tensors the cache holds under `attributes` (allocated size for a static cache): by default
+    keys, values and the conv / recurrent states of linear-attention layers, each tensor counted once."""
+    seen: set[int] = set()
     total = 0
     for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if isinstance(tensor, Tensor):
-                total += tensor.numel() * tensor.element_size()
+        for name in attributes:
+            for tensor in _tensors(getattr(layer, name, None)):
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
     return total
+
+
+def fixed_state_bytes(cache: object) -> int:
+    """The part of `cache_bytes` that does not grow with the sequence (conv and recurrent states)."""
+    return cache_bytes(cache, FIXED_STATE_ATTRIBUTES)
 
 
 def row_stats(pruned: PrunedPrefill) -> list[RowStats]:
@@ -89,7 +113,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
                                   step.cache_kind(settings.cache), device, padded=pruned.compaction.padded)
             hidden = adapter.decode(embeds, positions, mask, decoding.cache, extras)
             logits = adapter.logits(hidden[:, -1]).float()
-        kv_bytes = cache_bytes(decoding.cache)
+        kv_bytes, state_bytes = cache_bytes(decoding.cache), fixed_state_bytes(decoding.cache)
         # the unpruned run's position of the first new token, on every rotary axis: [P, B, 1]
         decoding.state.load(mask, next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1),
                             sorted(eos_ids))
@@ -100,7 +124,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
                             keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(),
                             scores=None if pruned.scores is None else pruned.scores.cpu(), step_logits=step_logits,
-                            kv_cache_slots=decoding.cache_slots)
+                            kv_cache_slots=decoding.cache_slots, cache_state_bytes=state_bytes)
 
 
 def _greedy_loop(decoding: Decoding, logits: Tensor, eos_ids: set[int], settings: GenerationSettings,

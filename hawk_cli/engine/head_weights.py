@@ -19,10 +19,13 @@ def model_shape(config) -> dict:
             "hidden_size": int(text.hidden_size), "num_layers": int(text.num_hidden_layers)}
 
 
-def resolve_head_weights(config, path: str | None, model_dir: str | None,
-                         is_builtin: bool, layer: int = 0) -> tuple[HeadWeights, list[str]]:
-    """(weights, notices for stderr). Validation happens here, before any tensor work."""
+def resolve_head_weights(config, path: str | None, model_dir: str | None, is_builtin: bool, layer: int = 0,
+                         num_heads: int | None = None) -> tuple[HeadWeights, list[str]]:
+    """(weights, notices for stderr). Validation happens here, before any tensor work. `num_heads`: the scoring
+    layer's query heads when they differ from the config's attention heads (a hybrid model's linear layers)."""
     shape = model_shape(config)
+    if num_heads is not None:
+        shape["num_heads"] = int(num_heads)
     notices: list[str] = []
     if path:
         weights = load_head_weights(path)

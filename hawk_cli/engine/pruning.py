@@ -41,9 +41,13 @@ def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,
                    target_mask: Tensor | None = None) -> ScoringInputs:
     """Model-agnostic scorer inputs; q/k of layer n are computed lazily (a partial pass for n > 0)."""
 
+    # Extras (e.g. DeepStack features) change the hidden states of the layers they are added after.
+    with_extras = {} if prefill.extras is None else {"extras": prefill.extras}
+
     def query_key(layer: int) -> tuple[Tensor, Tensor]:
-        hidden = adapter.run_layers(prefill.inputs_embeds, prefill.position_ids, prefill.attention_mask, layer)
-        return adapter.query_key(hidden, layer)
+        hidden = adapter.run_layers(prefill.inputs_embeds, prefill.position_ids, prefill.attention_mask, layer,
+                                    **with_extras)
+        return adapter.placed_query_key(hidden, layer)
 
     return ScoringInputs(embeds=prefill.inputs_embeds, visual_mask=roles.visual, query_mask=roles.query,
                          attention_mask=prefill.attention_mask, query_key=query_key, target_mask=target_mask)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hawk_cli.adapters import ADAPTERS, adapter_for
+from hawk_cli.adapters import ADAPTERS, adapter_class, adapter_for
 from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
@@ -82,8 +82,9 @@ class HawkSession:
         warn_if_untested_transformers()
         if device_map is None:
             resolve_decode_mode(decode, resolve_device(device))  # a bad choice fails before the model loads
-        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn, device_map=device_map),
-                   decode=decode)
+        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn, device_map=device_map,
+                              image_processor_loader=lambda location, model_type:
+                              adapter_class(model_type).load_image_processor(location)), decode=decode)
 
     @property
     def decode_step(self) -> DecodeStep:
@@ -129,10 +130,13 @@ class HawkSession:
         recommended = self.recommended_settings() if name is None and weights_path is None else {}
         name = name or recommended.get("scorer", "hawk")
         layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
+        if not 0 <= layer < self.adapter.num_layers:
+            raise UsageError(f"scoring layer {layer} does not exist: this model has {self.adapter.num_layers} "
+                             "decoder layers", f"Choose {{layer}} in [0, {self.adapter.num_layers - 1}]")
         scorer_class = get_scorer_class(name)
         if issubclass(scorer_class, HawkScorer):
             weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
-                                                    self.loaded.is_builtin, layer)
+                                                    self.loaded.is_builtin, layer, self.adapter.query_heads(layer))
             if name != "hawk":
                 notices = []
             scorer = scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _locate(spec: str) -> tuple[str, bool]:
         folder = builtin_dir()
         if not (folder / "model.safetensors").is_file():
             raise ModelError("the built-in model is not installed with this copy of hawk",
-                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL checkpoint")
+                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint")
         return str(folder), True
     path = Path(spec).expanduser()
     if path.exists():
@@ -103,12 +104,22 @@ def read_model_type(location: str) -> str:
                          "Pass a local checkpoint folder (no hub downloads happen offline)")
 
 
-def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
-               attn: str = "sdpa", device_map: str | None = None) -> LoadedModel:
-    """`device_map`: "auto", "balanced" or a JSON file: the model is spread by transformers / accelerate (their
-    own placement and hooks) instead of moved to `device`."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+def pil_image_processor(location: str, model_type: str):
+    """The checkpoint's image processor through transformers' auto class, PIL backend."""
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(location, backend="pil")
+
+
+def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
+               attn: str = "sdpa",
+               image_processor_loader: Callable[[str, str], object] = pil_image_processor,
+               device_map: str | None = None) -> LoadedModel:
+    """`image_processor_loader(location, model_type)`: the family's own loader (its adapter knows which
+    processor class a checkpoint of its type uses when the settings do not name one). `device_map`: "auto",
+    "balanced" or a JSON file: the model is spread by transformers / accelerate (their own placement and hooks)
+    instead of moved to `device`."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     if attn not in ATTENTION_BACKENDS:
         raise UsageError(f"unknown attention backend '{attn}'", f"Use one of: {', '.join(ATTENTION_BACKENDS)}")
@@ -132,7 +143,7 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
                                                             use_kernels=False, **placed)
         tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
-        image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")
+        image_processor = image_processor_loader(location, model_type)
     except ImportError as error:
         raise ModelError(f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
                          "Use {attn=}sdpa, or install the missing package")

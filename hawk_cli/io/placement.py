@@ -29,30 +29,40 @@ def require_accelerate() -> None:
     try:
         import accelerate  # noqa: F401
     except ImportError:
-        raise ModelError("spreading a model over devices needs the 'accelerate' package",
-                         "Install it: pip install 'hawk-vlm[multi-gpu]'") from None
+        raise ModelError(
+            "spreading a model over devices needs the 'accelerate' package",
+            "Install it: pip install 'hawk-vlm[multi-gpu]'",
+        ) from None
 
 
 def read_device_map(spec: str) -> DeviceMap:
-    """"auto", "balanced", or the contents of a JSON file mapping module names to devices (checked)."""
+    """ "auto", "balanced", or the contents of a JSON file mapping module names to devices (checked)."""
     if spec in DEVICE_MAP_NAMES:
         return spec
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise InputError(f"device map '{spec}' is neither {' nor '.join(DEVICE_MAP_NAMES)} nor an existing file",
-                         "Give auto, balanced, or a JSON file such as {\"model.visual\": 0, \"lm_head\": 1}")
+        raise InputError(
+            f"device map '{spec}' is neither {' nor '.join(DEVICE_MAP_NAMES)} nor an existing file",
+            'Give auto, balanced, or a JSON file such as {"model.visual": 0, "lm_head": 1}',
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"device map file '{path}' is not valid JSON ({str(error).splitlines()[0][:120]})",
-                         "Write one JSON object mapping module names to devices") from None
+        raise InputError(
+            f"device map file '{path}' is not valid JSON ({str(error).splitlines()[0][:120]})",
+            "Write one JSON object mapping module names to devices",
+        ) from None
     if not isinstance(data, dict) or not data:
-        raise InputError(f"device map file '{path}' is not a JSON object of module names to devices",
-                         "Write e.g. {\"model.visual\": 0, \"model.language_model\": 1, \"lm_head\": 1}")
+        raise InputError(
+            f"device map file '{path}' is not a JSON object of module names to devices",
+            'Write e.g. {"model.visual": 0, "model.language_model": 1, "lm_head": 1}',
+        )
     for name, device in data.items():
         if not isinstance(device, (str, int)) or isinstance(device, bool):
-            raise InputError(f"device map file '{path}' gives module '{name}' the device {device!r}",
-                             "Use a GPU index (0), \"cuda:0\" or \"cpu\"")
+            raise InputError(
+                f"device map file '{path}' gives module '{name}' the device {device!r}",
+                'Use a GPU index (0), "cuda:0" or "cpu"',
+            )
     check_devices(data, str(path))
     return data
 
@@ -66,12 +76,16 @@ def check_devices(device_map: dict[str, str | int], source: str = "the device ma
         if device.type == "cuda":
             available = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if device.index is not None and device.index >= available:
-                raise ResourceError(f"{source} puts '{name}' on {device}, but this machine has "
-                                    f"{available} visible GPU{'' if available == 1 else 's'}",
-                                    "Name only GPUs that exist (see nvidia-smi / CUDA_VISIBLE_DEVICES)")
+                raise ResourceError(
+                    f"{source} puts '{name}' on {device}, but this machine has "
+                    f"{available} visible GPU{'' if available == 1 else 's'}",
+                    "Name only GPUs that exist (see nvidia-smi / CUDA_VISIBLE_DEVICES)",
+                )
     if "cuda" in devices and "cpu" in devices:
-        raise ResourceError(f"{source} mixes the CPU with GPUs (weights offloaded to the CPU)",
-                            "Put every module on a GPU, or every module on the CPU")
+        raise ResourceError(
+            f"{source} mixes the CPU with GPUs (weights offloaded to the CPU)",
+            "Put every module on a GPU, or every module on the CPU",
+        )
 
 
 def check_fits(device_map: dict[str, str | int]) -> None:
@@ -80,22 +94,28 @@ def check_fits(device_map: dict[str, str | int]) -> None:
     values = {str(value) for value in device_map.values()}
     offloaded = [name for name, value in device_map.items() if str(value) in ("cpu", "disk")]
     if offloaded and (values - {"cpu", "disk"}):
-        raise ResourceError(f"the model does not fit on the visible GPUs: accelerate's placement offloads "
-                            f"{len(offloaded)} module{'' if len(offloaded) == 1 else 's'} (e.g. '{offloaded[0]}') "
-                            "to the CPU or disk", "Make more GPUs visible, or use a smaller model or dtype")
+        raise ResourceError(
+            f"the model does not fit on the visible GPUs: accelerate's placement offloads "
+            f"{len(offloaded)} module{'' if len(offloaded) == 1 else 's'} (e.g. '{offloaded[0]}') "
+            "to the CPU or disk",
+            "Make more GPUs visible, or use a smaller model or dtype",
+        )
 
 
 def as_device(value: str | int, name: str = "", source: str = "the device map") -> torch.device:
     if isinstance(value, int):
         return torch.device("cuda", value)
     if value in ("disk", "meta"):
-        raise ResourceError(f"{source} puts '{name}' on '{value}' (offloading), which hawk does not support",
-                            "Put every module on a GPU or on the CPU")
+        raise ResourceError(
+            f"{source} puts '{name}' on '{value}' (offloading), which hawk does not support",
+            "Put every module on a GPU or on the CPU",
+        )
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise InputError(f"{source} names an unknown device '{value}' for '{name}'",
-                         "Use a GPU index (0), \"cuda:0\" or \"cpu\"") from None
+        raise InputError(
+            f"{source} names an unknown device '{value}' for '{name}'", 'Use a GPU index (0), "cuda:0" or "cpu"'
+        ) from None
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"{source} names the device '{value}' for '{name}'", "Use a GPU index, cuda:N or cpu")
     if device.type == "cuda" and device.index is None:
@@ -129,8 +149,7 @@ def model_devices(model: torch.nn.Module) -> tuple[torch.device, ...]:
     mapped = getattr(model, "hf_device_map", None)
     values = list(mapped.values()) if isinstance(mapped, dict) and mapped else None
     seen: list[torch.device] = []
-    for device in ([as_device(v) for v in values] if values is not None
-                   else [p.device for p in model.parameters()]):
+    for device in [as_device(v) for v in values] if values is not None else [p.device for p in model.parameters()]:
         if device not in seen:
             seen.append(device)
     return tuple(seen) or (torch.device("cpu"),)
@@ -159,8 +178,9 @@ def dispatch(model: torch.nn.Module, device_map: dict[str, str | int], force_hoo
     return model
 
 
-def infer_device_map(model: torch.nn.Module, spec: str, dtype: torch.dtype,
-                     max_memory: dict | None = None) -> dict[str, str | int]:
+def infer_device_map(
+    model: torch.nn.Module, spec: str, dtype: torch.dtype, max_memory: dict | None = None
+) -> dict[str, str | int]:
     """accelerate's own map for "auto" / "balanced" (both balance the blocks over the visible GPUs, as
     transformers does for these names), never splitting a decoder layer or a vision block. `max_memory`:
     accelerate's per-device budget (default: what the visible devices have)."""
@@ -189,8 +209,9 @@ def random_spread_model(config: Any, dtype: torch.dtype, attn: str, spec: Device
     check_devices(device_map)
     for name, parameter in list(model.named_parameters()):
         target = _mapped_device(device_map, name)
-        set_module_tensor_to_device(model, name, target,
-                                    value=torch.empty(parameter.shape, dtype=parameter.dtype, device=target))
+        set_module_tensor_to_device(
+            model, name, target, value=torch.empty(parameter.shape, dtype=parameter.dtype, device=target)
+        )
     for module in model.modules():  # built empty: the flags of the meta-device initialisation are stale
         module.__dict__.pop("_is_hf_initialized", None)
         for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
@@ -208,6 +229,7 @@ def _mapped_device(device_map: dict[str, str | int], name: str) -> torch.device:
         if (prefix == "" or name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
             best, device = len(prefix), value
     if device is None:
-        raise InputError(f"the device map places no module containing '{name}'",
-                         "Map every module (or its parent) to a device")
+        raise InputError(
+            f"the device map places no module containing '{name}'", "Map every module (or its parent) to a device"
+        )
     return as_device(device)

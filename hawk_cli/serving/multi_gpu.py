@@ -58,11 +58,12 @@ class WorkerTask:
 
 
 def parse_gpus(spec: str) -> list[str]:
-    """"0,1,3" -> ["0", "1", "3"] (distinct non-negative indices)."""
+    """ "0,1,3" -> ["0", "1", "3"] (distinct non-negative indices)."""
     parts = [part.strip() for part in spec.split(",")]
     if not parts or any(not part.isdigit() for part in parts):
-        raise UsageError(f"gpus must be a comma-separated list of GPU indices, got '{spec}'", "Use e.g. {gpus=}0,1",
-                         setting="gpus")
+        raise UsageError(
+            f"gpus must be a comma-separated list of GPU indices, got '{spec}'", "Use e.g. {gpus=}0,1", setting="gpus"
+        )
     if len(set(parts)) != len(parts):
         raise UsageError(f"gpus names a GPU twice ('{spec}')", "Name each GPU once", setting="gpus")
     return parts
@@ -87,8 +88,13 @@ def expected_id(number: int, text: str) -> object:
     return data.get("id", number) if isinstance(data, dict) else None
 
 
-def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerTask], WorkerHandle],
-                poll_s: float = 0.05, workdir: Path | None = None) -> Iterator[dict]:
+def run_sharded(
+    lines: Iterable[str],
+    gpus: list[str],
+    launch: Callable[[WorkerTask], WorkerHandle],
+    poll_s: float = 0.05,
+    workdir: Path | None = None,
+) -> Iterator[dict]:
     """Records for every non-blank line of `lines`, in input order, answered by one worker per GPU.
 
     Runs the workers to completion first (the records are merged afterwards), then yields. Any exception or
@@ -106,8 +112,11 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
             # kept open for the worker's stdout and read back after it ends; closed in `finally`
             output = open(folder / f"shard-{index}.out.jsonl", "w+", encoding="utf-8")  # noqa: SIM115
             outputs.append(output)
-            tasks.append(WorkerTask(gpu=gpus[index], input_path=input_path, output=output,
-                                    lines=tuple(number for number, _ in shard)))
+            tasks.append(
+                WorkerTask(
+                    gpu=gpus[index], input_path=input_path, output=output, lines=tuple(number for number, _ in shard)
+                )
+            )
         for task in tasks:
             handles.append(launch(task))
         while any(handle.poll() is None for handle in handles):
@@ -127,9 +136,12 @@ def run_sharded(lines: Iterable[str], gpus: list[str], launch: Callable[[WorkerT
         record = answered.get(number)
         if record is None:
             task = by_task[number]
-            record = {"id": expected_id(number, text), "line": number,
-                      "error": f"the worker on GPU {task.gpu} ended (exit code {_exit_code(task, handles, tasks)}) "
-                               "before answering this request"}
+            record = {
+                "id": expected_id(number, text),
+                "line": number,
+                "error": f"the worker on GPU {task.gpu} ended (exit code {_exit_code(task, handles, tasks)}) "
+                "before answering this request",
+            }
         yield record
 
 

@@ -91,8 +91,8 @@ class BenchSettings:
 
 # --- model sources -----------------------------------------------------------------------------------------
 def resolve_config(spec: str) -> Path:
-    """A shipped config name (qwen2.5-vl-7b, -3b, -32b, -72b), a config.json file, a model folder,
-    or builtin."""
+    """A shipped config name (a file in data/configs, e.g. qwen2.5-vl-7b or qwen3-vl-8b), a config.json file, a
+    model folder, or builtin."""
     if spec == "builtin":
         return builtin_dir() / "config.json"
     named = CONFIG_DIR / f"{spec}.json"
@@ -111,7 +111,6 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, 
     """A model built from a config with random weights, directly on the device, or spread over the devices of
     `device_map` ("auto", "balanced" or a JSON file) by accelerate (speed and memory only)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     config_path = resolve_config(config_spec)
     placement = None
@@ -122,11 +121,12 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, 
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = AutoConfig.from_pretrained(str(config_path))
     folder = config_path.parent
+    family = adapter_class(str(config.model_type))
     if (folder / "tokenizer_config.json").is_file():  # a checkpoint folder: its own tokenizer and processor
         tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
-        processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+        processor = family.load_image_processor(str(folder))
     else:
-        tokenizer, processor = adapter_class(str(config.model_type)).standin_processors(config)
+        tokenizer, processor = family.standin_processors(config)
     name = f"{config_spec} (random weights)"
     if placement is not None:
         model = random_spread_model(config, torch_dtype, attn, placement)
@@ -301,10 +301,12 @@ class Bench:
 
     @staticmethod
     def _kv_facts(result, kept_length: int) -> dict:
-        """The static cache's allocated bytes, and what it holds after prefill (its prompt slots)."""
-        allocated, slots = result.kv_cache_bytes, result.kv_cache_slots
-        return {"kv_cache_allocated_bytes": allocated,
-                "kv_cache_bytes": allocated * kept_length // slots if slots else allocated}
+        """The static cache's allocated bytes, and what it holds after prefill (its prompt slots). The conv and
+        recurrent states of linear-attention layers (`cache_state_bytes`) have no slots: they count whole."""
+        allocated, slots, states = result.kv_cache_bytes, result.kv_cache_slots, result.cache_state_bytes
+        per_slot = allocated - states
+        return {"kv_cache_allocated_bytes": allocated, "cache_state_bytes": states,
+                "kv_cache_bytes": (per_slot * kept_length // slots if slots else per_slot) + states}
 
     # one run of each kind -> a flat sample of metrics
     def _engine_run(self, inputs, ratio: float) -> tuple[dict, object]:
@@ -498,15 +500,15 @@ class Bench:
 
 # --- the correctness check -----------------------------------------------------------------------------------
 def oracle_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
-    """Allowed max |Δlogit| against the masked oracle, relative to the logits' scale (16-bit: ~3 digits)."""
+    """Allowed max |Δlogit| against the oracle, relative to the logits' scale (16-bit: ~3 digits)."""
     relative = 1e-4 if dtype == torch.float32 else 5e-2
     return relative * max(1.0, logit_scale)
 
 
 def run_check(session: HawkSession, scorer, images: list[Image.Image], batch: int, ratio: float, steps: int,
               question: str = DEFAULT_QUESTION) -> OracleReport:
-    """Prune at `ratio` and compare every step's logits and tokens with the masked oracle (stock generate on the
-    whole prompt, dropped tokens masked out, original positions)."""
+    """Prune at `ratio` and compare every step's logits and tokens with the family's oracle (stock generate on the
+    whole prompt with the dropped tokens masked out, or on the kept tokens alone; original positions)."""
     import dataclasses
 
     inputs = batch_inputs(session, images, batch, question)

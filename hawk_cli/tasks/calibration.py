@@ -21,6 +21,11 @@ Work is shared where it is provably identical: each distinct image is preprocess
 (`VisionCache`), and when several questions of a batch start with the same image, the prompt up to the image's
 end token is run once per replica and its KV cache fanned out to those questions (causal attention: that prefix
 does not see the question). Both only change speed; tests pin the drops against the unshared computation.
+
+Per-visual-token extras of the prefill (Qwen3-VL's DeepStack features) go with every replica, and with the
+shared prefix that holds their tokens (all visual tokens sit before the last vision-end token).
+Prefix sharing is off for decoders where masking is not dropping (Qwen3.5's Gated DeltaNet): there the suffixes'
+padding would sit inside the row, and the recurrence would step through it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from hawk_cli.adapters.base import ModelAdapter
+from hawk_cli.adapters.base import ModelAdapter, VisualExtras
 from hawk_cli.engine.finish_watch import FinishWatch
 from hawk_cli.errors import UsageError
 from hawk_cli.io.calibration_data import CalibrationData, CalibrationSample
@@ -50,11 +55,12 @@ ABLATION = "zero the head's slice of the o_proj input (forward pre-hook)"
 @dataclass(frozen=True)
 class CalibrationSettings:
     method: str = "ablation"
-    layer: int = 0
+    layer: int | None = None  # None: the adapter's scoring layer
     batch_size: int = 8  # samples per forward pass; each is replicated (heads per pass + 1) times
     max_new_tokens: int = 16  # kl: longest greedy answer measured
     heads_per_pass: int | None = None  # None: every head in one pass
     share_prefixes: bool = True  # compute a prompt prefix shared by several questions (same image) once
+    # (only where masking equals dropping: a suffix padded inside the row would step a recurrence through padding)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,6 +80,7 @@ class CalibrationResult:
     subset_drops: Tensor  # [S, H] float32, mean drop per subset and head (before Eq. 3)
     subsets: list[str]
     counts: dict[str, int]  # samples per subset
+    layer: int = 0  # the decoder layer whose heads were ablated
     baseline: dict[str, float] = field(default_factory=dict)  # ablation: mean unablated answer log-likelihood
     seconds: float = 0.0
 
@@ -147,6 +154,39 @@ def _left_padded(prefill, picks: list[tuple[int, Tensor]]) -> tuple[Tensor, Tens
     return embeds, positions, mask
 
 
+def _replicated_extras(extras: VisualExtras | None, replicas: int) -> VisualExtras | None:
+    """The extras of a batch stacked `replicas` times along the batch (row-major order: replica by replica)."""
+    if extras is None:
+        return None
+    return VisualExtras(mask=extras.mask.repeat(replicas, 1),
+                        values={name: value.repeat(replicas, *([1] * (value.dim() - 1)))
+                                for name, value in extras.values.items()})
+
+
+def _extras_rows(extras: VisualExtras, row: int, cols: Tensor) -> Tensor:
+    """Indices into `extras.values` of the visual tokens among columns `cols` of `row`, in column order."""
+    slot = torch.full(extras.mask.shape, -1, dtype=torch.long, device=extras.mask.device)
+    slot[extras.mask] = torch.arange(int(extras.mask.sum()), device=extras.mask.device)
+    picked = slot[row, cols]
+    return picked[picked >= 0]
+
+
+def _left_padded_extras(extras: VisualExtras | None, picks: list[tuple[int, Tensor]]) -> VisualExtras | None:
+    """The extras laid out like `_left_padded(prefill, picks)`: None when the picked columns hold no visual token."""
+    if extras is None:
+        return None
+    width = max(len(cols) for _, cols in picks)
+    mask = extras.mask.new_zeros(len(picks), width)
+    rows = []
+    for index, (row, cols) in enumerate(picks):
+        mask[index, width - len(cols):] = extras.mask[row, cols]
+        rows.append(_extras_rows(extras, row, cols))
+    order = torch.cat(rows)
+    if order.numel() == 0:
+        return None
+    return VisualExtras(mask=mask, values={name: value[order] for name, value in extras.values.items()})
+
+
 @dataclass
 class SharedPrefixes:
     """Rows whose prompts start with the same image (and template): the prefix up to the last vision-end token
@@ -167,6 +207,15 @@ def shared_prefixes(prefill, vision_end: int) -> SharedPrefixes | None:
             return None
         cut = int(ends[-1]) + 1
         spans.append((cols[:cut], cols[cut:]))
+    extras = prefill.extras
+    if extras is not None and any(bool(extras.mask[row, suffix].any()) for row, (_, suffix) in enumerate(spans)):
+        return None  # a visual token after the last vision-end token: the suffix would need extras of its own
+
+    def same_extras(other: int, theirs: Tensor, row: int, prefix: Tensor) -> bool:
+        return extras is None or all(torch.equal(value[_extras_rows(extras, other, theirs)],
+                                                 value[_extras_rows(extras, row, prefix)])
+                                     for value in extras.values.values())
+
     representatives: list[int] = []
     group = []
     for row, (prefix, _) in enumerate(spans):
@@ -175,7 +224,8 @@ def shared_prefixes(prefill, vision_end: int) -> SharedPrefixes | None:
             if (len(theirs) == len(prefix)
                     and torch.equal(prefill.input_ids[other, theirs], prefill.input_ids[row, prefix])
                     and torch.equal(prefill.position_ids[:, other, theirs], prefill.position_ids[:, row, prefix])
-                    and torch.equal(prefill.inputs_embeds[other, theirs], prefill.inputs_embeds[row, prefix])):
+                    and torch.equal(prefill.inputs_embeds[other, theirs], prefill.inputs_embeds[row, prefix])
+                    and same_extras(other, theirs, row, prefix)):
                 group.append(index)
                 break
         else:
@@ -200,13 +250,15 @@ def _replicated_prefill(adapter: ModelAdapter, prefill, heads: list[int], layer:
         mask = prefill.attention_mask.repeat(replicas, 1)
         with ablate_heads(projection, _head_keep(batch, heads, adapter.num_query_heads, device)):
             hidden = adapter.decode(prefill.inputs_embeds.repeat(replicas, 1, 1),
-                                    prefill.position_ids.repeat(1, replicas, 1), mask, cache)
+                                    prefill.position_ids.repeat(1, replicas, 1), mask, cache,
+                                    _replicated_extras(prefill.extras, replicas))
         return adapter.logits(hidden[:, -1]).float(), mask
     unique = len(plan.prefixes)
     embeds, positions, prefix_mask = _left_padded(prefill, plan.prefixes)
+    prefix_extras = _replicated_extras(_left_padded_extras(prefill.extras, plan.prefixes), replicas)
     with ablate_heads(projection, _head_keep(unique, heads, adapter.num_query_heads, device)):
         adapter.decode(embeds.repeat(replicas, 1, 1), positions.repeat(1, replicas, 1),
-                       prefix_mask.repeat(replicas, 1), cache)
+                       prefix_mask.repeat(replicas, 1), cache, prefix_extras)
     cache.reorder_cache((torch.arange(replicas, device=device)[:, None] * unique + plan.group[None]).flatten())
     embeds, positions, suffix_mask = _left_padded(prefill, plan.suffixes)
     mask = torch.cat([prefix_mask[plan.group], suffix_mask], dim=1).repeat(replicas, 1)
@@ -311,7 +363,7 @@ class VisionCache:
         self.merge_size = image_processor.merge_size
         self.size = size
         self.processed: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
-        self.features: OrderedDict[str, Tensor] = OrderedDict()
+        self.features: OrderedDict[str, dict[str, Tensor]] = OrderedDict()  # per image: every encoded output
         self.order: list[str] = []  # image keys of the batch being built, in placeholder order
 
     @staticmethod
@@ -341,7 +393,8 @@ class VisionCache:
         return {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.cat(grids)}
 
     def build(self, requests: list[Request], device) -> tuple:
-        """(ModelInputs, features {"image": [n, D]}) of a batch, encoding only images not seen recently."""
+        """(ModelInputs, features {"image": [n, D], and any per-token output the family adds, e.g. DeepStack
+        levels}) of a batch, encoding only images not seen recently."""
         self.order = []
         inputs = self.prompts.collate(requests).to(device)
         if inputs.pixel_values is None:
@@ -350,20 +403,32 @@ class VisionCache:
         if missing:
             pixels = torch.cat([self.processed[k][0] for k in missing]).to(device)
             grids = torch.cat([self.processed[k][1] for k in missing]).to(device)
-            encoded = self.adapter.encode_vision(replace(inputs, pixel_values=pixels, image_grid_thw=grids))["image"]
+            encoded = self.adapter.encode_vision(replace(inputs, pixel_values=pixels, image_grid_thw=grids))
             counts = [int(g.prod()) // self.merge_size ** 2 for g in grids]
-            for key, feature in zip(missing, encoded.split(counts)):
-                self._remember(self.features, key, feature, self.size)
-        return inputs, {"image": torch.cat([self.features[k] for k in self.order])}
+            parts = {name: value.split(counts) for name, value in encoded.items()}
+            for index, key in enumerate(missing):
+                self._remember(self.features, key, {name: split[index] for name, split in parts.items()}, self.size)
+        names = self.features[self.order[0]].keys()
+        return inputs, {name: torch.cat([self.features[k][name] for k in self.order]) for name in names}
+
+
+def calibration_layer(adapter: ModelAdapter, layer: int | None) -> int:
+    """The layer to calibrate (None: the adapter's scoring layer), refused early if it does not exist or has no
+    attention heads to ablate (a hybrid model's linear-attention layers)."""
+    layer = adapter.default_scoring_layer if layer is None else layer
+    if not 0 <= layer < adapter.num_layers:
+        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
+                         f"Use {{layer=}}{adapter.default_scoring_layer} (the layer HAWK scores at)", setting="layer")
+    adapter.head_output_projection(layer)
+    return layer
 
 
 def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
               progress: Callable[[int], None] | None = None) -> CalibrationResult:
     """Head importance of `settings.layer` of the session's model on `data`; `progress(n)` after each batch."""
     adapter: ModelAdapter = session.adapter
-    if not 0 <= settings.layer < adapter.num_layers:
-        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {settings.layer}",
-                         "Use {layer=}0 (the layer HAWK scores at)", setting="layer")
+    layer = calibration_layer(adapter, settings.layer)
+    share = settings.share_prefixes and adapter.masking_equals_dropping
     if settings.method == "ablation":
         data.require_answers()
     started = time.perf_counter()
@@ -379,8 +444,8 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
             prefill = adapter.build_prefill(inputs, features)
             targets = ([answer_tokens(session.tokenizer, s.answer, end_id) for s in batch]
                        if settings.method == "ablation" else None)
-            drops, base = sample_drops(adapter, prefill, settings.layer, settings.method, targets, session.eos_ids,
-                                       settings.max_new_tokens, settings.heads_per_pass, settings.share_prefixes)
+            drops, base = sample_drops(adapter, prefill, layer, settings.method, targets, session.eos_ids,
+                                       settings.max_new_tokens, settings.heads_per_pass, share)
             all_drops.append(drops.cpu())
             all_base.append(base.cpu())
             if progress is not None:
@@ -393,4 +458,4 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
                 if settings.method == "ablation" else {})
     return CalibrationResult(importance=eq3(subset_drops), subset_drops=subset_drops, subsets=subsets,
                              counts={name: int(members[name].sum()) for name in subsets}, baseline=baseline,
-                             seconds=time.perf_counter() - started)
+                             seconds=time.perf_counter() - started, layer=layer)

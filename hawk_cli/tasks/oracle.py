@@ -1,7 +1,11 @@
-"""The correctness check users can run on their own model: pruned decoding vs the masked oracle.
+"""The correctness check users can run on their own model: pruned decoding vs the family's oracle.
 
-The oracle is the model's own `generate` on the UNPRUNED prompt with the dropped visual tokens masked out of
-attention and original positions: if hawk's compaction, positions and cache are right, logits agree.
+Both oracles are the model's own `generate`, sharing no code with hawk's loop. The masked oracle (attention-only
+decoders) runs the UNPRUNED prompt with the dropped visual tokens masked out of attention, at original positions.
+Where a token mixer also convolves or recurs over the sequence (Qwen3.5's Gated DeltaNet), a masked token still
+moves the layer's state, so masking is not dropping; there the compaction oracle runs the stock embeddings of the
+kept tokens alone at their original positions (`ModelAdapter.oracle_generate`). If hawk's compaction, positions
+and cache are right, logits agree.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class OracleReport:
     visual_tokens_kept: int
     diverged_at_step: int | None = None
     divergence_gap: float | None = None
+    oracle: str = "masked"  # which reference: "masked" or "compaction"
 
     @property
     def passed(self) -> bool:
@@ -71,11 +76,11 @@ class OracleReport:
 
 def check_against_oracle(adapter: ModelAdapter, inputs, scorer: Scorer, ratio: float, steps: int,
                          eos_ids: set[int], tolerance: float) -> OracleReport:
-    """Prune with `scorer` at `ratio`, decode `steps` tokens, and compare every step with the masked oracle."""
+    """Prune with `scorer` at `ratio`, decode `steps` tokens, and compare every step with the family's oracle."""
     settings = GenerationSettings(ratio=ratio, max_new_tokens=steps, record_logits=True)
     pruned = generate(adapter, inputs, scorer, settings, eos_ids)
     with torch.inference_mode():
-        oracle = adapter.masked_generate(inputs, pruned.keep_mask.to(inputs.input_ids.device), steps, eos_ids)
+        oracle = adapter.oracle_generate(inputs, pruned.keep_mask.to(inputs.input_ids.device), steps, eos_ids)
     comparison = compare_step_logits(pruned.step_logits, oracle)
     visual = sum(row.visual_tokens for row in pruned.rows)
     kept = sum(row.visual_tokens_kept for row in pruned.rows)
@@ -83,4 +88,4 @@ def check_against_oracle(adapter: ModelAdapter, inputs, scorer: Scorer, ratio: f
                         max_abs_logit=float(oracle[0].abs().max()), tokens_equal=comparison.tokens_equal,
                         tokens_compared=comparison.tokens_compared, tolerance=tolerance, visual_tokens=visual,
                         visual_tokens_kept=kept, diverged_at_step=comparison.diverged_at_step,
-                        divergence_gap=comparison.divergence_gap)
+                        divergence_gap=comparison.divergence_gap, oracle=adapter.oracle_name)

@@ -50,7 +50,7 @@ class RopeIndexCache:
         batch, length = host.input_ids.shape
         positions = torch.zeros(3, batch, length, dtype=host.input_ids.dtype)
         images = iter([] if host.image_grid_thw is None else host.image_grid_thw.tolist())
-        videos = iter([] if host.video_grid_thw is None else host.video_grid_thw.tolist())
+        videos = iter(self.video_grids(host))
         timings = iter([] if host.second_per_grid_ts is None else host.second_per_grid_ts.tolist())
         for row in range(batch):
             valid = host.attention_mask[row].bool()
@@ -69,6 +69,10 @@ class RopeIndexCache:
             self._rows.move_to_end(key)
             positions[:, row, valid] = ids
         return positions
+
+    def video_grids(self, host) -> list:
+        """The video grids in the order the prompt's video-token runs consume them (one run per video here)."""
+        return [] if host.video_grid_thw is None else host.video_grid_thw.tolist()
 
     def _one_row(self, input_ids: Tensor, types: Tensor, image_grids, video_grids, video_timings) -> Tensor:
         args = dict(image_grid_thw=torch.tensor(image_grids, dtype=torch.long) if image_grids else None,
@@ -178,20 +182,17 @@ class QwenVLAdapter(ModelAdapter):
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
         block = self.language_model.layers[layer]
         attention = block.self_attn
-        # called directly (not through the block's hook): the input goes to the block's device, q/k come back
-        # to the input device, where the scorer's masks are
-        normed = block.input_layernorm(hidden.to(module_device(block)) if self.dispatched else hidden)
+        normed = block.input_layernorm(hidden)
         batch, length, _ = normed.shape
         q = attention.q_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
         k = attention.k_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
-        if self.dispatched:
-            q, k = q.to(self.input_device), k.to(self.input_device)
         return q, k
 
     def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
         return self.language_model.layers[layer].self_attn.o_proj
 
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int) -> Tensor:
+    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
+                   extras: VisualExtras | None = None) -> Tensor:
         if n_layers == 0:
             return embeds
 

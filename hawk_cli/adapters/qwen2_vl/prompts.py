@@ -97,6 +97,11 @@ def _messages(request: Request) -> list[dict]:
     return [{"role": "user", "content": text + visual if request.question_first else visual + text}]
 
 
+def chat_text(tokenizer, request: Request) -> str:
+    """The request through the tokenizer's chat template: one placeholder per image and per video."""
+    return tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
+
+
 @dataclass(frozen=True)
 class EncodedRequest:
     """One request's chat text (one placeholder per image / video) with each placeholder's token count, and
@@ -118,7 +123,7 @@ def encode_request(tokenizer, image_processor, request: Request, defer_pixels: b
     """`defer_pixels`: leave images as resized uint8 when the processor's steps can run on the device
     (`PixelRecipe`); otherwise, and always for video, the stock processor computes float patches here."""
     merge = int(image_processor.merge_size) ** 2
-    text = tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
+    text = chat_text(tokenizer, request)
     counts: list[int] = []
     pixels = grids = video = recipe = None
     images_u8: tuple[torch.Tensor, ...] = ()
@@ -198,8 +203,9 @@ def build_inputs(tokenizer, image_processor, requests: list[Request],
         image_grid_thw=_cat([row.image_grid_thw for row in rows if row.image_grid_thw is not None]),
         pixel_values_videos=_cat([row.pixel_values_videos for row in videos]),
         video_grid_thw=_cat([row.video_grid_thw for row in videos]),
+        # Families that mark time in the text (Qwen3-VL) have no per-video timing.
         second_per_grid_ts=torch.tensor([row.second_per_grid_t for row in videos], dtype=torch.float32)
-        if videos else None,
+        if videos and all(row.second_per_grid_t is not None for row in videos) else None,
         pending_pixels=pending,
     )
 

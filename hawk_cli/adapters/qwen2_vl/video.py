@@ -35,8 +35,9 @@ class VideoTensors:
 
 
 def build_video(image_processor, frames: list[Image.Image] | tuple[Image.Image, ...],
-                fps: float = DEFAULT_FPS) -> VideoTensors:
-    """The stock video layout for `frames` sampled at `fps` frames per second."""
+                fps: float = DEFAULT_FPS, **processor_kwargs) -> VideoTensors:
+    """The stock video layout for `frames` sampled at `fps` frames per second (`processor_kwargs` go to the
+    image processor's call, e.g. `do_resize=False` for frames a family has already sized)."""
     fps = validate_fps(fps)
     if not frames:
         raise InputError("the video has no frames", "Give at least one frame")
@@ -45,7 +46,7 @@ def build_video(image_processor, frames: list[Image.Image] | tuple[Image.Image, 
     size = frames[0].size
     frames = [f.convert("RGB") if f.size == size else f.convert("RGB").resize(size, Image.BICUBIC) for f in frames]
     frames = list(frames) + [frames[-1]] * (-len(frames) % tp)
-    processed = image_processor(images=frames, return_tensors="pt")
+    processed = image_processor(images=frames, return_tensors="pt", **processor_kwargs)
     grids = processed["image_grid_thw"]
     grid_h, grid_w = int(grids[0, 1]), int(grids[0, 2])
     pixels = processed["pixel_values"].float()  # [n_frames * h * w, C * tp * p * p], frame copied over tp
