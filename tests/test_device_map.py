@@ -36,11 +36,11 @@ SPREAD = {
 }
 
 
-def _session(model) -> HawkSession:
+def _session(model, family: str = "qwen2_5_vl") -> HawkSession:
     loaded = LoadedModel(
         model=model,
         tokenizer=tiny_tokenizer(),
-        image_processor=tiny_image_processor(),
+        image_processor=tiny_image_processor(family=family),
         name="tiny",
         path="tiny",
         device=torch.device("cpu"),
@@ -59,7 +59,7 @@ def _requests() -> list[Request]:
     ]
 
 
-def _answer(session: HawkSession, layer: int = 0):
+def _answer(session: HawkSession, layer: int | None = 0):
     scorer, _ = session.make_scorer("hawk", layer=layer)
     settings = GenerationSettings(ratio=0.5, max_new_tokens=5, record_logits=True, cache="dynamic")
     result = session.run(_requests(), scorer, settings, eos_ids=set()).result
@@ -68,6 +68,33 @@ def _answer(session: HawkSession, layer: int = 0):
 
 def _spread(model):
     return dispatch(copy.deepcopy(model), SPREAD, force_hooks=True)
+
+
+def spread_map(model) -> dict[str, str]:
+    """Every top block of a model on its own map entry (all on the CPU): the tower, each decoder layer, the
+    embedding, norm, rotary table and output head."""
+    text = model.model.language_model
+    mapping = {"model.visual": "cpu"}
+    for name, _ in text.named_children():
+        if name == "layers":
+            mapping.update({f"model.language_model.layers.{i}": "cpu" for i in range(len(text.layers))})
+        else:
+            mapping[f"model.language_model.{name}"] = "cpu"
+    mapping["lm_head"] = "cpu"
+    return mapping
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_other_families_spread_answer_as_whole(family):
+    """Qwen3-VL (DeepStack levels, q/k after q_norm / k_norm) and Qwen3.5 (scoring at the first full-attention
+    layer, a partial pass) at their default scoring layers."""
+    whole = tiny_model(family, device="cpu", dtype=torch.float32)
+    mapping = spread_map(whole)
+    spread = dispatch(copy.deepcopy(whole), mapping, force_hooks=True)
+    assert all(hasattr(spread.get_submodule(name), "_hf_hook") for name in mapping)
+    tokens, logits, keep = _answer(_session(whole, family), None)
+    spread_tokens, spread_logits, spread_keep = _answer(_session(spread, family), None)
+    assert spread_tokens == tokens and torch.equal(spread_keep, keep) and torch.equal(spread_logits, logits)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
