@@ -242,5 +242,5 @@ def test_a_placement_that_offloads_to_the_cpu_is_refused_with_what_to_do():
 
     check_fits({"model": 0, "lm_head": 1})
     check_fits({"": "cpu"})  # a CPU-only model offloads nothing
-    with pytest.raises(ResourceError, match="does not fit on the visible GPUs.*2 modules"):
+    with pytest.raises(ResourceError, match="does not fit in the visible GPUs.*2 modules"):
         check_fits({"model.visual": 0, "model.language_model": "cpu", "lm_head": "disk"})

@@ -89,13 +89,16 @@ def check_devices(device_map: dict[str, str | int], source: str = "the device ma
 
 
 def check_fits(device_map: dict[str, str | int]) -> None:
-    """A map accelerate computed ("auto", "balanced") offloads what does not fit on the GPUs to the CPU or disk;
-    hawk refuses that placement (see the module docstring) with what to do instead."""
+    """A map accelerate computed ("auto", "balanced") offloads what does not fit on the GPUs to the CPU or disk
+    (and, on a machine without GPUs, what does not fit in memory to disk); hawk refuses that placement (see the
+    module docstring) with what to do instead."""
     values = {str(value) for value in device_map.values()}
-    offloaded = [name for name, value in device_map.items() if str(value) in ("cpu", "disk")]
-    if offloaded and (values - {"cpu", "disk"}):
+    on_gpus = bool(values - {"cpu", "disk"})
+    offloaded = [name for name, value in device_map.items() if str(value) == "disk" or (on_gpus and value == "cpu")]
+    if offloaded:
+        where = "the visible GPUs" if on_gpus else "memory"
         raise ResourceError(
-            f"the model does not fit on the visible GPUs: accelerate's placement offloads "
+            f"the model does not fit in {where}: accelerate's placement offloads "
             f"{len(offloaded)} module{'' if len(offloaded) == 1 else 's'} (e.g. '{offloaded[0]}') "
             "to the CPU or disk",
             "Make more GPUs visible, or use a smaller model or dtype",
