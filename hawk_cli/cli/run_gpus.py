@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from hawk_cli.cli.output import Output
-from hawk_cli.errors import InputError, Interrupted
+from hawk_cli.errors import InputError, Interrupted, ResourceError
 from hawk_cli.serving.multi_gpu import WorkerHandle, WorkerTask
 
 
@@ -34,14 +34,34 @@ def worker_flags(**options: object) -> list[str]:
 
 
 def subprocess_launcher(flags: list[str]) -> Callable[[WorkerTask], subprocess.Popen]:
-    """Starts `python -m hawk_cli run --input SHARD FLAGS` on one GPU, its stdout into the shard's output file."""
+    """Starts `python -m hawk_cli run --input SHARD FLAGS` on one GPU, its stdout into the shard's output file.
+    GPU indices count the GPUs this process sees: under CUDA_VISIBLE_DEVICES=2,3, `--gpus 0,1` means 2 and 3."""
+    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
 
     def launch(task: WorkerTask) -> subprocess.Popen:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": task.gpu}
+        index = int(task.gpu)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible[index] if index < len(visible) else task.gpu}
         command = [sys.executable, "-m", "hawk_cli", "run", "--input", str(task.input_path), "--quiet", *flags]
         return subprocess.Popen(command, stdout=task.output, env=env)
 
     return launch
+
+
+def check_gpus_exist(gpus: list[str]) -> None:
+    """Where CUDA is available, every index names a visible GPU. (Without CUDA the workers run on the CPU, as a
+    one-process `hawk run` does: how the splitter is exercised on machines without GPUs.)"""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    count = torch.cuda.device_count()
+    missing = [gpu for gpu in gpus if int(gpu) >= count]
+    if missing:
+        raise ResourceError(
+            f"--gpus names GPU {missing[0]}, but {count} GPU{'' if count == 1 else 's'} "
+            f"{'is' if count == 1 else 'are'} visible",
+            f"Use indices 0 to {count - 1}",
+        )
 
 
 def run_over_gpus(
@@ -57,6 +77,7 @@ def run_over_gpus(
     from hawk_cli.serving.multi_gpu import parse_gpus, run_sharded
 
     devices = parse_gpus(gpus)
+    check_gpus_exist(devices)
     path = Path(input_file)
     if not path.is_file():
         raise InputError(f"input file '{path}' does not exist", "Give a JSONL file")

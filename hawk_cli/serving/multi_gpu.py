@@ -62,10 +62,10 @@ def parse_gpus(spec: str) -> list[str]:
     parts = [part.strip() for part in spec.split(",")]
     if not parts or any(not part.isdigit() for part in parts):
         raise UsageError(
-            f"gpus must be a comma-separated list of GPU indices, got '{spec}'", "Use e.g. {gpus=}0,1", setting="gpus"
+            f"must be a comma-separated list of GPU indices, got '{spec}'", "Use e.g. {gpus=}0,1", setting="gpus"
         )
     if len(set(parts)) != len(parts):
-        raise UsageError(f"gpus names a GPU twice ('{spec}')", "Name each GPU once", setting="gpus")
+        raise UsageError(f"names a GPU twice ('{spec}')", "Name each GPU once", setting="gpus")
     return parts
 
 
