@@ -25,6 +25,7 @@ ALLOWED: dict[str, str] = {
     "built-in model": r"hawk_cli/builtin/[A-Za-z0-9_]+\.(?:json|jinja|safetensors|md)",
     "model configs": r"hawk_cli/data/configs/[A-Za-z0-9_.-]+\.json",
     "digit glyphs": r"hawk_cli/synthetic/data/(?:optdigits_8x8\.npz|README\.md)",
+    "harness task configs": r"hawk_cli/integrations/lmms_eval/tasks/[a-z0-9_]+/[a-z0-9_]+\.yaml",
     "licence files": DIST_INFO + r"/licenses/(?:LICENSE|NOTICE)",
     "metadata": DIST_INFO + r"/(?:METADATA|WHEEL|RECORD|entry_points\.txt|top_level\.txt)",
 }

@@ -28,3 +28,18 @@ def model_dir(tmp_path_factory):
     from tiny_models import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2_5_vl"))
+
+
+SYNTHETIC_N, SYNTHETIC_BATCH = 24, 8
+
+
+@pytest.fixture(scope="session")
+def synthetic_eval_norm():
+    """`hawk eval -n 24 --ratios 0.8 --methods norm --batch-size 8` on the built-in model (its recommended scorer,
+    which the harness wrappers use when no scorer is named): the tally holds the answers in question order."""
+    from hawk_cli.engine.session import HawkSession
+    from hawk_cli.tasks.evaluation import EvalSettings, evaluate
+
+    report = evaluate(HawkSession.open("builtin", device="cpu"),
+                      EvalSettings(ratios=(0.8,), methods=("norm",), n=SYNTHETIC_N, batch_size=SYNTHETIC_BATCH))
+    return report.results[0].tally

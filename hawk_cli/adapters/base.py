@@ -111,7 +111,8 @@ class ModelAdapter(ABC):
     def prompts(self, tokenizer, image_processor):
         """The family's input builder: `encode(request, defer_pixels)` (per request, worker-safe),
         `collate(requests, encoded)` -> batch inputs with `.to(device)`, `.on_host()`, `input_ids`,
-        `attention_mask`; `visual_tokens(image)`, `downscaled(image, tokens)`, `row_grids(inputs, requests)`."""
+        `attention_mask`; `from_features(features)` -> the same batch from a user's own processor output;
+        `visual_tokens(image)`, `downscaled(image, tokens)`, `row_grids(inputs, requests)`."""
 
     # --- prefill ---------------------------------------------------------------------------------------
     @abstractmethod

@@ -180,11 +180,15 @@ class DecodeStep:
 
     def choose(self, state: DecodeState, logits: Tensor) -> Tensor:
         """Greedy next token [B] (the pad id for finished rows); marks rows that produced an end id."""
-        chosen = torch.where(state.finished, self.adapter.tokens.pad, logits.argmax(-1))
+        chosen = torch.where(state.finished, self.adapter.tokens.pad, self.pick(logits))
         # a broadcast compare, not torch.isin: isin sorts (and synchronises) for larger id sets
         state.finished.logical_or_((chosen[:, None] == state.eos[None, :]).any(-1))
         state.token.copy_(chosen[:, None])
         return chosen
+
+    def pick(self, logits: Tensor) -> Tensor:
+        """The next token of every row from its logits [B, V]: argmax (a policy step overrides this)."""
+        return logits.argmax(-1)
 
     def advance(self, state: DecodeState, cache: Any, mask_length: int | None = None,
                 masked: bool = True) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,9 @@ step runs (eager, captured CUDA graph, compiled) is `decode_step.DecodeStep`'s b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -23,6 +25,26 @@ from hawk_cli.errors import UsageError
 from hawk_cli.scorers.base import Scorer
 
 
+class TokenChoice(Protocol):
+    """A decoding policy (e.g. `engine.sampling.Sampling`): `start` binds it to one batch's prompts and returns
+    the per-step chooser, `choose(logits [B, V] float32) -> next tokens [B]`, which also remembers what it chose
+    (a repetition penalty reads the prompt and the tokens generated so far)."""
+
+    def start(self, input_ids: Tensor, attention_mask: Tensor) -> Callable[[Tensor], Tensor]: ...
+
+
+class PolicyStep(DecodeStep):
+    """An eager decode step whose next tokens come from a decoding policy instead of argmax (a policy runs host
+    code per step, which a captured or compiled step cannot)."""
+
+    def __init__(self, adapter: ModelAdapter, choose: Callable[[Tensor], Tensor]) -> None:
+        super().__init__(adapter, "eager")
+        self._choose = choose
+
+    def pick(self, logits: Tensor) -> Tensor:
+        return self._choose(logits)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     ratio: float = 0.8
@@ -30,6 +52,8 @@ class GenerationSettings:
     cache: str = "auto"  # "auto" (static where the decode step is captured or compiled, else dynamic) | ...
     compile: bool = False  # without a decode_step: a compiled static-cache step (CUDA)
     record_logits: bool = False
+    # How each next token is chosen from the step's logits; None: greedy (argmax), the exactness-tested default.
+    choice: TokenChoice | None = None
 
     def __post_init__(self) -> None:
         validate_ratio(self.ratio)
@@ -40,6 +64,9 @@ class GenerationSettings:
             raise UsageError(f"unknown cache kind '{self.cache}'", "Use auto, dynamic or static")
         if self.compile and self.cache == "dynamic":
             raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
+        if self.compile and self.choice is not None:
+            raise UsageError("sampling and penalties run eagerly, not in a compiled decode step",
+                             "Leave {compile} off", setting="compile")
 
 
 # What a cache layer holds: keys and values of attention layers (one slot per token), and the fixed-size states
@@ -101,7 +128,12 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     """
     device = inputs.input_ids.device
     timer = timer or EventTimer(device, adapter.devices)
-    step = decode_step or DecodeStep(adapter, "compile" if settings.compile else "eager")
+    if settings.choice is not None:
+        if decode_step is not None:
+            raise ValueError("a decoding policy runs its own eager step; pass no decode_step with it")
+        step: DecodeStep = PolicyStep(adapter, settings.choice.start(inputs.input_ids, inputs.attention_mask))
+    else:
+        step = decode_step or DecodeStep(adapter, "compile" if settings.compile else "eager")
     with torch.inference_mode():
         pruned = prune_prefill(adapter, inputs, scorer, settings.ratio, timer, target_mask)
         embeds, positions, mask = pruned.decoder_inputs()

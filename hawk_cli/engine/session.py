@@ -67,7 +67,7 @@ class HawkSession:
         self.adapter = adapter_for(loaded.model, loaded.tokenizer)
         self.prompts = self.adapter.prompts(loaded.tokenizer, loaded.image_processor)
         self.eos_ids = self._eos_ids()
-        self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device))
+        self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device or "cpu"))
         if self.decode_mode == "compile" and self.adapter.dispatched:
             raise ResourceError(f"a compiled decode step needs the model on one device, and it spans "
                                 f"{len(loaded.devices)} ({', '.join(map(str, loaded.devices))})",

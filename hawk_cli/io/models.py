@@ -14,6 +14,7 @@ from hawk_cli.io.placement import (
     check_fits,
     first_device,
     input_device,
+    is_dispatched,
     model_devices,
     read_device_map,
     require_accelerate,
@@ -26,22 +27,38 @@ ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 
 @dataclass
 class LoadedModel:
+    """A model with its tokenizer and image processor. Device, dtype and attention default to the model's own, so a
+    library caller can wrap a model it loaded itself: `LoadedModel(model, tokenizer, image_processor)`."""
+
     model: torch.nn.Module
     tokenizer: object
     image_processor: object
-    name: str  # as the user gave it ("builtin", a hub id, a folder)
-    path: str  # where it was loaded from
-    device: torch.device  # where inputs go: the input embedding's device
-    dtype: torch.dtype
-    attn: str
-    is_builtin: bool
+    name: str = "model"  # as the user gave it ("builtin", a hub id, a folder)
+    path: str = ""  # where it was loaded from ("" when unknown: no files beside the weights are read)
+    device: torch.device | None = None  # where inputs go: the input embedding's device
+    dtype: torch.dtype | None = None
+    attn: str | None = None
+    is_builtin: bool = False
     # Every device the weights live on (input side first); more than one when spread by a device map.
     devices: tuple[torch.device, ...] = ()
     device_map: dict | None = None  # the module -> device map accelerate dispatched, when one was used
 
     def __post_init__(self) -> None:
+        parameter = next(self.model.parameters(), None)
+        # a model object the caller spread with a device map: inputs go to its embedding's device
+        dispatched = is_dispatched(self.model)
+        if self.device is None and dispatched:
+            self.device = input_device(self.model)
+        if self.device is None:
+            self.device = parameter.device if parameter is not None else torch.device("cpu")
+        if self.dtype is None:
+            self.dtype = parameter.dtype if parameter is not None else torch.float32
+        if self.attn is None:
+            self.attn = str(getattr(self.model.config, "_attn_implementation", None) or "sdpa")
         if not self.devices:
-            self.devices = (torch.device(self.device),)
+            self.devices = model_devices(self.model) if dispatched else (torch.device(self.device),)
+        if self.device_map is None and dispatched:
+            self.device_map = dict(getattr(self.model, "hf_device_map", None) or {}) or None
 
     @property
     def spread(self) -> bool:

@@ -24,6 +24,9 @@ class Request:
     """One prompt: images shown before the question (or after, with `question_first`), and video frames.
 
     `video` holds the frames of one video (shown after the images), sampled at `fps` frames per second.
+    `messages`, when given, is the whole chat instead (system prompt, several turns; transformers' format, each
+    image or video entry a placeholder `{"type": "image"}` / `{"type": "video"}` standing for `images` in order,
+    then `video`); a chat ending with an assistant turn is continued rather than answered.
     """
 
     question: str
@@ -31,6 +34,7 @@ class Request:
     question_first: bool = False
     video: tuple[Image.Image, ...] = ()
     fps: float = DEFAULT_FPS
+    messages: tuple[dict, ...] | None = None
 
 
 

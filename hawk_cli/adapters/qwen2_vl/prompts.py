@@ -92,14 +92,20 @@ class PendingPixels:
 
 
 def _messages(request: Request) -> list[dict]:
+    if request.messages is not None:
+        return [dict(message) for message in request.messages]
     visual = [{"type": "image"} for _ in request.images] + ([{"type": "video"}] if request.video else [])
     text = [{"type": "text", "text": request.question}]
     return [{"role": "user", "content": text + visual if request.question_first else visual + text}]
 
 
 def chat_text(tokenizer, request: Request) -> str:
-    """The request through the tokenizer's chat template: one placeholder per image and per video."""
-    return tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True, tokenize=False)
+    """The request through the tokenizer's chat template: one placeholder per image and per video; ready for the
+    answer, or (a chat ending with an assistant turn) continuing that turn."""
+    messages = _messages(request)
+    continued = messages[-1].get("role") == "assistant"
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=not continued,
+                                         continue_final_message=continued, tokenize=False)
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,35 @@ class QwenPrompts:
 
     def collate(self, requests: list[Request], encoded: list[EncodedRequest | None] | None = None) -> ModelInputs:
         return build_inputs(self.tokenizer, self.image_processor, requests, encoded)
+
+    def from_features(self, features) -> ModelInputs:
+        """The batch a user's own processor made (a `BatchFeature` or dict of the stock processor's fields), in
+        hawk's layout: rows re-padded on the left (the processor may pad on the right), the token types derived
+        from the placeholder ids, pixels and grids as given."""
+        if "input_ids" not in features:
+            raise InputError("the processor output has no input_ids",
+                             "Pass what the model's processor returns for text and images (return_tensors='pt')")
+        input_ids = torch.as_tensor(features["input_ids"])
+        input_ids = input_ids[None] if input_ids.dim() == 1 else input_ids
+        mask = features.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask).reshape(input_ids.shape)
+        rows = [ids[keep.bool()].tolist() for ids, keep in zip(input_ids, mask)]
+        length, pad = max(len(row) for row in rows), self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows], dtype=torch.long)
+        attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        video_id = self.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+        mm_types = ((input_ids == image_id).long() + 2 * (input_ids == video_id).long()) * attention_mask
+
+        def tensor(name: str, dtype=None):
+            value = features.get(name)
+            return None if value is None else torch.as_tensor(value, dtype=dtype)
+
+        return ModelInputs(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
+                           pixel_values=tensor("pixel_values"), image_grid_thw=tensor("image_grid_thw", torch.long),
+                           pixel_values_videos=tensor("pixel_values_videos"),
+                           video_grid_thw=tensor("video_grid_thw", torch.long),
+                           second_per_grid_ts=tensor("second_per_grid_ts", torch.float32))
 
     def visual_tokens(self, image) -> int:
         """Visual tokens the processor makes of one image (merged patches)."""

@@ -1,0 +1,1 @@
+"""lmms-eval task folders (passed to lmms-eval with `--include_path`)."""
