@@ -131,7 +131,10 @@ def test_config_without_random_weights_is_refused(capsys):
                            intermediate_size=11008, vocab_size=151936), 2048, 3420, True),
     # Qwen2.5-VL-32B-Instruct's published config.json (its tower's MLP is 3456 wide, not 3420)
     ("qwen2.5-vl-32b", dict(num_hidden_layers=64, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8,
-                            intermediate_size=27648, vocab_size=152064), 5120, 3456, False)])
+                            intermediate_size=27648, vocab_size=152064), 5120, 3456, False),
+    # Qwen2.5-VL-72B-Instruct's published config.json
+    ("qwen2.5-vl-72b", dict(num_hidden_layers=80, hidden_size=8192, num_attention_heads=64, num_key_value_heads=8,
+                            intermediate_size=29568, vocab_size=152064), 8192, 3456, False)])
 def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, vision_mlp, tied):
     from transformers import Qwen2_5_VLConfig
 

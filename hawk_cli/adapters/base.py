@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hawk_cli.io.placement import input_device, is_dispatched, model_devices, module_device
+
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -69,6 +71,11 @@ class ModelAdapter(ABC):
     def __init__(self, model: torch.nn.Module, tokens: SpecialTokens) -> None:
         self.model = model
         self.tokens = tokens
+        # A model spread by accelerate's device map: its hooks move activations into each hooked block; the
+        # adapter moves what it hands to modules it calls directly, and returns logits on the input device.
+        self.dispatched = is_dispatched(model)
+        self.devices = model_devices(model)
+        self.input_device = input_device(model)
 
     # --- shape -----------------------------------------------------------------------------------------
     @property
@@ -123,6 +130,16 @@ class ModelAdapter(ABC):
         """Pre-RoPE q [B, H, L, d] and k [B, H_kv, L, d] of decoder layer `layer` for its input `hidden`
         (the hidden states after `run_layers(..., layer)`). A family whose layer mixes tokens otherwise than
         by softmax attention returns that mixer's own query and key vectors and documents what they are."""
+
+    def placed_query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        """`query_key` for a model spread by a device map: its submodules are called directly, not through the
+        block's hook, so `hidden` goes to the layer's device and q/k come back to the input device, where the
+        scorer's masks are. Unchanged for a model on one device."""
+        if not self.dispatched:
+            return self.query_key(hidden, layer)
+        block = self.decoder_module().layers[layer]
+        q, k = self.query_key(hidden.to(module_device(block)), layer)
+        return q.to(self.input_device), k.to(self.input_device)
 
     @abstractmethod
     def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
@@ -206,8 +223,10 @@ class ModelAdapter(ABC):
     @property
     def decode_capturable(self) -> bool:
         """Whether a one-token decode step reads nothing but tensors it is given (a prepared mask, no per-step
-        mask building from host values), so it can be captured as a CUDA graph and replayed."""
-        return self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
+        mask building from host values), so it can be captured as a CUDA graph and replayed. Not for a model
+        dispatched by accelerate: its hooks run Python per block and move tensors between devices."""
+        return (self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
+                and not self.dispatched)
 
     def decode_mask(self, valid: Tensor) -> Tensor:
         """The attention mask of a decode step of one new token per row, from `valid` [B, S] bool (True: the new

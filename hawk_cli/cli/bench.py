@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_ROUNDS, check_range
-from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt,
-                                  NoCudaGraphsOpt, QuietOpt, ScorerOpt, WeightsOpt, decode_choice)
+from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, LayerOpt, ModelOpt,
+                                  NoCudaGraphsOpt, QuietOpt, ScorerOpt, WeightsOpt, check_device_map, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import UsageError
 
@@ -86,9 +86,9 @@ def render_tables(records: list[dict], out: Output) -> None:
 def bench_command(
     model: ModelOpt = None,
     config: Annotated[Optional[str], typer.Option("--config", help="Build the model from a config instead: "
-                                                  "a shipped name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, qwen3-vl-8b, "
-                                                  "qwen3-vl-30b-a3b, ...) or a config.json (needs "
-                                                  "--random-weights).")] = None,
+                                                  "a shipped name (qwen2.5-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-32b, "
+                                                  "qwen2.5-vl-72b with --device-map, qwen3-vl-8b, qwen3-vl-30b-a3b, "
+                                                  "...) or a config.json (needs --random-weights).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from the config "
                                                  "(speed and memory only; no checkpoint needed).")] = False,
     ratio: Annotated[list[str], typer.Option("--ratio", "-r", help="Fraction of visual tokens removed; repeat "
@@ -115,6 +115,7 @@ def bench_command(
     scorer: ScorerOpt = None,
     layer: LayerOpt = None,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     check: Annotated[bool, typer.Option("--check", help="Instead of timing: prune and compare with the model's "
@@ -137,6 +138,7 @@ def bench_command(
     from hawk_cli.io.images import load_image
 
     out = Output(json_mode=json_output, quiet=quiet)
+    check_device_map(device, device_map)
     if config is not None and model is not None:
         raise UsageError("--model and --config exclude each other", "Give one of them")
     if config is not None and not random_weights:
@@ -154,11 +156,14 @@ def bench_command(
     if random_weights:
         out.note(f"building {config or model or 'builtin'} with random weights: speed and memory only")
         session = random_weight_session(config or model or "builtin", device, dtype, attn,
-                                        decode_choice(no_cuda_graphs))
+                                        decode_choice(no_cuda_graphs), device_map=device_map)
     else:
-        session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs))
+        session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs),
+                                   device_map=device_map)
     session.check_new_tokens(max_new_tokens)
     session.check_new_tokens(check_steps, "check_steps")
+    if session.decode_notice:
+        out.note(session.decode_notice)
     method, notices = session.make_scorer(scorer, weights, layer)
     for notice in notices:
         out.note(notice)

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range
-from hawk_cli.cli.options import DebugOpt, AttnOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt
+from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt,
+                                  QuietOpt, check_device_map)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import Interrupted
 
@@ -63,6 +64,7 @@ def calibrate_command(
     max_new_tokens: MaxTokensOpt = 16,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     json_output: JsonOpt = False,
@@ -96,7 +98,8 @@ def calibrate_command(
     dataset = load_calibration_data(data, limit)
     if method == "ablation":
         dataset.require_answers()
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn)
+    check_device_map(device, device_map)
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
     session.check_new_tokens(max_new_tokens)
     _refuse_control_tokens(session, dataset)
     layer = calibration_layer(session.adapter, layer)

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, MAX_EVAL_QUESTIONS, check_range
-from hawk_cli.cli.options import (SCORER_CHOICES, AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt,
-                                  NoCudaGraphsOpt, QuietOpt, WeightsOpt, decode_choice)
+from hawk_cli.cli.options import (SCORER_CHOICES, AttnOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt,
+                                  JsonOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt, WeightsOpt, check_device_map,
+                                  decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.errors import ResourceError, UsageError
 
@@ -140,6 +141,7 @@ def eval_command(
                                                  "(needs matplotlib: pip install 'hawk-vlm[plot]').")] = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     no_cuda_graphs: NoCudaGraphsOpt = False,
@@ -174,7 +176,11 @@ def eval_command(
             raise UsageError(f"--plot writes a PNG, got '{plot}'", "Give a path ending in .png")
         check_writable(plot, force)
         require_matplotlib()
-    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs))
+    check_device_map(device, device_map)
+    session = HawkSession.open(model, device=device, dtype=dtype, attn=attn, decode=decode_choice(no_cuda_graphs),
+                               device_map=device_map)
+    if session.decode_notice:
+        out.note(session.decode_notice)
     with out.progress(f"evaluating {len(settings.methods)} methods x {len(settings.ratios)} ratios",
                       total=settings.n) as advance:
         report = evaluate(session, settings, progress=advance)

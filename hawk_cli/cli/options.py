@@ -26,6 +26,10 @@ LayerOpt = Annotated[Optional[int], typer.Option("--layer", help="Decoder layer 
                                                  "(default: the model's scoring layer: 0, or the first full-attention "
                                                  "layer of Qwen3.5; a Gated DeltaNet layer scores with its own q/k).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option(
+    "--device-map", help="Spread the model over GPUs with accelerate: auto, balanced, or a JSON file mapping "
+                         "module names to devices (e.g. {\"model.visual\": 0, \"lm_head\": 1}). Needs "
+                         "pip install 'hawk-vlm[multi-gpu]'; replaces --device.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, "
                                        "float16.")]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention backend: sdpa, eager or flash_attention_2.")]
@@ -38,6 +42,22 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Print the traceback aft
 HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
 NoCudaGraphsOpt = Annotated[bool, typer.Option("--no-cuda-graphs", help="Run decode steps eagerly on CUDA "
                                                 "instead of replaying captured CUDA graphs (the default there).")]
+
+
+def check_device_map(device: str, device_map: str | None) -> None:
+    """--device and --device-map choose placement two ways: one of them. A map file is read and checked here,
+    before anything loads."""
+    if device_map is None:
+        return
+    if device != "auto":
+        from hawk_cli.errors import UsageError
+
+        raise UsageError("--device and --device-map exclude each other", "Give --device-map alone to spread the "
+                         "model, or --device alone to load it on one device")
+    from hawk_cli.io.placement import read_device_map, require_accelerate
+
+    require_accelerate()
+    read_device_map(device_map)
 
 
 def decode_choice(no_cuda_graphs: bool, compile_decode: bool = False) -> str:

@@ -18,9 +18,9 @@ from typing import Annotated, Optional
 import typer
 
 from hawk_cli.cli.checks import MAX_BATCH_SIZE, check_distinct_paths, check_range, resolve_budget
-from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, KeepOpt, KeepTokensOpt,
-                                  LayerOpt, MaxNewTokensOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt, RatioOpt, ScorerOpt,
-                                  WeightsOpt, decode_choice)
+from hawk_cli.cli.options import (AttnOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, KeepOpt,
+                                  KeepTokensOpt, LayerOpt, MaxNewTokensOpt, ModelOpt, NoCudaGraphsOpt, QuietOpt,
+                                  RatioOpt, ScorerOpt, WeightsOpt, check_device_map, decode_choice)
 from hawk_cli.cli.output import Output
 from hawk_cli.cli.run_shared import (SessionChoice, builtin_notes, open_session, open_sink, overlay_picture,
                                      settings_origin)
@@ -110,6 +110,10 @@ def run_command(
     layer: LayerOpt = None,
     max_new_tokens: MaxNewTokensOpt = 32,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", help="JSONL mode: split the requests over these GPUs (e.g. 0,1,2,3), one process per GPU, "
+                       "results merged in input order. Needs --input FILE.")] = None,
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa",
     no_cuda_graphs: NoCudaGraphsOpt = False,
@@ -148,8 +152,23 @@ def run_command(
     if compile_decode and no_cuda_graphs:
         raise UsageError("--compile and --no-cuda-graphs exclude each other (a compiled step replays CUDA graphs)",
                          "Give one of them")
+    check_device_map(device, device_map)
     choice = SessionChoice(model, device, dtype, attn, scorer, weights, decode_choice(no_cuda_graphs, compile_decode),
-                           layer)
+                           layer, device_map)
+    if gpus is not None:
+        from hawk_cli.cli.run_gpus import run_over_gpus, worker_flags
+
+        if input_file in (None, "-") or video:
+            raise UsageError("--gpus splits a JSONL file", "Give --input FILE.jsonl")
+        if device_map is not None or device != "auto":
+            raise UsageError("--gpus puts one whole model on each GPU; it excludes --device and --device-map",
+                             "Give --gpus alone")
+        flags = worker_flags(batch_size=batch_size, fps=fps, overlay=overlay, overlay_scores=overlay_scores,
+                             model=model, ratio=ratio if keep_tokens is None else None, keep_tokens=keep_tokens,
+                             weights=weights, scorer=scorer, layer=layer, max_new_tokens=max_new_tokens,
+                             dtype=dtype, attn=attn, no_cuda_graphs=no_cuda_graphs, compile=compile_decode,
+                             force=force)
+        return run_over_gpus(out, input_file, gpus, output, force, flags)
     if jsonl:
         if video:
             raise UsageError("--video is for one prompt; in JSONL mode give \"video\" in each line",

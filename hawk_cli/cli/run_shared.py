@@ -53,14 +53,22 @@ class SessionChoice:
     weights: str | None
     decode: str = "auto"
     layer: int | None = None
+    device_map: str | None = None
 
 
 def open_session(out: Output, choice: SessionChoice):
     from hawk_cli.engine.session import HawkSession
 
     session = HawkSession.open(
-        choice.model, device=choice.device, dtype=choice.dtype, attn=choice.attn, decode=choice.decode
+        choice.model,
+        device=choice.device,
+        dtype=choice.dtype,
+        attn=choice.attn,
+        decode=choice.decode,
+        device_map=choice.device_map,
     )
+    if session.decode_notice:
+        out.note(session.decode_notice)
     method, notices = session.make_scorer(choice.scorer, choice.weights, choice.layer)
     for notice in notices:
         out.note(notice)

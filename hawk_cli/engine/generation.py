@@ -129,7 +129,7 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
     `max_new_tokens`, otherwise the end is learnt from flags copied to the host asynchronously (FinishWatch).
     """
     device = inputs.input_ids.device
-    timer = timer or EventTimer(device)
+    timer = timer or EventTimer(device, adapter.devices)
     if settings.choice is not None:
         if decode_step is not None:
             raise ValueError("a decoding policy runs its own eager step; pass no decode_step with it")

@@ -47,7 +47,7 @@ def scoring_inputs(adapter: ModelAdapter, prefill: Prefill, roles: TokenRoles,
     def query_key(layer: int) -> tuple[Tensor, Tensor]:
         hidden = adapter.run_layers(prefill.inputs_embeds, prefill.position_ids, prefill.attention_mask, layer,
                                     **with_extras)
-        return adapter.query_key(hidden, layer)
+        return adapter.placed_query_key(hidden, layer)
 
     return ScoringInputs(embeds=prefill.inputs_embeds, visual_mask=roles.visual, query_mask=roles.query,
                          attention_mask=prefill.attention_mask, query_key=query_key, target_mask=target_mask)

@@ -82,14 +82,21 @@ class HawkSession:
         self.prompts = self.adapter.prompts(loaded.tokenizer, loaded.image_processor)
         self.eos_ids = self._eos_ids()
         self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device or "cpu"))
+        if self.decode_mode == "compile" and self.adapter.dispatched:
+            raise ResourceError(f"a compiled decode step needs the model on one device, and it spans "
+                                f"{len(loaded.devices)} ({', '.join(map(str, loaded.devices))})",
+                                "Decode eagerly, or load the model on one GPU")
         self._decode_step: DecodeStep | None = None
 
     @classmethod
     def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa",
-             decode: str = "auto") -> "HawkSession":
+             decode: str = "auto", device_map: str | None = None) -> "HawkSession":
+        """`device_map`: spread the model with accelerate ("auto", "balanced" or a JSON file) instead of
+        loading it on `device`."""
         warn_if_untested_transformers()
-        resolve_decode_mode(decode, resolve_device(device))  # a bad choice fails before the model loads
-        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn,
+        if device_map is None:
+            resolve_decode_mode(decode, resolve_device(device))  # a bad choice fails before the model loads
+        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn, device_map=device_map,
                               image_processor_loader=lambda location, model_type:
                               adapter_class(model_type).load_image_processor(location)), decode=decode)
 
@@ -107,6 +114,14 @@ class HawkSession:
         if self.decode_mode == "compile":
             return "compiled"
         return "cuda-graphs" if self.decode_mode == "graphs" and self.adapter.decode_capturable else "eager"
+
+    @property
+    def decode_notice(self) -> str | None:
+        """Why CUDA graphs were asked for (the default on CUDA) but decode steps run eagerly, if that is why."""
+        if self.decode_mode == "graphs" and self.adapter.dispatched:
+            return (f"the model spans {len(self.loaded.devices)} devices; decode steps run eagerly "
+                    "(CUDA graphs are captured only for a model on one device)")
+        return None
 
     def _eos_ids(self) -> set[int]:
         ids = {self.adapter.tokens.im_end}
@@ -238,7 +253,8 @@ class HawkSession:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def describe(self) -> dict:
-        return {"model": self.loaded.name, "device": str(self.loaded.device),
+        spread = {"devices": [str(device) for device in self.loaded.devices]} if self.loaded.spread else {}
+        return {"model": self.loaded.name, "device": str(self.loaded.device), **spread,
                 "dtype": str(self.loaded.dtype).replace("torch.", ""), "attn": self.loaded.attn,
                 "decode": self.decode_label, "model_type": self.model.config.model_type}
 

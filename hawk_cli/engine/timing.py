@@ -11,21 +11,30 @@ the H200 host).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
 
 
-class PhaseTimer:
-    """Seconds per named phase, host wall time, synchronising the device before and after each phase."""
+def synchronize(devices: Iterable[torch.device | str]) -> None:
+    """Wait for every CUDA device among `devices` (a model spread over GPUs works on all of them)."""
+    for device in devices:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
 
-    def __init__(self, device: torch.device) -> None:
+
+class PhaseTimer:
+    """Seconds per named phase, host wall time, synchronising the device(s) before and after each phase.
+    `devices`: every device the model uses, when it spans several (default: `device` alone)."""
+
+    def __init__(self, device: torch.device, devices: Iterable[torch.device] | None = None) -> None:
         self.device = torch.device(device)
+        self.devices = tuple(devices) if devices else (self.device,)
         self.seconds: dict[str, float] = {}
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.devices)
 
     @contextmanager
     def phase(self, name: str):
@@ -43,16 +52,28 @@ class EventTimer:
 
     A phase's time is the span between its start and end events on the device's timeline, i.e. from when the
     device reached the phase's first queued work to when it finished its last. On a CPU device there is nothing
-    asynchronous and it times host wall clock like `PhaseTimer`.
+    asynchronous and it times host wall clock like `PhaseTimer`. Nor for a model spread over several devices
+    (`devices`): events on one device's stream do not bound work queued on the others, so each phase then
+    synchronises every device and times host wall clock.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, devices: Iterable[torch.device] | None = None) -> None:
         self.device = torch.device(device)
+        self.devices = tuple(torch.device(d) for d in devices) if devices else (self.device,)
         self._spans: list[tuple[str, object, object]] = []
         self._host: dict[str, float] = {}
 
     @contextmanager
     def phase(self, name: str):
+        if len(self.devices) > 1:
+            synchronize(self.devices)
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                synchronize(self.devices)
+                self._host[name] = self._host.get(name, 0.0) + time.perf_counter() - start
+            return
         if self.device.type != "cuda":
             start = time.perf_counter()
             try:

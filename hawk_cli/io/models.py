@@ -11,6 +11,15 @@ import torch
 
 from hawk_cli.errors import ModelError, ResourceError, UsageError
 from hawk_cli.io.hub import resolve_hub_id
+from hawk_cli.io.placement import (
+    check_fits,
+    first_device,
+    input_device,
+    is_dispatched,
+    model_devices,
+    read_device_map,
+    require_accelerate,
+)
 
 BUILTIN_NAMES = ("builtin",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,19 +36,35 @@ class LoadedModel:
     image_processor: object
     name: str = "model"  # as the user gave it ("builtin", a hub id, a folder)
     path: str = ""  # where it was loaded from ("" when unknown: no files beside the weights are read)
-    device: torch.device | None = None
+    device: torch.device | None = None  # where inputs go: the input embedding's device
     dtype: torch.dtype | None = None
     attn: str | None = None
     is_builtin: bool = False
+    # Every device the weights live on (input side first); more than one when spread by a device map.
+    devices: tuple[torch.device, ...] = ()
+    device_map: dict | None = None  # the module -> device map accelerate dispatched, when one was used
 
     def __post_init__(self) -> None:
         parameter = next(self.model.parameters(), None)
+        # a model object the caller spread with a device map: inputs go to its embedding's device
+        dispatched = is_dispatched(self.model)
+        if self.device is None and dispatched:
+            self.device = input_device(self.model)
         if self.device is None:
             self.device = parameter.device if parameter is not None else torch.device("cpu")
         if self.dtype is None:
             self.dtype = parameter.dtype if parameter is not None else torch.float32
         if self.attn is None:
             self.attn = str(getattr(self.model.config, "_attn_implementation", None) or "sdpa")
+        if not self.devices:
+            self.devices = model_devices(self.model) if dispatched else (torch.device(self.device),)
+        if self.device_map is None and dispatched:
+            self.device_map = dict(getattr(self.model, "hf_device_map", None) or {}) or None
+
+    @property
+    def spread(self) -> bool:
+        """Whether the model spans several devices."""
+        return len(self.devices) > 1
 
 
 def builtin_dir() -> Path:
@@ -110,14 +135,23 @@ def pil_image_processor(location: str, model_type: str):
 
 def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
                attn: str = "sdpa",
-               image_processor_loader: Callable[[str, str], object] = pil_image_processor) -> LoadedModel:
+               image_processor_loader: Callable[[str, str], object] = pil_image_processor,
+               device_map: str | None = None) -> LoadedModel:
     """`image_processor_loader(location, model_type)`: the family's own loader (its adapter knows which
-    processor class a checkpoint of its type uses when the settings do not name one)."""
+    processor class a checkpoint of its type uses when the settings do not name one). `device_map`: "auto",
+    "balanced" or a JSON file: the model is spread by transformers / accelerate (their own placement and hooks)
+    instead of moved to `device`."""
     if attn not in ATTENTION_BACKENDS:
         raise UsageError(f"unknown attention backend '{attn}'", f"Use one of: {', '.join(ATTENTION_BACKENDS)}")
     name = spec or "builtin"
     location, is_builtin = _locate(name)
-    torch_device = resolve_device(device)
+    placement = None
+    if device_map is not None:
+        require_accelerate()
+        placement = read_device_map(device_map)
+        torch_device = first_device(placement)
+    else:
+        torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     # A hub id: fail at once offline unless cached; a cached one then loads from its local snapshot folder.
     location = resolve_hub_id(location) if location == name and not Path(location).exists() else location
@@ -128,8 +162,9 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
         raise ModelError(f"model type '{model_type}' is not supported", f"Supported: {', '.join(sorted(supported))}")
     try:
         # use_kernels=False: transformers 5.25 swaps in hub kernels on CUDA by default, which needs a download.
+        placed = {} if placement is None else {"device_map": placement}
         model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn,
-                                                            use_kernels=False)
+                                                            use_kernels=False, **placed)
         tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
         image_processor = image_processor_loader(location, model_type)
@@ -139,6 +174,13 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load model '{name}': {str(error).splitlines()[0][:200]}",
                          "Check that the folder holds a complete checkpoint (config, weights, tokenizer)")
-    model = model.to(torch_device).eval()
+    if placement is None:
+        model = model.to(torch_device).eval()
+        return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
+                           path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
+    check_fits(dict(getattr(model, "hf_device_map", None) or {}))
+    model = model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
-                       path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
+                       path=location, device=input_device(model), dtype=torch_dtype, attn=attn,
+                       is_builtin=is_builtin, devices=model_devices(model),
+                       device_map=dict(getattr(model, "hf_device_map", None) or {}) or None)

@@ -35,9 +35,11 @@ from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.engine.session import HawkSession, versions
-from hawk_cli.engine.timing import PhaseTimer
+from hawk_cli.engine.timing import PhaseTimer, synchronize
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.models import LoadedModel, builtin_dir, resolve_device, resolve_dtype
+from hawk_cli.io.placement import (first_device, input_device, model_devices, random_spread_model,
+                                   read_device_map, require_accelerate)
 from hawk_cli.io.requests import Request
 
 SCHEMA = "hawk.bench/1"
@@ -104,12 +106,18 @@ def resolve_config(spec: str) -> Path:
     raise UsageError(f"unknown config '{spec}'", f"Use one of {', '.join(named_configs())} or a config.json file")
 
 
-def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto") -> HawkSession:
-    """A model built from a config with random weights, directly on the device (speed and memory only)."""
+def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto",
+                          device_map: str | None = None) -> HawkSession:
+    """A model built from a config with random weights, directly on the device, or spread over the devices of
+    `device_map` ("auto", "balanced" or a JSON file) by accelerate (speed and memory only)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     config_path = resolve_config(config_spec)
-    torch_device = resolve_device(device)
+    placement = None
+    if device_map is not None:
+        require_accelerate()
+        placement = read_device_map(device_map)
+    torch_device = resolve_device(device) if placement is None else first_device(placement)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = AutoConfig.from_pretrained(str(config_path))
     folder = config_path.parent
@@ -119,11 +127,19 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, 
         processor = family.load_image_processor(str(folder))
     else:
         tokenizer, processor = family.standin_processors(config)
+    name = f"{config_spec} (random weights)"
+    if placement is not None:
+        model = random_spread_model(config, torch_dtype, attn, placement)
+        loaded = LoadedModel(model=model, tokenizer=tokenizer, image_processor=processor, name=name,
+                             path=str(folder), device=input_device(model), dtype=torch_dtype, attn=attn,
+                             is_builtin=False, devices=model_devices(model),
+                             device_map=getattr(model, "hf_device_map", None))
+        return HawkSession(loaded, decode=decode)
     torch.manual_seed(0)
     with torch.device(torch_device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype, attn_implementation=attn)
     loaded = LoadedModel(model=model.eval(), tokenizer=tokenizer, image_processor=processor,
-                         name=f"{config_spec} (random weights)", path=str(folder), device=torch_device,
+                         name=name, path=str(folder), device=torch_device,
                          dtype=torch_dtype, attn=attn, is_builtin=False)
     return HawkSession(loaded, decode=decode)
 
@@ -145,15 +161,18 @@ def batch_inputs(session: HawkSession, images: list[Image.Image], batch: int, qu
 
 # --- measurement ---------------------------------------------------------------------------------------------
 class MemoryProbe:
-    """Allocated bytes and a resettable peak: the CUDA allocator, or the process's RSS high-water mark on CPU."""
+    """Allocated bytes and a resettable peak: the CUDA allocator, or the process's RSS high-water mark on CPU.
+    A model spread over GPUs (`devices`): the sums over its GPUs, and each GPU's own figures (`peak_by_device`)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, devices=None) -> None:
         self.cuda = device.type == "cuda"
         self.device = device
+        self.devices = tuple(d for d in (devices or (device,)) if torch.device(d).type == "cuda") or (device,)
 
     def reset_peak(self) -> None:
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
+            for device in self.devices:
+                torch.cuda.reset_peak_memory_stats(device)
         else:
             try:
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
@@ -161,10 +180,21 @@ class MemoryProbe:
                 pass
 
     def current(self) -> int:
-        return torch.cuda.memory_allocated(self.device) if self.cuda else _proc_status_kb("VmRSS") * 1024
+        if self.cuda:
+            return sum(torch.cuda.memory_allocated(device) for device in self.devices)
+        return _proc_status_kb("VmRSS") * 1024
 
     def peak(self) -> int:
-        return torch.cuda.max_memory_allocated(self.device) if self.cuda else _proc_status_kb("VmHWM") * 1024
+        """The sum of each GPU's own peak (an upper bound on the peak of the sum)."""
+        if self.cuda:
+            return sum(torch.cuda.max_memory_allocated(device) for device in self.devices)
+        return _proc_status_kb("VmHWM") * 1024
+
+    def peak_by_device(self) -> dict[str, int]:
+        """Each GPU's peak allocated bytes since the last reset (the process's high-water mark on a CPU)."""
+        if self.cuda:
+            return {str(device): torch.cuda.max_memory_allocated(device) for device in self.devices}
+        return {str(self.device): _proc_status_kb("VmHWM") * 1024}
 
 
 def _proc_status_kb(key: str) -> int:
@@ -181,7 +211,7 @@ class MeasuringTimer(PhaseTimer):
     """The engine's phase timer, also recording each phase's memory peak (absolute bytes)."""
 
     def __init__(self, device: torch.device, probe: MemoryProbe) -> None:
-        super().__init__(device)
+        super().__init__(device, probe.devices if probe.cuda else None)
         self.probe = probe
         self.peaks: dict[str, int] = {}
 
@@ -213,9 +243,9 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * numel * 4 * copies / seconds
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync(device) -> None:
+    """Wait for a device, or for every device of a tuple (a model spread over GPUs)."""
+    synchronize(device if isinstance(device, tuple) else (device,))
 
 
 @dataclass
@@ -234,13 +264,13 @@ class Runs:
 
 
 class _StepClock:
-    """A logits processor that notes when each new token's logits exist (after a device sync)."""
+    """A logits processor that notes when each new token's logits exist (after syncing the model's devices)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.times = device, []
+    def __init__(self, devices: tuple[torch.device, ...]) -> None:
+        self.devices, self.times = devices, []
 
     def __call__(self, input_ids, scores):
-        _sync(self.device)
+        _sync(self.devices)
         self.times.append(time.perf_counter())
         return scores
 
@@ -253,10 +283,16 @@ class Bench:
         self.session, self.scorer, self.settings, self.images = session, scorer, settings, images
         self.random_weights, self.progress = random_weights, progress
         self.device = session.loaded.device
-        self.probe = MemoryProbe(self.device)
-        self.compiled = settings.compile if settings.compile is not None else self.device.type == "cuda"
+        self.devices = tuple(session.loaded.devices)
+        self.probe = MemoryProbe(self.device, self.devices)
+        spread = session.adapter.dispatched
+        self.compiled = (settings.compile if settings.compile is not None
+                         else self.device.type == "cuda" and not spread)
         if self.compiled and self.device.type != "cuda":
             raise UsageError("a compiled decode step needs a CUDA device", "Turn compilation off on the CPU")
+        if self.compiled and spread:
+            raise UsageError("a compiled decode step needs the model on one device, and a device map spreads it",
+                             "Turn compilation off")
         # The engine variants' own step (graphs or compiled); `run_path` uses the session's, as `hawk run` does.
         self.step = DecodeStep(session.adapter, "compile" if self.compiled else session.decode_mode)
 
@@ -277,7 +313,7 @@ class Bench:
         settings = GenerationSettings(ratio=ratio, max_new_tokens=self.settings.max_new_tokens, cache="static",
                                       compile=self.compiled)
         scorer = self.scorer if ratio > 0 else None
-        _sync(self.device)
+        _sync(self.devices)
         start_bytes = self.probe.current()
         timer = MeasuringTimer(self.device, self.probe)
         start = time.perf_counter()
@@ -300,18 +336,20 @@ class Bench:
                  "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
                  **self._kv_facts(result, kept_length), "decode": self._label(self.step),
                  "generated_tokens": len(result.tokens[0])}
+        if len(self.devices) > 1:
+            facts["peak_run_bytes_by_device"] = self.probe.peak_by_device()
         return sample, facts
 
     def _run_path_run(self, requests: list[Request], ratio: float) -> tuple[dict, dict]:
         """`hawk run`'s call: HawkSession.run from the images, the session's decode step, its default timer."""
         session, n = self.session, self.settings.max_new_tokens
         settings = GenerationSettings(ratio=ratio, max_new_tokens=n)
-        _sync(self.device)
+        _sync(self.devices)
         start_bytes = self.probe.current()
         self.probe.reset_peak()
         start = time.perf_counter()
         output = session.run(requests, self.scorer, settings, eos_ids={NO_EOS})
-        _sync(self.device)
+        _sync(self.devices)
         wall = time.perf_counter() - start
         result, t = output.result, output.result.timings
         step = session.decode_step
@@ -335,9 +373,9 @@ class Bench:
         from transformers import LogitsProcessorList
 
         model, n = self.session.model, self.settings.max_new_tokens
-        clock = _StepClock(self.device)
+        clock = _StepClock(self.devices)
         kwargs = self.session.adapter.stock_generate_inputs(inputs)
-        _sync(self.device)
+        _sync(self.devices)
         start_bytes = self.probe.current()
         self.probe.reset_peak()
         start = time.perf_counter()
@@ -345,14 +383,14 @@ class Bench:
             output = model.generate(**kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                     pad_token_id=self.session.adapter.tokens.pad,
                                     logits_processor=LogitsProcessorList([clock]))
-        _sync(self.device)
+        _sync(self.devices)
         wall = time.perf_counter() - start
         peak = max(0, self.probe.peak() - start_bytes)
         with torch.inference_mode():  # the stock tower alone, for the vision column
-            _sync(self.device)
+            _sync(self.devices)
             vision_start = time.perf_counter()
             self.session.adapter.stock_vision(inputs)
-            _sync(self.device)
+            _sync(self.devices)
             vision = time.perf_counter() - vision_start
         times = clock.times
         sample = {"vision_ms": 1e3 * vision, "ttft_ms": 1e3 * (times[0] - start),
@@ -447,7 +485,9 @@ class Bench:
         loaded = self.session.loaded
         device = self.device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-        return {"device": str(device), "device_name": name, **versions(), "python": platform.python_version(),
+        spread = {"devices": [str(d) for d in self.devices], "device_map": loaded.device_map} \
+            if loaded.spread else {}
+        return {"device": str(device), "device_name": name, **spread, **versions(), "python": platform.python_version(),
                 "dtype": str(loaded.dtype).replace("torch.", ""), "attn": loaded.attn, "model": loaded.name,
                 "scorer": self.scorer.describe() if self.scorer else None, "random_weights": self.random_weights,
                 "images": [f"{im.width}x{im.height}" for im in self.images],

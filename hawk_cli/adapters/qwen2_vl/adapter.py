@@ -17,6 +17,7 @@ from torch import Tensor
 from hawk_cli.adapters.base import ModelAdapter, Prefill, VisualExtras
 from hawk_cli.adapters.qwen2_vl.prompts import QwenPrompts
 from hawk_cli.adapters.qwen2_vl.vision import TowerPlans, encode_images_batched
+from hawk_cli.io.placement import module_device
 
 
 class _StopAfterLayer(Exception):
@@ -125,13 +126,28 @@ class QwenVLAdapter(ModelAdapter):
 
     def stock_vision(self, inputs) -> None:
         if inputs.pixel_values is not None:
-            self.inner.get_image_features(inputs.pixel_values.to(self.inner.visual.dtype), inputs.image_grid_thw)
+            pixels = inputs.pixel_values.to(self._tower_device, self.inner.visual.dtype)
+            self.inner.get_image_features(pixels, inputs.image_grid_thw.to(self._tower_device))
+
+    @property
+    def _tower_device(self) -> torch.device:
+        """Where the vision tower takes its pixels (its patch embedding's device)."""
+        return module_device(self.inner.visual.patch_embed)
+
+    def _tower_on_one_device(self) -> bool:
+        """The batched tower calls the tower's submodules directly, so it runs only when they share a device;
+        a tower a device map split is run stock, block by block through accelerate's hooks."""
+        if not self.dispatched:
+            return True
+        visual = self.inner.visual
+        parts = [visual.patch_embed, *visual.blocks, visual.merger]
+        return len({module_device(part) for part in parts}) == 1
 
     # --- prefill ---------------------------------------------------------------------------------------
     def _features(self, pixels: Tensor, grid: Tensor, stock) -> Tensor:
         """`grid` on the host: the batched tower plans windows and rotary ids there, without device syncs."""
-        pixels = pixels.to(self.inner.visual.dtype)
-        if self.fast_vision:
+        pixels = pixels.to(self._tower_device, self.inner.visual.dtype)
+        if self.fast_vision and self._tower_on_one_device():
             return encode_images_batched(self.inner.visual, pixels, grid, self.tower_plans)  # videos: t > 1
         output = stock(pixels, grid.to(pixels.device))
         pooled = output.pooler_output if hasattr(output, "pooler_output") else output[0]
@@ -154,9 +170,9 @@ class QwenVLAdapter(ModelAdapter):
         image_mask, video_mask = self.inner.get_placeholder_mask(
             input_ids, inputs_embeds=embeds, image_features=image, video_features=video)
         if image is not None:
-            embeds = embeds.masked_scatter(image_mask, image.to(embeds.dtype))
+            embeds = embeds.masked_scatter(image_mask, image.to(embeds.device, embeds.dtype))
         if video is not None:
-            embeds = embeds.masked_scatter(video_mask, video.to(embeds.dtype))
+            embeds = embeds.masked_scatter(video_mask, video.to(embeds.device, embeds.dtype))
         # Rotary ids from the host copies (the stock routine loops over images with .item() calls, each a
         # device sync when run on the GPU), one row layout at a time, remembered (RopeIndexCache).
         positions = self.rope_index(inputs.on_host()).to(input_ids.device, non_blocking=True)
@@ -222,6 +238,9 @@ class QwenVLAdapter(ModelAdapter):
         return output.last_hidden_state
 
     def logits(self, hidden: Tensor) -> Tensor:
+        """On the input device, where the decode state lives (the head may sit on the last device)."""
+        if self.dispatched:
+            return self.model.lm_head(hidden.to(module_device(self.model.lm_head))).to(self.input_device)
         return self.model.lm_head(hidden)
 
     def embed(self, token_ids: Tensor) -> Tensor:

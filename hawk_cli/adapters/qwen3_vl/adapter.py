@@ -73,7 +73,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
         for kind, pixels, grid, stock in kinds:
             if pixels is None:
                 continue
-            merged, deepstack = tower_features(stock, pixels.to(self.inner.visual.dtype), grid)
+            merged, deepstack = tower_features(stock, pixels.to(self._tower_device, self.inner.visual.dtype), grid)
             features[kind] = merged
             if deepstack is not None:
                 features[f"{kind}_{DEEPSTACK}"] = deepstack
@@ -98,15 +98,15 @@ class Qwen3VLAdapter(QwenVLAdapter):
         if not parts:
             return None
         visual = image | video
-        dtype = prefill.inputs_embeds.dtype
+        dtype, device = prefill.inputs_embeds.dtype, prefill.inputs_embeds.device  # the tower's may differ
         if len(parts) == 1:
-            joint = parts[0][1].to(dtype)
+            joint = parts[0][1].to(device, dtype)
         else:
             reference = parts[0][1]
             count = sum(values.shape[0] for _, values in parts)  # no device sync: one row per visual token
-            joint = reference.new_zeros(count, *reference.shape[1:], dtype=dtype)
+            joint = reference.new_zeros(count, *reference.shape[1:], dtype=dtype, device=device)
             for mask, values in parts:
-                joint[mask[visual]] = values.to(dtype)
+                joint[mask[visual]] = values.to(device, dtype)
         return VisualExtras(mask=visual, values={DEEPSTACK: joint})
 
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
