@@ -64,9 +64,15 @@ def main() -> None:
     image = synthetic_image(args.size)
     for batch in (int(b) for b in args.batches.split(",")):
         inputs = batch_inputs(session, [image], batch, "what color is the circle ?")
-        record = {"config": args.config, "batch": batch, "new_tokens": args.steps, "weights_floor_ms": floor_ms,
-                  "copy_bandwidth_gb_s": bandwidth / 1e9, "device": torch.cuda.get_device_name(device),
-                  "torch": torch.__version__}
+        record = {
+            "config": args.config,
+            "batch": batch,
+            "new_tokens": args.steps,
+            "weights_floor_ms": floor_ms,
+            "copy_bandwidth_gb_s": bandwidth / 1e9,
+            "device": torch.cuda.get_device_name(device),
+            "torch": torch.__version__,
+        }
         if not args.skip_equality:
             graphs = DecodeStep(session.adapter, "graphs")
             eager_same = DecodeStep(session.adapter, "graphs", runner=RecordedStep())
@@ -75,9 +81,13 @@ def main() -> None:
             eager, _ = _generate(session, scorer, inputs, eager_same, 33, record=True)
             diffs = [float((a - b).abs().max()) for a, b in zip(captured.step_logits, eager.step_logits, strict=True)]
             equal = [a == b for a, b in zip(captured.tokens, eager.tokens, strict=True)]
-            record["equality"] = {"tokens_equal_rows": sum(equal), "rows": batch,
-                                  "max_abs_logit_diff": max(diffs), "first_steps_diff": diffs[:4],
-                                  "logit_scale": float(max(s.abs().max() for s in eager.step_logits))}
+            record["equality"] = {
+                "tokens_equal_rows": sum(equal),
+                "rows": batch,
+                "max_abs_logit_diff": max(diffs),
+                "first_steps_diff": diffs[:4],
+                "logit_scale": float(max(s.abs().max() for s in eager.step_logits)),
+            }
             del graphs, eager_same
         for mode in ("eager", "graphs"):
             step = DecodeStep(session.adapter, mode)
@@ -87,12 +97,16 @@ def main() -> None:
                 result, wall = _generate(session, scorer, inputs, step, args.steps + 1)
                 walls.append(wall)
                 decode.append(1e3 * result.timings["decode_s"] / args.steps)
-            record[mode] = {"decode_ms_per_token": statistics.median(decode), "decode_ms_min": min(decode),
-                            "total_ms": 1e3 * statistics.median(walls), "first_call_extra_ms":
-                            1e3 * (first_wall - statistics.median(walls)), "captures": step.captures,
-                            "prefill_ms": 1e3 * result.timings["prefill_s"],
-                            "kept_tokens": max(r.prompt_tokens_kept for r in result.rows),
-                            "cache_slots": result.kv_cache_slots}
+            record[mode] = {
+                "decode_ms_per_token": statistics.median(decode),
+                "decode_ms_min": min(decode),
+                "total_ms": 1e3 * statistics.median(walls),
+                "first_call_extra_ms": 1e3 * (first_wall - statistics.median(walls)),
+                "captures": step.captures,
+                "prefill_ms": 1e3 * result.timings["prefill_s"],
+                "kept_tokens": max(r.prompt_tokens_kept for r in result.rows),
+                "cache_slots": result.kv_cache_slots,
+            }
             record[mode]["vs_floor"] = record[mode]["decode_ms_per_token"] / floor_ms
             del step
         print(json.dumps(record), flush=True)

@@ -30,15 +30,22 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hawk_cli.serving.stream import (PREPARE_MODES, answer_stream, prepare_in_processes,  # noqa: E402
-                                    prepare_workers)
 from hawk_cli.io.requests import read_requests  # noqa: E402
+from hawk_cli.serving.stream import PREPARE_MODES, answer_stream, prepare_in_processes, prepare_workers  # noqa: E402
 
 
 def builtin_lines(count: int) -> list[str]:
     samples = [json.loads(line) for line in (ROOT / "sample_images" / "questions.jsonl").read_text().splitlines()]
-    return [json.dumps({"id": i, "image": str(ROOT / "sample_images" / samples[i % len(samples)]["image"]),
-                        "question": samples[i % len(samples)]["question"]}) for i in range(count)]
+    return [
+        json.dumps(
+            {
+                "id": i,
+                "image": str(ROOT / "sample_images" / samples[i % len(samples)]["image"]),
+                "question": samples[i % len(samples)]["question"],
+            }
+        )
+        for i in range(count)
+    ]
 
 
 def synthetic_lines(count: int, size: int, distinct: int, folder: Path) -> list[str]:
@@ -51,21 +58,39 @@ def synthetic_lines(count: int, size: int, distinct: int, folder: Path) -> list[
         path = folder / f"image_{index}.png"
         Image.fromarray(pixels).save(path)
         paths.append(str(path))
-    return [json.dumps({"id": i, "image": paths[i % distinct], "question": "what color is the circle ?"})
-            for i in range(count)]
+    return [
+        json.dumps({"id": i, "image": paths[i % distinct], "question": "what color is the circle ?"})
+        for i in range(count)
+    ]
 
 
 def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
     workers = prepare_workers(session, args.workers)
     started = time.perf_counter()
-    engine = {"input_wait_s": 0.0, "inputs_s": 0.0, "vision_s": 0.0, "scoring_s": 0.0, "prefill_s": 0.0,
-              "decode_s": 0.0, "total_s": 0.0}
+    engine = {
+        "input_wait_s": 0.0,
+        "inputs_s": 0.0,
+        "vision_s": 0.0,
+        "scoring_s": 0.0,
+        "prefill_s": 0.0,
+        "decode_s": 0.0,
+        "total_s": 0.0,
+    }
     answers, failed, windows = [], 0, 0
     tracer = None
-    for window in answer_stream(session, method, read_requests(lines, ROOT), batch_size=batch, wait_for_full=True,
-                                default_ratio=args.ratio, default_tokens=args.max_new_tokens, fps=2.0,
-                                workers=workers, processes=prepare_in_processes(args.prepare),
-                                pin_cpus=not args.no_pin):
+    for window in answer_stream(
+        session,
+        method,
+        read_requests(lines, ROOT),
+        batch_size=batch,
+        wait_for_full=True,
+        default_ratio=args.ratio,
+        default_tokens=args.max_new_tokens,
+        fps=2.0,
+        workers=workers,
+        processes=prepare_in_processes(args.prepare),
+        pin_cpus=not args.no_pin,
+    ):
         windows += 1
         if args.trace and windows in (20, 24):  # a few batches in the steady state, Python calls included
             if tracer is None:
@@ -89,10 +114,19 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
                 for key in engine:
                     engine[key] += timings.get(key, 0.0)
     seconds = time.perf_counter() - started
-    return {"batch_size": batch, "requests": len(lines), "failed": failed, "batches": windows,
-            "seconds": round(seconds, 3), "requests_per_s": round(len(lines) / seconds, 2),
-            "engine_s": {k: round(v, 3) for k, v in engine.items()}, "workers": workers,
-            "prepare": args.prepare, "cpus_kept_free": _kept_free(session, workers, args), "_answers": answers}
+    return {
+        "batch_size": batch,
+        "requests": len(lines),
+        "failed": failed,
+        "batches": windows,
+        "seconds": round(seconds, 3),
+        "requests_per_s": round(len(lines) / seconds, 2),
+        "engine_s": {k: round(v, 3) for k, v in engine.items()},
+        "workers": workers,
+        "prepare": args.prepare,
+        "cpus_kept_free": _kept_free(session, workers, args),
+        "_answers": answers,
+    }
 
 
 def _kept_free(session, workers: int, args) -> list[int]:
@@ -112,19 +146,31 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--batch-sizes", default="8,1")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="time the list of batch sizes this many times in turn; the summary takes medians")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the list of batch sizes this many times in turn; the summary takes medians",
+    )
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="preparation threads (default: hawk's)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--prepare", choices=PREPARE_MODES, default="threads",
-                        help="preparation workers, as HAWK_PREPARE: threads (default) or processes")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="leave the CPU affinity alone (HAWK_PREPARE_PIN=0; engine/affinity.py)")
+    parser.add_argument(
+        "--prepare",
+        choices=PREPARE_MODES,
+        default="threads",
+        help="preparation workers, as HAWK_PREPARE: threads (default) or processes",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="leave the CPU affinity alone (HAWK_PREPARE_PIN=0; engine/affinity.py)"
+    )
     parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")
-    parser.add_argument("--switch-interval", type=float,
-                        help="sys.setswitchinterval for this process (experiment; Python's default is 0.005)")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="sys.setswitchinterval for this process (experiment; Python's default is 0.005)",
+    )
     args = parser.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
@@ -145,14 +191,25 @@ def main() -> None:
         results = []
         for round_index in range(args.rounds):
             for batch in (int(b) for b in args.batch_sizes.split(",")):
-                timed_stream(session, method, lines[:args.warmup], batch, args)
-                result = timed_stream(session, method, lines[args.warmup:], batch, args)
+                timed_stream(session, method, lines[: args.warmup], batch, args)
+                result = timed_stream(session, method, lines[args.warmup :], batch, args)
                 results.append(result)
-                print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")} | {
-                    "round": round_index, "model": session.loaded.name, "device": str(session.loaded.device),
-                    "dtype": str(session.loaded.dtype).replace("torch.", ""),
-                    "size": args.size if args.config else 448, "ratio": args.ratio,
-                    "max_new_tokens": args.max_new_tokens, "versions": versions()}), flush=True)
+                print(
+                    json.dumps(
+                        {k: v for k, v in result.items() if not k.startswith("_")}
+                        | {
+                            "round": round_index,
+                            "model": session.loaded.name,
+                            "device": str(session.loaded.device),
+                            "dtype": str(session.loaded.dtype).replace("torch.", ""),
+                            "size": args.size if args.config else 448,
+                            "ratio": args.ratio,
+                            "max_new_tokens": args.max_new_tokens,
+                            "versions": versions(),
+                        }
+                    ),
+                    flush=True,
+                )
     print(json.dumps({"summary": summarise(results), "requests": args.requests, "rounds": args.rounds}), flush=True)
 
 
@@ -168,9 +225,10 @@ def summarise(results: list[dict]) -> dict:
     if 1 in by_batch:
         one = by_batch[1][0]["_answers"]
         summary |= {f"speedup_b{b}_vs_b1": round(m / medians[1], 2) for b, m in medians.items() if b != 1}
-        summary |= {f"answers_b{b}_equal_b1": min(sum(a == o for a, o in zip(r["_answers"], one, strict=True))
-                                                      for r in runs)
-                    for b, runs in by_batch.items()}
+        summary |= {
+            f"answers_b{b}_equal_b1": min(sum(a == o for a, o in zip(r["_answers"], one, strict=True)) for r in runs)
+            for b, runs in by_batch.items()
+        }
     return summary
 
 

@@ -50,20 +50,40 @@ def main() -> None:
     args = parser.parse_args()
 
     samples = [json.loads(line) for line in (ROOT / "sample_images" / "questions.jsonl").read_text().splitlines()]
-    requests = [{"id": f"r{i}", "image": str(ROOT / "sample_images" / samples[i % len(samples)]["image"]),
-                 "question": samples[i % len(samples)]["question"]} for i in range(args.requests)]
-    command = [sys.executable, "-m", "hawk_cli", "run", "-", "--batch-size", str(args.batch_size),
-               "--model", args.model, "--device", "cpu", "--quiet"]
+    requests = [
+        {
+            "id": f"r{i}",
+            "image": str(ROOT / "sample_images" / samples[i % len(samples)]["image"]),
+            "question": samples[i % len(samples)]["question"],
+        }
+        for i in range(args.requests)
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "hawk_cli",
+        "run",
+        "-",
+        "--batch-size",
+        str(args.batch_size),
+        "--model",
+        args.model,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     started = time.perf_counter()
     # A fixed glibc mmap threshold: by default glibc raises it after large frees, after which freed batches stay
     # in the heap and RSS steps up by tens of MiB without a leak (CPU, built-in model: floor growth 0-22 % between
     # runs of one commit; with the threshold fixed, 419-421 MiB in six runs). Large buffers then go back to the
     # system when freed, so what RSS shows is what the process holds.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
-    feeder = threading.Thread(target=lambda: (process.stdin.write("".join(json.dumps(r) + "\n" for r in requests)),
-                                              process.stdin.close()))
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    feeder = threading.Thread(
+        target=lambda: (process.stdin.write("".join(json.dumps(r) + "\n" for r in requests)), process.stdin.close())
+    )
     feeder.start()
     ids, rss_after_warmup, rss_peak, samples = [], None, 0.0, []
     for line in process.stdout:
@@ -78,12 +98,23 @@ def main() -> None:
             rss_end = current
     process.wait()
     feeder.join()
-    print(json.dumps({"requests": args.requests, "answers": len(ids), "exit_code": process.returncode,
-                      "in_input_order": ids == [r["id"] for r in requests], "batch_size": args.batch_size,
-                      "rss_mib_after_warmup": rss_after_warmup, "rss_mib_end": rss_end, "rss_mib_peak": rss_peak,
-                      "rss_growth_after_warmup": (rss_end - rss_after_warmup) / rss_after_warmup,
-                      "rss_floor_growth": floor_growth(samples),
-                      "wall_s": time.perf_counter() - started}))
+    print(
+        json.dumps(
+            {
+                "requests": args.requests,
+                "answers": len(ids),
+                "exit_code": process.returncode,
+                "in_input_order": ids == [r["id"] for r in requests],
+                "batch_size": args.batch_size,
+                "rss_mib_after_warmup": rss_after_warmup,
+                "rss_mib_end": rss_end,
+                "rss_mib_peak": rss_peak,
+                "rss_growth_after_warmup": (rss_end - rss_after_warmup) / rss_after_warmup,
+                "rss_floor_growth": floor_growth(samples),
+                "wall_s": time.perf_counter() - started,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

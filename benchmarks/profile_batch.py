@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from hawk_cli.engine.generation import GenerationSettings  # noqa: E402
 from hawk_cli.engine.session import HawkSession  # noqa: E402
-from hawk_cli.serving.stream import prepare_request  # noqa: E402
 from hawk_cli.io.requests import read_requests  # noqa: E402
+from hawk_cli.serving.stream import prepare_request  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--trace", help="also write a Chrome trace (Python calls included) of one run per batch "
-                                        "size to TRACE.b<N>.json")
+    parser.add_argument(
+        "--trace", help="also write a Chrome trace (Python calls included) of one run per batch size to TRACE.b<N>.json"
+    )
     args = parser.parse_args()
     session = HawkSession.open(None)
     scorer, _ = session.make_scorer()
@@ -56,10 +57,19 @@ def main() -> None:
             wall = (time.perf_counter() - started) / args.rounds
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         kernel_ms = sum(e.device_time for e in kernels) / 1e3 / args.rounds
-        print(json.dumps({"batch_size": batch, "wall_ms": round(wall * 1e3, 2), "kernel_ms": round(kernel_ms, 2),
-                          "kernels": len(kernels) // args.rounds, "phases_ms": {k: round(v * 1e3, 2) for k, v in
-                                                                               out.result.timings.items()},
-                          "generated": [len(a.tokens) for a in out.answers]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "batch_size": batch,
+                    "wall_ms": round(wall * 1e3, 2),
+                    "kernel_ms": round(kernel_ms, 2),
+                    "kernels": len(kernels) // args.rounds,
+                    "phases_ms": {k: round(v * 1e3, 2) for k, v in out.result.timings.items()},
+                    "generated": [len(a.tokens) for a in out.answers],
+                }
+            ),
+            flush=True,
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top), file=sys.stderr)
         if args.trace:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as traced:

@@ -9,13 +9,14 @@ setting and starts with its name (`max_new_tokens must be at least 1`).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _SETTING = re.compile(r"\{([a-z][a-z0-9_]*)(=?)\}")
 
 
 def worded(template: str, name_of: Callable[[str], str] | None = None) -> str:
     """A template in the library's words (`name_of` None) or with each setting called `name_of(setting)`."""
+
     def one(match: re.Match) -> str:
         setting, valued = match.group(1), match.group(2)
         if name_of is None:
@@ -85,8 +86,9 @@ class HawkWarning(UserWarning):
 def from_library_error(error: BaseException) -> HawkError | None:
     """Known library failures as actionable errors (None: not one we know)."""
     if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
-        return ResourceError("the device ran out of memory",
-                             "Use a smaller {batch_size}, a higher {ratio}, or smaller images")
+        return ResourceError(
+            "the device ran out of memory", "Use a smaller {batch_size}, a higher {ratio}, or smaller images"
+        )
     return None
 
 

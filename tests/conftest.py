@@ -9,8 +9,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", str(Path(__file__).parent / ".hf-home-unused"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(2)
 
@@ -40,6 +40,8 @@ def synthetic_eval_norm():
     from hawk_cli.engine.session import HawkSession
     from hawk_cli.tasks.evaluation import EvalSettings, evaluate
 
-    report = evaluate(HawkSession.open("builtin", device="cpu"),
-                      EvalSettings(ratios=(0.8,), methods=("norm",), n=SYNTHETIC_N, batch_size=SYNTHETIC_BATCH))
+    report = evaluate(
+        HawkSession.open("builtin", device="cpu"),
+        EvalSettings(ratios=(0.8,), methods=("norm",), n=SYNTHETIC_N, batch_size=SYNTHETIC_BATCH),
+    )
     return report.results[0].tally

@@ -8,12 +8,14 @@ import threading
 
 import pytest
 
+from hawk_cli.errors import UsageError
 from hawk_cli.serving.affinity import CpuSplit, HelperCpus, plan_split
 from hawk_cli.serving.stream import Prefetcher, prepare_in_processes
-from hawk_cli.errors import UsageError
 
-linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                                reason="per-thread affinity is Linux's, and moving a thread needs two CPUs")
+linux_only = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="per-thread affinity is Linux's, and moving a thread needs two CPUs",
+)
 
 
 def hyperthreaded(cpu: int) -> set[int]:
@@ -44,7 +46,8 @@ def test_fewer_than_four_cpus_means_no_split(allowed):
 def test_no_split_when_the_launchers_core_would_leave_fewer_than_two_helpers():
     four_way = {0, 1, 2, 3}  # one core with four hardware threads, and one more CPU
     assert plan_split(four_way | {4}, lambda cpu: four_way if cpu < 4 else {cpu}) == CpuSplit(
-        launcher=frozenset({4}), helpers=frozenset(four_way))
+        launcher=frozenset({4}), helpers=frozenset(four_way)
+    )
     assert plan_split(four_way, lambda cpu: four_way) is None
 
 
@@ -70,8 +73,9 @@ def test_helpers_are_confined_and_the_main_thread_is_left_alone():
 def test_disabled_helper_cpus_touch_nothing():
     original = os.sched_getaffinity(0)
     seen = []
-    helper = threading.Thread(target=lambda: (HelperCpus(enabled=False).confine(),
-                                              seen.append(os.sched_getaffinity(0))))
+    helper = threading.Thread(
+        target=lambda: (HelperCpus(enabled=False).confine(), seen.append(os.sched_getaffinity(0)))
+    )
     helper.start()
     helper.join()
     assert not HelperCpus(enabled=False).active and seen == [original]
@@ -87,8 +91,13 @@ def test_preparation_threads_inherit_what_the_reader_thread_set():
         def __init__(self, line):
             self.line, self.id = line, line
 
-    reader = Prefetcher([Item(i) for i in range(6)], lambda item: (os.sched_getaffinity(0), None), lookahead=4,
-                        workers=2, on_thread_start=lambda: os.sched_setaffinity(0, {helper_cpu}))
+    reader = Prefetcher(
+        [Item(i) for i in range(6)],
+        lambda item: (os.sched_getaffinity(0), None),
+        lookahead=4,
+        workers=2,
+        on_thread_start=lambda: os.sched_setaffinity(0, {helper_cpu}),
+    )
     try:
         rows = [row for window in reader.windows(3, wait_for_full=True) for row in window]
     finally:

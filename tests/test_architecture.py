@@ -7,8 +7,19 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hawk_cli"
-LAYERS = {"cli": 4, "api": 4, "integrations": 4, "tasks": 3, "serving": 3, "engine": 2, "scorers": 1, "adapters": 1,
-          "synthetic": 0, "io": 0, "builtin": 0}
+LAYERS = {
+    "cli": 4,
+    "api": 4,
+    "integrations": 4,
+    "tasks": 3,
+    "serving": 3,
+    "engine": 2,
+    "scorers": 1,
+    "adapters": 1,
+    "synthetic": 0,
+    "io": 0,
+    "builtin": 0,
+}
 SHARED = {"errors", "__init__", "__main__"}
 
 
@@ -36,9 +47,13 @@ def test_imports_point_one_way():
 
 
 def test_engine_never_prints():
-    offenders = [str(p.relative_to(PACKAGE)) for p in (PACKAGE / "engine").rglob("*.py")
-                 if any(isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"
-                        for n in ast.walk(ast.parse(p.read_text())))]
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in (PACKAGE / "engine").rglob("*.py")
+        if any(
+            isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print" for n in ast.walk(ast.parse(p.read_text()))
+        )
+    ]
     assert offenders == []
 
 
@@ -78,7 +93,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                found.append(trail[trail.index(target):] + [target])
+                found.append(trail[trail.index(target) :] + [target])
             elif target not in state:
                 visit(target, trail + [target])
         state[node] = "done"

@@ -45,10 +45,9 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out.png"
     from hawk_cli.io.atomic import atomic_path
 
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as temporary:
-            temporary.write_text("partial")
-            raise RuntimeError("renderer crashed")
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("partial")
+        raise RuntimeError("renderer crashed")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,19 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from hawk_cli.tasks.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
-from hawk_cli.io.models import builtin_dir
-from tiny_models import DEVICE, DTYPE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 from cli_helpers import run_cli
+from tiny_models import DEVICE, DTYPE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+
+from hawk_cli.io.models import builtin_dir
+from hawk_cli.tasks.benchmark import CONFIG_DIR, RANDOM_WEIGHTS_NOTE, SCHEMA, VARIANTS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 QUICK = ["--size", "112", "--max-new-tokens", "3", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
 HAS_BUILTIN = (builtin_dir() / "model.safetensors").is_file()
-
-
-
-
 
 
 def documented_fields() -> set[str]:
@@ -40,8 +36,16 @@ def check_record(record: dict) -> None:
     environment = record["environment"]
     for key in ("device", "device_name", "torch", "transformers", "dtype", "attn", "copy_bandwidth_bytes_per_s"):
         assert key in environment
-    phases = {"vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms", "tokens_per_s",
-              "peak_run_bytes"}
+    phases = {
+        "vision_ms",
+        "scoring_ms",
+        "prefill_ms",
+        "ttft_ms",
+        "decode_ms_per_token",
+        "total_ms",
+        "tokens_per_s",
+        "peak_run_bytes",
+    }
     if record["variant"] == "run_path":  # timed as `hawk run` times itself: no per-phase memory, inputs included
         assert phases | {"inputs_ms"} <= set(record["metrics"]) and "peak_prefill_bytes" not in record["metrics"]
         assert record["metrics"]["inputs_ms"]["median"] < record["metrics"]["total_ms"]["median"]
@@ -57,16 +61,18 @@ def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
     code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--batch-size", "1,2", "--json", *QUICK)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert [(r["batch"], r["variant"]) for r in records] == [(b, v) for b in (1, 2) for v in
-                                                             ("unpruned", "stock_generate", "pruned", "downscaled",
-                                                              "run_path")]
+    assert [(r["batch"], r["variant"]) for r in records] == [
+        (b, v) for b in (1, 2) for v in ("unpruned", "stock_generate", "pruned", "downscaled", "run_path")
+    ]
     for record in records:
         check_record(record)
     pruned = next(r for r in records if r["variant"] == "pruned" and r["batch"] == 2)
     unpruned = next(r for r in records if r["variant"] == "unpruned" and r["batch"] == 2)
     kept_fraction = pruned["prompt_tokens_kept"] / unpruned["prompt_tokens"]
-    assert pruned["ratio_to_unpruned"] and abs(pruned["kv_cache_bytes"] / unpruned["kv_cache_bytes"]
-                                               - kept_fraction) < 0.01
+    assert (
+        pruned["ratio_to_unpruned"]
+        and abs(pruned["kv_cache_bytes"] / unpruned["kv_cache_bytes"] - kept_fraction) < 0.01
+    )
     downscaled = next(r for r in records if r["variant"] == "downscaled" and r["batch"] == 2)
     assert max(downscaled["visual_tokens"]) <= max(pruned["visual_tokens_kept"])  # same token budget, or fewer
     assert "note" not in pruned  # a real checkpoint: no random-weights note
@@ -75,8 +81,9 @@ def test_jsonl_records_match_the_documented_schema(capsys, model_dir):
 def test_run_path_variant_runs_what_hawk_run_runs(capsys, model_dir):
     """The run_path record is `hawk run`'s call: the same pruning as the pruned variant (kept counts), the
     forced length, the CPU's eager decode, and the records' ratios taken against the same baselines."""
-    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--batch", "2", "--json", "--no-stock",
-                             "--no-compile", *QUICK)
+    code, out, err = run_cli(
+        capsys, "bench", "--model", str(model_dir), "--batch", "2", "--json", "--no-stock", "--no-compile", *QUICK
+    )
     assert code == 0, err
     records = {r["variant"]: r for r in map(json.loads, out.splitlines())}
     run_path, pruned, unpruned = records["run_path"], records["pruned"], records["unpruned"]
@@ -101,15 +108,22 @@ def test_table_on_the_builtin_model(capsys):
 
 def test_random_weights_from_a_config_say_so(capsys, tmp_path):
     config = json.loads((CONFIG_DIR / "qwen2.5-vl-7b.json").read_text())
-    config["text_config"].update(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                                         "mrope_section": [2, 3, 3]})
-    config["vision_config"].update(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
-                                   fullatt_block_indexes=[1])
+    config["text_config"].update(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+    )
+    config["vision_config"].update(
+        depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1]
+    )
     path = tmp_path / "small.json"
     path.write_text(json.dumps(config))
-    code, out, err = run_cli(capsys, "bench", "--config", str(path), "--random-weights", "--batch-size", "1", "--json",
-                             "--no-stock", *QUICK)
+    code, out, err = run_cli(
+        capsys, "bench", "--config", str(path), "--random-weights", "--batch-size", "1", "--json", "--no-stock", *QUICK
+    )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert {r["variant"] for r in records} == {"unpruned", "pruned", "downscaled", "run_path"}
@@ -124,17 +138,69 @@ def test_config_without_random_weights_is_refused(capsys):
     assert code == 2 and "--random-weights" in err
 
 
-@pytest.mark.parametrize("name, text, vision_out, vision_mlp, tied", [
-    ("qwen2.5-vl-7b", dict(num_hidden_layers=28, hidden_size=3584, num_attention_heads=28, num_key_value_heads=4,
-                           intermediate_size=18944, vocab_size=152064), 3584, 3420, False),
-    ("qwen2.5-vl-3b", dict(num_hidden_layers=36, hidden_size=2048, num_attention_heads=16, num_key_value_heads=2,
-                           intermediate_size=11008, vocab_size=151936), 2048, 3420, True),
-    # Qwen2.5-VL-32B-Instruct's published config.json (its tower's MLP is 3456 wide, not 3420)
-    ("qwen2.5-vl-32b", dict(num_hidden_layers=64, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8,
-                            intermediate_size=27648, vocab_size=152064), 5120, 3456, False),
-    # Qwen2.5-VL-72B-Instruct's published config.json
-    ("qwen2.5-vl-72b", dict(num_hidden_layers=80, hidden_size=8192, num_attention_heads=64, num_key_value_heads=8,
-                            intermediate_size=29568, vocab_size=152064), 8192, 3456, False)])
+@pytest.mark.parametrize(
+    "name, text, vision_out, vision_mlp, tied",
+    [
+        (
+            "qwen2.5-vl-7b",
+            dict(
+                num_hidden_layers=28,
+                hidden_size=3584,
+                num_attention_heads=28,
+                num_key_value_heads=4,
+                intermediate_size=18944,
+                vocab_size=152064,
+            ),
+            3584,
+            3420,
+            False,
+        ),
+        (
+            "qwen2.5-vl-3b",
+            dict(
+                num_hidden_layers=36,
+                hidden_size=2048,
+                num_attention_heads=16,
+                num_key_value_heads=2,
+                intermediate_size=11008,
+                vocab_size=151936,
+            ),
+            2048,
+            3420,
+            True,
+        ),
+        # Qwen2.5-VL-32B-Instruct's published config.json (its tower's MLP is 3456 wide, not 3420)
+        (
+            "qwen2.5-vl-32b",
+            dict(
+                num_hidden_layers=64,
+                hidden_size=5120,
+                num_attention_heads=40,
+                num_key_value_heads=8,
+                intermediate_size=27648,
+                vocab_size=152064,
+            ),
+            5120,
+            3456,
+            False,
+        ),
+        # Qwen2.5-VL-72B-Instruct's published config.json
+        (
+            "qwen2.5-vl-72b",
+            dict(
+                num_hidden_layers=80,
+                hidden_size=8192,
+                num_attention_heads=64,
+                num_key_value_heads=8,
+                intermediate_size=29568,
+                vocab_size=152064,
+            ),
+            8192,
+            3456,
+            False,
+        ),
+    ],
+)
 def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, vision_mlp, tied):
     from transformers import Qwen2_5_VLConfig
 
@@ -143,11 +209,21 @@ def test_shipped_configs_carry_the_published_shapes(name, text, vision_out, visi
     assert {key: getattr(text_config, key) for key in text} == text
     assert text_config.rope_parameters["mrope_section"] == [16, 24, 24]
     assert text_config.rope_parameters["rope_theta"] == 1e6
-    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size, vision.window_size,
-            list(vision.fullatt_block_indexes), vision.out_hidden_size) == (32, 1280, 16, vision_mlp, 112,
-                                                                            [7, 15, 23, 31], vision_out)
-    assert (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id,
-            config.video_token_id) == (151652, 151653, 151655, 151656)
+    assert (
+        vision.depth,
+        vision.hidden_size,
+        vision.num_heads,
+        vision.intermediate_size,
+        vision.window_size,
+        list(vision.fullatt_block_indexes),
+        vision.out_hidden_size,
+    ) == (32, 1280, 16, vision_mlp, 112, [7, 15, 23, 31], vision_out)
+    assert (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id, config.video_token_id) == (
+        151652,
+        151653,
+        151655,
+        151656,
+    )
     assert config.tie_word_embeddings is tied
 
 
@@ -158,12 +234,16 @@ def test_check_passes_on_an_honest_engine(capsys, model_dir):
 
 
 def test_check_fails_when_the_engine_renumbers_positions(capsys, model_dir, monkeypatch):
-    from hawk_cli.engine import session as session_module
     from test_engine_contract import RenumberingAdapter
 
+    from hawk_cli.engine import session as session_module
+
     honest = session_module.adapter_for
-    monkeypatch.setattr(session_module, "adapter_for",
-                        lambda model, tokenizer: RenumberingAdapter(model, honest(model, tokenizer).tokens))
+    monkeypatch.setattr(
+        session_module,
+        "adapter_for",
+        lambda model, tokenizer: RenumberingAdapter(model, honest(model, tokenizer).tokens),
+    )
     code, out, _ = run_cli(capsys, "bench", "--model", str(model_dir), "--check", "--batch-size", "2", "--json", *QUICK)
     assert code == 1
     record = json.loads(out)
@@ -173,8 +253,19 @@ def test_check_fails_when_the_engine_renumbers_positions(capsys, model_dir, monk
 def test_images_are_read_from_files(capsys, model_dir, tmp_path):
     path = tmp_path / "a.png"
     random_image(140, 112, 3).save(path)
-    code, out, err = run_cli(capsys, "bench", "--model", str(model_dir), "--image", str(path), "--batch-size", "1",
-                             "--json", "--no-stock", *QUICK)
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        "--model",
+        str(model_dir),
+        "--image",
+        str(path),
+        "--batch-size",
+        "1",
+        "--json",
+        "--no-stock",
+        *QUICK,
+    )
     assert code == 0, err
     assert {json.loads(line)["environment"]["images"][0] for line in out.splitlines()} == {"140x112"}
 
@@ -193,25 +284,37 @@ def test_compiled_decode_equals_eager_on_cuda(family):
 
     model, tokenizer = tiny_model(family), tiny_tokenizer()
     adapter = adapter_for(model, tokenizer)
-    requests = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
-                Request("how many stars are there ?", (random_image(112, 168, 2),))]
+    requests = [
+        Request("what color is the circle ?", (random_image(224, 224, 1),)),
+        Request("how many stars are there ?", (random_image(112, 168, 2),)),
+    ]
     inputs = adapter.prompts(tokenizer, tiny_image_processor(family=family)).collate(requests).to(DEVICE)
     step = DecodeStep(adapter, "compile")
     for _ in range(2):
         for ratio in (0.0, 0.8):
             settings = dict(ratio=ratio, max_new_tokens=6, cache="static", record_logits=True)
             eager = generate(adapter, inputs, HawkScorer(), GenerationSettings(**settings), set())
-            compiled = generate(adapter, inputs, HawkScorer(), GenerationSettings(**settings, compile=True), set(),
-                                decode_step=step)
+            compiled = generate(
+                adapter, inputs, HawkScorer(), GenerationSettings(**settings, compile=True), set(), decode_step=step
+            )
             # bf16: the compiler reorders roundings through the hybrid layers' recurrence (0.14 seen on the H200),
             # and a near-tie may then pick another token: logits are compared up to the first step whose tokens differ
             # in any row (later steps see different contexts). fp32: every step, and the tokens, must agree.
-            bound = TOLERANCE if DTYPE == torch.float32 or family != "qwen3_5" else 2 * TOLERANCE
+            bound = TOLERANCE if torch.float32 == DTYPE or family != "qwen3_5" else 2 * TOLERANCE
             steps = len(eager.step_logits)
-            if DTYPE != torch.float32:
-                steps = next((t + 1 for t in range(steps) if any(
-                    t < min(len(a), len(b)) and a[t] != b[t] for a, b in zip(compiled.tokens, eager.tokens))), steps)
-            for mine, theirs in list(zip(compiled.step_logits, eager.step_logits))[:steps]:
+            if torch.float32 != DTYPE:
+                steps = next(
+                    (
+                        t + 1
+                        for t in range(steps)
+                        if any(
+                            t < min(len(a), len(b)) and a[t] != b[t]
+                            for a, b in zip(compiled.tokens, eager.tokens, strict=False)
+                        )
+                    ),
+                    steps,
+                )
+            for mine, theirs in list(zip(compiled.step_logits, eager.step_logits, strict=False))[:steps]:
                 assert (mine - theirs).abs().max() <= bound
-            if DTYPE == torch.float32:
+            if torch.float32 == DTYPE:
                 assert compiled.tokens == eager.tokens

@@ -37,6 +37,7 @@ def test_every_length_up_to_64k_gets_the_smallest_documented_bucket():
 
 def test_the_oracle_rejects_power_of_two_rounding():
     """Negative control: rounding up to a power of two (the obvious alternative) disagrees with the rule."""
+
     def power_of_two(n: int) -> int:
         return max(256, 1 << (n - 1).bit_length())
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hawk_cli.builtin import BUILTIN_DIR
 from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.builtin import BUILTIN_DIR
 from hawk_cli.io.requests import Request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,13 +36,19 @@ def _answer(stock, pairs, batch: int = 20) -> list[str]:
     model, tokenizer, processor = stock
     replies = []
     for start in range(0, len(pairs), batch):
-        chunk = pairs[start:start + batch]
+        chunk = pairs[start : start + batch]
         inputs = build_inputs(tokenizer, processor, [Request(q, images=(im,)) for im, q in chunk])
         with torch.no_grad():
-            out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                                 mm_token_type_ids=inputs.mm_token_type_ids, pixel_values=inputs.pixel_values,
-                                 image_grid_thw=inputs.image_grid_thw, max_new_tokens=3, do_sample=False)
-        for row in out[:, inputs.input_ids.shape[1]:]:
+            out = model.generate(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                mm_token_type_ids=inputs.mm_token_type_ids,
+                pixel_values=inputs.pixel_values,
+                image_grid_thw=inputs.image_grid_thw,
+                max_new_tokens=3,
+                do_sample=False,
+            )
+        for row in out[:, inputs.input_ids.shape[1] :]:
             replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return replies
 
@@ -58,8 +64,15 @@ def test_folder_is_a_small_plain_hf_model():
     assert not any("probe" in k for k in keys)  # the training-only probe is not shipped
     config = json.loads((BUILTIN_DIR / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl" and config["dtype"] == "float32"
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                 "preprocessor_config.json", "training_info.json", "MODEL_CARD.md"):
+    for name in (
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "preprocessor_config.json",
+        "training_info.json",
+        "MODEL_CARD.md",
+    ):
         assert (BUILTIN_DIR / name).is_file(), name
 
 
@@ -74,10 +87,12 @@ def test_loads_offline_in_a_fresh_process(tmp_path):
         "p = AutoImageProcessor.from_pretrained(BUILTIN_DIR, backend='pil')\n"
         "print(m.dtype, len(t), type(p).__name__)\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
-               PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch.float32 68 Qwen2VLImageProcessor" in proc.stdout
 
@@ -87,7 +102,7 @@ def test_heldout_subset_unpruned(stock):
 
     questions = heldout_set(SUBSET)
     replies = _answer(stock, [(q.image, q.question) for q in questions])
-    accuracy = sum(r == q.answer for r, q in zip(replies, questions)) / len(questions)
+    accuracy = sum(r == q.answer for r, q in zip(replies, questions, strict=True)) / len(questions)
     assert accuracy >= 0.93, accuracy
 
 
@@ -95,10 +110,14 @@ def test_sample_questions_all_right_unpruned(stock):
     from PIL import Image
 
     rows = [json.loads(line) for line in (SAMPLES / "questions.jsonl").read_text().splitlines() if line.strip()]
-    assert 4 <= len({r["image"] for r in rows})
+    assert len({r["image"] for r in rows}) >= 4
     pairs = [(Image.open(SAMPLES / r["image"]).convert("RGB"), r["question"]) for r in rows]
     replies = _answer(stock, pairs)
-    wrong = [(r["image"], r["question"], r["answer"], got) for r, got in zip(rows, replies) if got != r["answer"]]
+    wrong = [
+        (r["image"], r["question"], r["answer"], got)
+        for r, got in zip(rows, replies, strict=True)
+        if got != r["answer"]
+    ]
     assert not wrong
     for name in {r["image"] for r in rows}:
         assert (SAMPLES / name).stat().st_size < 150_000
@@ -108,11 +127,21 @@ def test_sample_questions_at_default_pruning(tmp_path):
     """`hawk run` at its defaults (the model's recommended pruning, keep 20 %) answers at least 3 in 4 samples."""
     rows = [json.loads(line) for line in (SAMPLES / "questions.jsonl").read_text().splitlines() if line.strip()]
     requests = tmp_path / "requests.jsonl"
-    requests.write_text("".join(json.dumps({"id": str(i), "images": [str(SAMPLES / r["image"])],
-                                            "question": r["question"]}) + "\n" for i, r in enumerate(rows)))
+    requests.write_text(
+        "".join(
+            json.dumps({"id": str(i), "images": [str(SAMPLES / r["image"])], "question": r["question"]}) + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "hawk_cli", "run", "--input", str(requests), "-b", str(len(rows))],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hawk_cli", "run", "--input", str(requests), "-b", str(len(rows))],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     answers = {int(r["id"]): r.get("answer", "").strip() for r in map(json.loads, proc.stdout.splitlines())}
     right = sum(answers.get(i) == r["answer"] for i, r in enumerate(rows))

@@ -7,13 +7,11 @@ import json
 
 import pytest
 import torch
+from cli_helpers import run_cli
+from tiny_models import random_image
 
 from hawk_cli.cli.app import main
 from hawk_cli.io.weights import HeadWeights, load_head_weights, save_head_weights
-from tiny_models import random_image
-from cli_helpers import run_cli
-
-
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +22,6 @@ def calibrated(model_dir, tmp_path_factory):
         main(["calibrate", "builtin:4", "-o", str(path), "--model", str(model_dir), "--json", "-b", "2"])
     assert exited.value.code == 0
     return path
-
-
 
 
 def test_file_round_trip_and_metadata(calibrated, model_dir):
@@ -44,8 +40,20 @@ def test_file_round_trip_and_metadata(calibrated, model_dir):
 
 
 def test_json_summary_and_human_output(capsys, model_dir, tmp_path):
-    code, out, err = run_cli(capsys, "calibrate", "builtin:2", "-o", tmp_path / "k.safetensors", "--model", model_dir,
-                             "--method", "kl", "--max-new-tokens", "2", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "calibrate",
+        "builtin:2",
+        "-o",
+        tmp_path / "k.safetensors",
+        "--model",
+        model_dir,
+        "--method",
+        "kl",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    )
     record = json.loads(out)
     assert code == 0 and len(out.strip().splitlines()) == 1
     assert record["path"] == str(tmp_path / "k.safetensors") and record["method"] == "kl"
@@ -59,15 +67,31 @@ def test_json_summary_and_human_output(capsys, model_dir, tmp_path):
 def test_run_uses_the_file_and_refuses_wrong_head_count_or_model_type(capsys, calibrated, model_dir, tmp_path):
     image = tmp_path / "scene.png"
     random_image(112, 112, 5).save(image)
-    code, out, _ = run_cli(capsys, "run", image, "what color is the circle ?", "--model", model_dir, "--weights",
-                           calibrated, "--json", "--max-new-tokens", "1")
+    code, out, _ = run_cli(
+        capsys,
+        "run",
+        image,
+        "what color is the circle ?",
+        "--model",
+        model_dir,
+        "--weights",
+        calibrated,
+        "--json",
+        "--max-new-tokens",
+        "1",
+    )
     assert code == 0 and json.loads(out)["head_weights"] == str(calibrated)
     original = load_head_weights(calibrated)
-    for values, model_type, fragment in ((torch.ones(8) / 8, "qwen2_5_vl", "holds 8 head weights but this model's"),
-                                         (original.values, "qwen2_vl", "calibrated for model type 'qwen2_vl', not")):
+    for values, model_type, fragment in (
+        (torch.ones(8) / 8, "qwen2_5_vl", "holds 8 head weights but this model's"),
+        (original.values, "qwen2_vl", "calibrated for model type 'qwen2_vl', not"),
+    ):
         bad = tmp_path / "bad.safetensors"
-        save_head_weights(bad, HeadWeights(values=values, source="t",
-                                           metadata={**original.metadata, "model_type": model_type}), overwrite=True)
+        save_head_weights(
+            bad,
+            HeadWeights(values=values, source="t", metadata={**original.metadata, "model_type": model_type}),
+            overwrite=True,
+        )
         code, out, err = run_cli(capsys, "run", image, "q ?", "--model", model_dir, "--weights", bad)
         last = err.strip().splitlines()[-1]  # (transformers may draw its loading bar first)
         assert code == 2 and out == "" and last.startswith("hawk: error: ") and fragment in last
@@ -95,15 +119,18 @@ def test_ctrl_c_leaves_no_file_and_exits_130(capsys, monkeypatch, model_dir, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("data, extra, fragment", [
-    ("{d}/missing", [], "calibration data '{d}/missing' does not exist"),
-    ("{d}/broken.jsonl", [], "line 2 is not valid JSON"),
-    ("{d}/noimage.jsonl", [], "line 1: image 'gone.png' does not exist"),
-    ("{d}/unlabelled.jsonl", [], "line 1 has no 'answer', and --method ablation needs"),
-    ("builtin:0", [], "'builtin:0' is not builtin:N"),
-    ("builtin:2", ["--method", "fisher"], "unknown calibration method 'fisher'"),
-    ("builtin:2", ["--limit", "0"], "--limit must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "data, extra, fragment",
+    [
+        ("{d}/missing", [], "calibration data '{d}/missing' does not exist"),
+        ("{d}/broken.jsonl", [], "line 2 is not valid JSON"),
+        ("{d}/noimage.jsonl", [], "line 1: image 'gone.png' does not exist"),
+        ("{d}/unlabelled.jsonl", [], "line 1 has no 'answer', and --method ablation needs"),
+        ("builtin:0", [], "'builtin:0' is not builtin:N"),
+        ("builtin:2", ["--method", "fisher"], "unknown calibration method 'fisher'"),
+        ("builtin:2", ["--limit", "0"], "--limit must be at least 1"),
+    ],
+)
 def test_bad_data_gives_one_line_and_exit_2(capsys, tmp_path, data, extra, fragment):
     random_image(32, 32).save(tmp_path / "a.png")
     (tmp_path / "broken.jsonl").write_text('{"image": "a.png", "question": "q ?", "answer": "red"}\n{"image": \n')

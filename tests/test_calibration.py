@@ -7,18 +7,17 @@ import json
 
 import pytest
 import torch
+from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
-from hawk_cli.tasks.calibration import (CalibrationSettings, ablate_heads, calibrate, eq3, replicated_pass,
-                                         sample_drops)
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.calibration_data import load_calibration_data
 from hawk_cli.io.models import LoadedModel
-from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.io.requests import Request
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from hawk_cli.tasks.calibration import CalibrationSettings, ablate_heads, calibrate, eq3, replicated_pass, sample_drops
 
 # --- Eq. 3 ---------------------------------------------------------------------------------------------------
 
@@ -44,9 +43,17 @@ DOMINANT = 2
 
 
 def _session(model) -> HawkSession:
-    loaded = LoadedModel(model=model, tokenizer=tiny_tokenizer(), image_processor=tiny_image_processor(),
-                         name="tiny", path="tiny", device=torch.device("cpu"), dtype=torch.float32, attn="sdpa",
-                         is_builtin=False)
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tiny_tokenizer(),
+        image_processor=tiny_image_processor(),
+        name="tiny",
+        path="tiny",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        attn="sdpa",
+        is_builtin=False,
+    )
     return HawkSession(loaded)
 
 
@@ -56,7 +63,7 @@ def _dominant_head_model(head: int = DOMINANT, scale: float = 8.0):
     projection = model.model.language_model.layers[0].self_attn.o_proj
     width = projection.in_features // model.config.get_text_config().num_attention_heads
     with torch.no_grad():
-        projection.weight[:, head * width:(head + 1) * width] *= scale
+        projection.weight[:, head * width : (head + 1) * width] *= scale
     return model
 
 
@@ -64,11 +71,17 @@ def _dominant_head_model(head: int = DOMINANT, scale: float = 8.0):
 def dominant():
     session = _session(_dominant_head_model())
     data = load_calibration_data("builtin:4")
-    inputs = build_inputs(session.tokenizer, session.loaded.image_processor,
-                          [Request(s.question, s.images()) for s in data.samples])
+    inputs = build_inputs(
+        session.tokenizer, session.loaded.image_processor, [Request(s.question, s.images()) for s in data.samples]
+    )
     with torch.inference_mode():
-        greedy = generate(session.adapter, inputs, None, GenerationSettings(ratio=0.0, max_new_tokens=3,
-                                                                            record_logits=True), session.eos_ids)
+        greedy = generate(
+            session.adapter,
+            inputs,
+            None,
+            GenerationSettings(ratio=0.0, max_new_tokens=3, record_logits=True),
+            session.eos_ids,
+        )
         prefill = session.adapter.build_prefill(inputs, session.adapter.encode_vision(inputs))
     return session, data, greedy, prefill
 
@@ -81,7 +94,7 @@ def test_both_methods_rank_the_dominant_head_first(dominant):
     result = calibrate(session, data, CalibrationSettings(method="kl", batch_size=3, max_new_tokens=3))
     assert int(result.importance.argmax()) == DOMINANT
     assert result.subset_drops.shape == (len(result.subsets), 4) and abs(float(result.importance.sum()) - 1) < 1e-6
-    others = torch.cat([result.subset_drops[:, :DOMINANT], result.subset_drops[:, DOMINANT + 1:]], dim=1)
+    others = torch.cat([result.subset_drops[:, :DOMINANT], result.subset_drops[:, DOMINANT + 1 :]], dim=1)
     assert (result.subset_drops[:, DOMINANT] > 5 * others.max(1).values).all()
 
 
@@ -90,8 +103,7 @@ def test_unablated_replica_reproduces_the_plain_greedy_run(dominant):
     answer in replica 0 equals the one computed from `generate`'s own step logits."""
     session, _, greedy, prefill = dominant
     with torch.inference_mode():
-        score, measured = replicated_pass(session.adapter, prefill, [0, 1, 2, 3], 0, greedy.tokens,
-                                          session.eos_ids, 3)
+        score, measured = replicated_pass(session.adapter, prefill, [0, 1, 2, 3], 0, greedy.tokens, session.eos_ids, 3)
     expected = torch.zeros(len(greedy.tokens), dtype=torch.float64)
     for step, logits in enumerate(greedy.step_logits):
         logp = logits.log_softmax(-1)
@@ -106,8 +118,9 @@ def test_heads_split_over_passes_give_the_same_drops(dominant):
     session, _, greedy, prefill = dominant
     with torch.inference_mode():
         together, _ = sample_drops(session.adapter, prefill, 0, "ablation", greedy.tokens, session.eos_ids, 3)
-        split, _ = sample_drops(session.adapter, prefill, 0, "ablation", greedy.tokens, session.eos_ids, 3,
-                                heads_per_pass=3)
+        split, _ = sample_drops(
+            session.adapter, prefill, 0, "ablation", greedy.tokens, session.eos_ids, 3, heads_per_pass=3
+        )
     assert torch.allclose(together, split, atol=1e-4)
 
 
@@ -156,10 +169,15 @@ def test_folder_and_jsonl_data_with_subsets_limit_and_fingerprint(tmp_path):
     random_image(64, 64, 1).save(tmp_path / "a.png")
     (tmp_path / "img").mkdir()
     random_image(64, 64, 2).save(tmp_path / "img" / "b.png")
-    _jsonl(tmp_path, [{"image": "a.png", "question": "what color is the circle ?", "answer": "red", "subset": "x"},
-                      "",
-                      {"image": ["img/b.png"], "question": "how many stars are there ?", "answer": 2},
-                      {"image": "a.png", "question": "what shape is the red object ?"}])
+    _jsonl(
+        tmp_path,
+        [
+            {"image": "a.png", "question": "what color is the circle ?", "answer": "red", "subset": "x"},
+            "",
+            {"image": ["img/b.png"], "question": "how many stars are there ?", "answer": 2},
+            {"image": "a.png", "question": "what shape is the red object ?"},
+        ],
+    )
     data = load_calibration_data(str(tmp_path))
     assert [s.subset for s in data.samples] == ["x", "all", "all"]
     assert data.samples[1].answer == "2" and data.samples[2].answer is None and not data.labelled
@@ -183,18 +201,25 @@ def test_builtin_data_is_the_calibration_generator():
     assert len(load_calibration_data("builtin:6", limit=2).samples) == 2
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda d: str(d / "nope"), "calibration data '{d}/nope' does not exist"),
-    (lambda d: str(d), "has no questions.jsonl"),
-    (lambda d: str(_jsonl(d, [{"image": "a.png", "question": "q ?"}, "{not json"], "q.jsonl")),
-     "line 2 is not valid JSON"),
-    (lambda d: str(_jsonl(d, [{"image": "gone.png", "question": "q ?"}], "q.jsonl")),
-     "line 1: image 'gone.png' does not exist"),
-    (lambda d: str(_jsonl(d, [{"image": "a.png"}], "q.jsonl")), "line 1 has no 'question'"),
-    (lambda d: str(_jsonl(d, ["[1, 2]"], "q.jsonl")), "line 1 is not a JSON object"),
-    (lambda d: str(_jsonl(d, [""], "q.jsonl")), "holds no questions"),
-    (lambda d: "builtin:lots", "'builtin:lots' is not builtin:N"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda d: str(d / "nope"), "calibration data '{d}/nope' does not exist"),
+        (lambda d: str(d), "has no questions.jsonl"),
+        (
+            lambda d: str(_jsonl(d, [{"image": "a.png", "question": "q ?"}, "{not json"], "q.jsonl")),
+            "line 2 is not valid JSON",
+        ),
+        (
+            lambda d: str(_jsonl(d, [{"image": "gone.png", "question": "q ?"}], "q.jsonl")),
+            "line 1: image 'gone.png' does not exist",
+        ),
+        (lambda d: str(_jsonl(d, [{"image": "a.png"}], "q.jsonl")), "line 1 has no 'question'"),
+        (lambda d: str(_jsonl(d, ["[1, 2]"], "q.jsonl")), "line 1 is not a JSON object"),
+        (lambda d: str(_jsonl(d, [""], "q.jsonl")), "holds no questions"),
+        (lambda d: "builtin:lots", "'builtin:lots' is not builtin:N"),
+    ],
+)
 def test_bad_data_is_one_clear_error(tmp_path, make, fragment):
     random_image(32, 32).save(tmp_path / "a.png")
     with pytest.raises((InputError, UsageError)) as raised:
@@ -219,6 +244,7 @@ def test_shared_image_prefixes_give_the_same_drops(dominant):
     for method, targets in (("ablation", greedy.tokens), ("kl", None)):
         with torch.inference_mode():
             shared, _ = sample_drops(session.adapter, prefill, 0, method, targets, session.eos_ids, 3)
-            whole, _ = sample_drops(session.adapter, prefill, 0, method, targets, session.eos_ids, 3,
-                                    share_prefixes=False)
+            whole, _ = sample_drops(
+                session.adapter, prefill, 0, method, targets, session.eos_ids, 3, share_prefixes=False
+            )
         assert torch.allclose(shared, whole, atol=1e-4), method

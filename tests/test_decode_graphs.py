@@ -26,9 +26,11 @@ from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 
 EOS = {2}
-REQUESTS = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
-            Request("how many stars are there ?", (random_image(112, 168, 2),)),
-            Request("what digit is in the red box ?", (random_image(168, 112, 3),))]
+REQUESTS = [
+    Request("what color is the circle ?", (random_image(224, 224, 1),)),
+    Request("how many stars are there ?", (random_image(112, 168, 2),)),
+    Request("what digit is in the red box ?", (random_image(168, 112, 3),)),
+]
 
 
 class RecordedStep:
@@ -77,9 +79,13 @@ def test_graph_orchestration_equals_the_eager_step_across_prompts_and_batches():
         for ratio in (0.0, 0.8):
             inputs = _inputs(tokenizer, rows)
             captured = _run(adapter, inputs, graphs, ratio)
-            eager = generate(adapter, inputs, HawkScorer(), GenerationSettings(ratio=ratio, max_new_tokens=6,
-                                                                               cache="static", record_logits=True),
-                             EOS)
+            eager = generate(
+                adapter,
+                inputs,
+                HawkScorer(),
+                GenerationSettings(ratio=ratio, max_new_tokens=6, cache="static", record_logits=True),
+                EOS,
+            )
             _assert_same(captured, eager, 1e-5)
             decode_steps += len(captured.step_logits) - 1
             assert captured.kv_cache_slots == capacity_bucket(max(r.prompt_tokens_kept for r in captured.rows) + 6)
@@ -151,10 +157,14 @@ class MaskRecorder:
         return self.adapter.decode(embeds, position_ids, attention_mask, cache, extras)
 
 
-@pytest.mark.parametrize("rows, cache, expect", [
-    (REQUESTS[:1], "dynamic", "none"),  # one row: nothing to mask, as stock generate
-    (REQUESTS, "dynamic", "4d"),  # rows of different lengths: left padding must be masked
-    (REQUESTS[:1], "static", "4d")])  # a static cache: its unwritten slots must be masked
+@pytest.mark.parametrize(
+    "rows, cache, expect",
+    [
+        (REQUESTS[:1], "dynamic", "none"),  # one row: nothing to mask, as stock generate
+        (REQUESTS, "dynamic", "4d"),  # rows of different lengths: left padding must be masked
+        (REQUESTS[:1], "static", "4d"),
+    ],
+)  # a static cache: its unwritten slots must be masked
 def test_a_step_passes_a_mask_only_when_something_must_be_masked(rows, cache, expect):
     model, tokenizer = tiny_model(), tiny_tokenizer()
     recorder = MaskRecorder(adapter_for(model, tokenizer))
@@ -175,8 +185,9 @@ def test_decode_buffers_cannot_be_rebound():
 def test_a_step_past_the_cache_is_refused_on_the_host():
     model, tokenizer = tiny_model(), tiny_tokenizer()
     adapter = adapter_for(model, tokenizer)
-    decoding = DecodeStep(adapter, "graphs", runner=RecordedStep()).start(1, 250, 3, 6, 1, "static",
-                                                                         torch.device("cpu"))
+    decoding = DecodeStep(adapter, "graphs", runner=RecordedStep()).start(
+        1, 250, 3, 6, 1, "static", torch.device("cpu")
+    )
     assert decoding.capacity == 256
     with pytest.raises(ValueError, match="past the cache"):
         decoding.advance(6)
@@ -197,8 +208,9 @@ def test_captured_graphs_equal_the_eager_step_on_cuda(dtype, tolerance):
     for rows in (REQUESTS[:1], REQUESTS[:2], REQUESTS[:1], REQUESTS):
         for ratio in (0.0, 0.8):
             inputs = _inputs(tokenizer, rows, device)
-            _assert_same(_run(adapter, inputs, graphs, ratio, steps=10), _run(adapter, inputs, eager, ratio, steps=10),
-                         tolerance)
+            _assert_same(
+                _run(adapter, inputs, graphs, ratio, steps=10), _run(adapter, inputs, eager, ratio, steps=10), tolerance
+            )
     assert graphs.captures == 3 and graphs.captured
 
 
@@ -228,6 +240,5 @@ def test_the_decode_loop_never_synchronises_on_cuda(mode):
     inputs = _inputs(tokenizer, REQUESTS[:2], device)
     settings = GenerationSettings(ratio=0.5, max_new_tokens=12)
     generate(adapter, inputs, HawkScorer(), settings, {60}, decode_step=step)  # captures (capture synchronises)
-    result = generate(adapter, inputs, HawkScorer(), settings, {60}, decode_step=step,
-                      timer=SyncForbidden(device))
+    result = generate(adapter, inputs, HawkScorer(), settings, {60}, decode_step=step, timer=SyncForbidden(device))
     assert all(len(tokens) == 12 for tokens in result.tokens)

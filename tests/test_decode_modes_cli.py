@@ -27,18 +27,43 @@ def _errors(err: str) -> list[str]:
 
 @pytest.mark.parametrize("flags", [[], ["--no-cuda-graphs"]])
 def test_the_cpu_decodes_eagerly_and_says_so(capsys, model_dir, image_path, flags):
-    code, out, err = run_cli(capsys, "run", image_path, "what color is the circle ?", "--model", model_dir,
-                             "--device", "cpu", "--json", "--max-new-tokens", "3", *flags)
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        image_path,
+        "what color is the circle ?",
+        "--model",
+        model_dir,
+        "--device",
+        "cpu",
+        "--json",
+        "--max-new-tokens",
+        "3",
+        *flags,
+    )
     assert code == 0, err
     assert json.loads(out)["decode"] == "eager"
 
 
 def test_jsonl_mode_reports_its_decode_mode(capsys, model_dir, image_path, tmp_path):
     requests = tmp_path / "requests.jsonl"
-    requests.write_text("".join(json.dumps({"id": i, "images": [str(image_path)], "question": "what color ?"}) + "\n"
-                                for i in range(3)))
-    code, out, err = run_cli(capsys, "run", "--input", requests, "--model", model_dir, "--device", "cpu",
-                             "--batch-size", "2", "--max-new-tokens", "3")
+    requests.write_text(
+        "".join(json.dumps({"id": i, "images": [str(image_path)], "question": "what color ?"}) + "\n" for i in range(3))
+    )
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--input",
+        requests,
+        "--model",
+        model_dir,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "3",
+    )
     assert code == 0, err
     assert {json.loads(line)["decode"] for line in out.splitlines()} == {"eager"}
 
@@ -46,8 +71,10 @@ def test_jsonl_mode_reports_its_decode_mode(capsys, model_dir, image_path, tmp_p
 def test_compile_on_a_cpu_fails_in_one_line(capsys, model_dir, image_path):
     code, out, err = run_cli(capsys, "run", image_path, "q ?", "--model", model_dir, "--device", "cpu", "--compile")
     assert code == 1 and out == ""
-    assert _errors(err) == ["hawk: error: a compiled decode step needs a CUDA device, and the model is on cpu. "
-                            "Decode eagerly on this device, or load the model on a GPU."]
+    assert _errors(err) == [
+        "hawk: error: a compiled decode step needs a CUDA device, and the model is on cpu. "
+        "Decode eagerly on this device, or load the model on a GPU."
+    ]
 
 
 def test_compile_and_no_cuda_graphs_exclude_each_other(capsys, model_dir, image_path):

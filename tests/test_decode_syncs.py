@@ -28,10 +28,18 @@ from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 
 # Operators that hand tensor contents to Python (each a device synchronisation on CUDA).
-HOST_READS = {"aten.is_nonzero.default", "aten.item.default", "aten._local_scalar_dense.default",
-              "aten.equal.default", "aten.nonzero.default", "aten.masked_select.default",
-              "aten.resolve_conj.default",  # what .tolist() dispatches before reading
-              "aten._unique2.default", "aten.unique_consecutive.default", "aten.unique_dim.default"}
+HOST_READS = {
+    "aten.is_nonzero.default",
+    "aten.item.default",
+    "aten._local_scalar_dense.default",
+    "aten.equal.default",
+    "aten.nonzero.default",
+    "aten.masked_select.default",
+    "aten.resolve_conj.default",  # what .tolist() dispatches before reading
+    "aten._unique2.default",
+    "aten.unique_consecutive.default",
+    "aten.unique_dim.default",
+}
 STEPS = 6
 
 
@@ -78,15 +86,24 @@ class NaNCheckingAdapter(QwenVLAdapter):
 
 def _setup(batch: int = 2):
     model, tokenizer = tiny_model(device="cpu", dtype=torch.float32), tiny_tokenizer()  # CPU by design
-    requests = [Request("what color is the circle ?", (random_image(224, 224, 1),)),
-                Request("how many stars are there ?", (random_image(112, 168, 2),))][:batch]
+    requests = [
+        Request("what color is the circle ?", (random_image(224, 224, 1),)),
+        Request("how many stars are there ?", (random_image(112, 168, 2),)),
+    ][:batch]
     return model, tokenizer, build_inputs(tokenizer, tiny_image_processor(), requests)
 
 
 def _decode(adapter, inputs, eos_ids, cache="auto", mode="eager", steps=STEPS):
     timer = DecodePhaseCounter(torch.device("cpu"))
-    result = generate(adapter, inputs, HawkScorer(), GenerationSettings(ratio=0.5, max_new_tokens=steps, cache=cache),
-                      eos_ids, decode_step=DecodeStep(adapter, mode), timer=timer)
+    result = generate(
+        adapter,
+        inputs,
+        HawkScorer(),
+        GenerationSettings(ratio=0.5, max_new_tokens=steps, cache=cache),
+        eos_ids,
+        decode_step=DecodeStep(adapter, mode),
+        timer=timer,
+    )
     return result, timer.counter
 
 
@@ -127,5 +144,5 @@ def test_end_of_sequence_still_stops_the_loop_on_time():
     stop_id = free.tokens[0][3]
     first = free.tokens[0].index(stop_id)
     stopped, counter = _decode(adapter, inputs, {stop_id}, steps=8)
-    assert stopped.tokens[0] == free.tokens[0][:first + 1]
+    assert stopped.tokens[0] == free.tokens[0][: first + 1]
     assert counter.calls["aten.argmax.default"] == first + 1

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
 from hawk_cli.adapters.qwen2_vl.adapter import QwenVLAdapter
-from hawk_cli.engine.generation import GenerationSettings, generate
-from hawk_cli.tasks.oracle import check_against_oracle, compare_step_logits
 from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
+from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 from hawk_cli.scorers.base import Scorer
-from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from hawk_cli.tasks.oracle import check_against_oracle, compare_step_logits
 
 pytestmark = pytest.mark.contract
 EOS = {2}
@@ -56,9 +56,11 @@ def _setup(family="qwen2_5_vl", attn="sdpa", requests=None):
 
 
 def _batch_requests():
-    return [Request("what color is the circle ?", (random_image(224, 224, 1),)),
-            Request("how many stars are there ?", (random_image(112, 168, 2),)),
-            Request("what digit is in the red box ?", (random_image(168, 112, 3),))]
+    return [
+        Request("what color is the circle ?", (random_image(224, 224, 1),)),
+        Request("how many stars are there ?", (random_image(112, 168, 2),)),
+        Request("what digit is in the red box ?", (random_image(168, 112, 3),)),
+    ]
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -66,16 +68,30 @@ def _batch_requests():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ratio_zero_is_identical_to_stock_generate(family, attn, cache):
     model, tokenizer, inputs = _setup(family, attn, _batch_requests())
-    ours = generate(adapter_for(model, tokenizer), inputs, None,
-                    GenerationSettings(ratio=0.0, max_new_tokens=6, cache=cache, record_logits=True), EOS)
-    stock = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                           mm_token_type_ids=inputs.mm_token_type_ids, pixel_values=inputs.pixel_values,
-                           image_grid_thw=inputs.image_grid_thw, max_new_tokens=6, do_sample=False,
-                           output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=2)
+    ours = generate(
+        adapter_for(model, tokenizer),
+        inputs,
+        None,
+        GenerationSettings(ratio=0.0, max_new_tokens=6, cache=cache, record_logits=True),
+        EOS,
+    )
+    stock = model.generate(
+        input_ids=inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        mm_token_type_ids=inputs.mm_token_type_ids,
+        pixel_values=inputs.pixel_values,
+        image_grid_thw=inputs.image_grid_thw,
+        max_new_tokens=6,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
     comparison = compare_step_logits(ours.step_logits, list(stock.logits))
     assert comparison.passed(TOL), comparison
     if comparison.diverged_at_step is None:  # same greedy path: same tokens and as many steps
-        stock_tokens = stock.sequences[:, inputs.input_ids.shape[1]:]
+        stock_tokens = stock.sequences[:, inputs.input_ids.shape[1] :]
         for row, tokens in enumerate(ours.tokens):
             assert tokens == stock_tokens[row, : len(tokens)].tolist()
         assert len(ours.step_logits) == len(stock.logits)
@@ -128,14 +144,16 @@ def test_batch_rows_equal_single_rows(family):
         alone = generate(adapter, build_inputs(tokenizer, processor, [request]).to(DEVICE), HawkScorer(), settings, EOS)
         assert alone.tokens[0] == batched.tokens[index]
         assert alone.rows[0] == batched.rows[index]
-        for mine, theirs in zip(alone.step_logits, batched.step_logits):
+        for mine, theirs in zip(alone.step_logits, batched.step_logits, strict=False):
             assert (mine[0] - theirs[index]).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_images_in_one_prompt_match_oracle(family):
-    requests = [Request("how many stars are there ?", (random_image(224, 112, 4), random_image(112, 224, 5))),
-                Request("what color is the circle ?", (random_image(168, 168, 6),))]
+    requests = [
+        Request("how many stars are there ?", (random_image(224, 112, 4), random_image(112, 224, 5))),
+        Request("what color is the circle ?", (random_image(168, 168, 6),)),
+    ]
     model, tokenizer, inputs = _setup(family, requests=requests)
     report = check_against_oracle(adapter_for(model, tokenizer), inputs, HawkScorer(), 0.8, 5, EOS, TOL)
     assert inputs.image_grid_thw.shape[0] == 3
@@ -146,8 +164,11 @@ def test_decode_positions_equal_unpruned_run():
     model, tokenizer, inputs = _setup(requests=_batch_requests())
     adapter = adapter_for(model, tokenizer)
     prefill = adapter.build_prefill(inputs, adapter.encode_vision(inputs))
-    _, rope_deltas = model.model.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
-                                                image_grid_thw=inputs.image_grid_thw,
-                                                attention_mask=inputs.attention_mask)
+    _, rope_deltas = model.model.get_rope_index(
+        inputs.input_ids,
+        inputs.mm_token_type_ids,
+        image_grid_thw=inputs.image_grid_thw,
+        attention_mask=inputs.attention_mask,
+    )
     stock_next = inputs.attention_mask.sum(-1) + rope_deltas.view(-1).to(DEVICE)  # unpadded length + rope_deltas
     assert torch.equal(adapter.next_positions(prefill.position_ids, prefill.attention_mask), stock_next)

@@ -24,9 +24,9 @@ def _flag_mentions(package: Path) -> list[str]:
             continue
         for node in ast.walk(_with_parents(ast.parse(path.read_text()))):
             text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
-            if FLAG.search(COMMAND.sub("", text)):
-                if not isinstance(getattr(node, "parent", None), ast.Expr):  # docstrings may mention the CLI
-                    found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value[:60]}")
+            # docstrings (the parent is an Expr) may mention the CLI
+            if FLAG.search(COMMAND.sub("", text)) and not isinstance(getattr(node, "parent", None), ast.Expr):
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value[:60]}")
     return found
 
 
@@ -61,6 +61,7 @@ def test_settings_named_in_a_fix_are_worded_one_by_one():
     from hawk_cli.errors import from_library_error
 
     error = from_library_error(RuntimeError("CUDA out of memory"))
-    assert error.render() == ("the device ran out of memory. Use a smaller batch_size, a higher ratio, or smaller "
-                              "images.")
+    assert error.render() == (
+        "the device ran out of memory. Use a smaller batch_size, a higher ratio, or smaller images."
+    )
     assert error.render(flag_for).endswith("Use a smaller --batch-size, a higher --ratio, or smaller images.")

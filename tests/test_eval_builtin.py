@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from hawk_cli.tasks.evaluation import EvalSettings, evaluate
 from hawk_cli.io.models import builtin_dir
 from hawk_cli.synthetic.scenes import heldout_set
+from hawk_cli.tasks.evaluation import EvalSettings, evaluate
 
-pytestmark = pytest.mark.skipif(not (builtin_dir() / "tokenizer.json").is_file()
-                                or not (builtin_dir() / "model.safetensors").is_file(),
-                                reason="the built-in model is not installed in this checkout")
+pytestmark = pytest.mark.skipif(
+    not (builtin_dir() / "tokenizer.json").is_file() or not (builtin_dir() / "model.safetensors").is_file(),
+    reason="the built-in model is not installed in this checkout",
+)
 
 N = 100
 SINGLE_OBJECT = ("color", "shape", "digit")
@@ -34,8 +35,9 @@ def questions():
 
 @pytest.fixture(scope="module")
 def report(session, questions):
-    return evaluate(session, EvalSettings(ratios=(0.8,), methods=("random", "oracle"), n=N, batch_size=20),
-                    questions=questions)
+    return evaluate(
+        session, EvalSettings(ratios=(0.8,), methods=("random", "oracle"), n=N, batch_size=20), questions=questions
+    )
 
 
 def _single_object_accuracy(tally) -> float:
@@ -61,8 +63,9 @@ def test_random_recall_is_close_to_the_keep_fraction(report):
 
 
 def test_same_seed_same_answers(session, questions, report):
-    again = evaluate(session, EvalSettings(ratios=(0.8,), methods=("random",), n=20, batch_size=20),
-                     questions=questions[:20])
+    again = evaluate(
+        session, EvalSettings(ratios=(0.8,), methods=("random",), n=20, batch_size=20), questions=questions[:20]
+    )
     assert again.unpruned.answers == report.unpruned.answers[:20]
     first = next(r for r in report.results if r.method == "random")
     assert again.results[0].tally.answers == first.tally.answers[:20]

@@ -187,7 +187,7 @@ def test_segment_attention_matches_per_segment_loop() -> None:
             torch.nn.functional.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=0.5)
             .transpose(0, 1)
             .flatten(1)
-            for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())
+            for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=False)
         ]
     )
     assert max_diff(fast, ref) <= FP32_TOL
@@ -202,8 +202,10 @@ def test_cached_tower_plans_give_the_uncached_features_and_follow_the_grids(mode
     batches = [make_images(MIXED_SIZES), make_images([(224, 224), (224, 224)]), make_images(MIXED_SIZES)]
     with torch.no_grad():
         for pixels, grid in batches:
-            assert torch.equal(encode_images_batched(model.visual, pixels, grid, plans),
-                               encode_images_batched(model.visual, pixels, grid))
+            assert torch.equal(
+                encode_images_batched(model.visual, pixels, grid, plans),
+                encode_images_batched(model.visual, pixels, grid),
+            )
     assert len(plans._plans) == 2  # the third batch reused the first one's plan
     pixels, grid = make_images([(224, 224), (224, 224)])
     wrong = plans.get(model.visual, make_images(MIXED_SIZES)[1], pixels.device)

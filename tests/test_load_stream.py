@@ -14,8 +14,13 @@ def test_stream_of_requests_keeps_order_and_memory_flat():
     # The load test fixes glibc's mmap threshold (RSS otherwise steps up by 20-30 % without a leak) and watches
     # the floor: the lowest reading of the stream's second half against its first half's, after 32 warm-up
     # answers. A request's images kept by mistake (about 1.2 MB at 448x448) would raise it by about 9 %.
-    result = subprocess.run([sys.executable, "benchmarks/load_test.py", "--requests", "96", "--warmup", "32",
-                             "--batch-size", "8"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/load_test.py", "--requests", "96", "--warmup", "32", "--batch-size", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     summary = json.loads(result.stdout)
     assert summary["exit_code"] == 0, result.stderr
     assert summary["answers"] == 96 and summary["in_input_order"]

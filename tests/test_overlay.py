@@ -49,8 +49,9 @@ def test_several_images_and_video_groups_are_separate_panels_in_token_order():
     x, offset, total = 0, 0, 0
     for (h, w), count in zip([(8, 16), (4, 4), (8, 8), (8, 8)], counts, strict=True):
         outlined, _ = outlined_and_dimmed(picture, x, h // 2, w // 2)
-        assert [offset + i for i in outlined] == [i for i in keep.nonzero().view(-1).tolist()
-                                                  if offset <= i < offset + count]
+        assert [offset + i for i in outlined] == [
+            i for i in keep.nonzero().view(-1).tolist() if offset <= i < offset + count
+        ]
         total += len(outlined)
         x, offset = x + (w // 2) * CELL + 8, offset + count
     assert total == int(keep.sum())

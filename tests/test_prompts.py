@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_tokenizer
 
 from hawk_cli.adapters.qwen2_vl.pixels import PixelRecipe
 from hawk_cli.adapters.qwen2_vl.prompts import IMAGE_PAD, VIDEO_PAD, _messages, build_inputs, encode_request
-from hawk_cli.io.requests import Request
 from hawk_cli.errors import InputError
-from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_tokenizer
+from hawk_cli.io.requests import Request
 
 pytestmark = pytest.mark.contract
 
@@ -44,19 +44,21 @@ def test_unsupported_or_customised_processors_fall_back_to_stock():
     processor.do_normalize = False
     assert PixelRecipe.of(processor) is None
     assert PixelRecipe.of(object()) is None
-    encoded = encode_request(tiny_tokenizer(), processor, Request("what ?", (random_image(56, 56),)),
-                             defer_pixels=True)
+    encoded = encode_request(tiny_tokenizer(), processor, Request("what ?", (random_image(56, 56),)), defer_pixels=True)
     assert encoded.images_u8 == () and encoded.pixel_values is not None
 
 
 def _requests():
     frames = tuple(random_image(56, 84, seed=s) for s in range(3))
-    return [Request("what color is the circle ?", (random_image(64, 48),)),
-            Request("how many stars are there ?", (random_image(120, 90, 1), random_image(120, 90, 5),
-                                                   random_image(40, 70, 2))),
-            Request("what shape is there ?", (random_image(84, 56, 3),), question_first=True),
-            Request("what happens ?", video=frames, fps=2.0),
-            Request("what changed ?", (random_image(56, 56, 4),), video=frames[:2], fps=1.0)]
+    return [
+        Request("what color is the circle ?", (random_image(64, 48),)),
+        Request(
+            "how many stars are there ?", (random_image(120, 90, 1), random_image(120, 90, 5), random_image(40, 70, 2))
+        ),
+        Request("what shape is there ?", (random_image(84, 56, 3),), question_first=True),
+        Request("what happens ?", video=frames, fps=2.0),
+        Request("what changed ?", (random_image(56, 56, 4),), video=frames[:2], fps=1.0),
+    ]
 
 
 def test_ids_expanded_in_id_space_equal_tokenising_the_written_out_text():
@@ -84,13 +86,21 @@ def test_deferred_pixels_batch_equals_the_stock_batch_after_moving_to_the_device
     tokenizer, processor = tiny_tokenizer(), tiny_image_processor()
     requests = _requests()
     stock = build_inputs(tokenizer, processor, requests)
-    deferred = build_inputs(tokenizer, processor, requests,
-                            [encode_request(tokenizer, processor, r, defer_pixels=True) for r in requests])
+    deferred = build_inputs(
+        tokenizer, processor, requests, [encode_request(tokenizer, processor, r, defer_pixels=True) for r in requests]
+    )
     assert deferred.pixel_values is None and deferred.pending_pixels is not None
     moved = deferred.to(DEVICE)
     assert torch.equal(moved.pixel_values.cpu(), stock.pixel_values)
-    for name in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "pixel_values_videos",
-                 "video_grid_thw", "second_per_grid_ts"):
+    for name in (
+        "input_ids",
+        "attention_mask",
+        "mm_token_type_ids",
+        "image_grid_thw",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "second_per_grid_ts",
+    ):
         assert torch.equal(getattr(moved, name).cpu(), getattr(stock, name)), name
     assert moved.on_host().input_ids.device.type == "cpu"
     assert torch.equal(moved.on_host().image_grid_thw, stock.image_grid_thw)

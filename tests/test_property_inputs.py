@@ -9,12 +9,16 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hawk_cli.cli.app import main
 from tiny_models import random_image
 
-PROFILE = settings(max_examples=12, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+from hawk_cli.cli.app import main
+
+PROFILE = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +46,19 @@ def _assert_clean(code: int, err: str) -> None:
     assert all(line.startswith(("hawk: error: ", "hawk: warning: ")) for line in errors), err
 
 
-values = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8),
-                   st.lists(st.sampled_from(["ok.png", "bad.png", "nope.png", ""]), max_size=3))
-requests = st.dictionaries(st.sampled_from(["id", "images", "image", "question", "ratio", "max_new_tokens", "video",
-                                            "fps", "extra"]), values, max_size=6)
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.sampled_from(["ok.png", "bad.png", "nope.png", ""]), max_size=3),
+)
+requests = st.dictionaries(
+    st.sampled_from(["id", "images", "image", "question", "ratio", "max_new_tokens", "video", "fps", "extra"]),
+    values,
+    max_size=6,
+)
 lines = st.lists(st.one_of(requests.map(json.dumps), st.text(max_size=20)), min_size=1, max_size=3)
 
 
@@ -53,19 +66,40 @@ lines = st.lists(st.one_of(requests.map(json.dumps), st.text(max_size=20)), min_
 @given(lines=lines)
 def test_arbitrary_jsonl_requests_fail_cleanly(world, capsys, monkeypatch, lines):
     monkeypatch.chdir(world)
-    code, out, err = _run(["run", "-", "--model", str(world / "model"), "--max-new-tokens", "1"],
-                          "\n".join(lines) + "\n", capsys, monkeypatch)
+    code, out, err = _run(
+        ["run", "-", "--model", str(world / "model"), "--max-new-tokens", "1"],
+        "\n".join(lines) + "\n",
+        capsys,
+        monkeypatch,
+    )
     _assert_clean(code, err)
     for line in out.splitlines():
         json.loads(line)  # every stdout line is a JSON record (answer or error)
 
 
 @PROFILE
-@given(ratio=st.one_of(st.floats(-2, 2), st.sampled_from(["abc", "", "nan", "1e-3", "0.9999"])),
-       width=st.integers(1, 600), height=st.integers(1, 600))
+@given(
+    ratio=st.one_of(st.floats(-2, 2), st.sampled_from(["abc", "", "nan", "1e-3", "0.9999"])),
+    width=st.integers(1, 600),
+    height=st.integers(1, 600),
+)
 def test_arbitrary_ratios_and_image_sizes_fail_cleanly(world, capsys, monkeypatch, tmp_path, ratio, width, height):
     path = tmp_path / f"img_{width}x{height}.png"
     random_image(width, height).save(path)
-    code, _, err = _run(["run", str(path), "what color is the circle ?", "--ratio", str(ratio), "--model",
-                         str(world / "model"), "--max-new-tokens", "1"], None, capsys, monkeypatch)
+    code, _, err = _run(
+        [
+            "run",
+            str(path),
+            "what color is the circle ?",
+            "--ratio",
+            str(ratio),
+            "--model",
+            str(world / "model"),
+            "--max-new-tokens",
+            "1",
+        ],
+        None,
+        capsys,
+        monkeypatch,
+    )
     _assert_clean(code, err)

@@ -128,9 +128,11 @@ def test_the_masked_oracle_does_not_apply_to_the_hybrid_decoder():
 
 
 def test_renumbered_positions_fail_the_compaction_check():
-    if DTYPE != torch.float32:
-        pytest.skip("on this tiny partial-rotary model renumbering moves bf16 logits by about 0.09, under bf16's "
-                    "tolerance of 0.1 (H200); the control is pinned in fp32 on the CPU and the GPU")
+    if torch.float32 != DTYPE:
+        pytest.skip(
+            "on this tiny partial-rotary model renumbering moves bf16 logits by about 0.09, under bf16's "
+            "tolerance of 0.1 (H200); the control is pinned in fp32 on the CPU and the GPU"
+        )
     _, honest, inputs = _setup()
     broken = RenumberingAdapter(honest.model, honest.tokens)
     assert check_against_oracle(honest, inputs, HawkScorer(), 0.8, 3, EOS, TOL).passed

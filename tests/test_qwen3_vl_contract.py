@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_engine_contract import RandomScores
 from tiny_models import (
-    DTYPE,
     DEVICE,
+    DTYPE,
     QWEN3_FAMILIES,
     TOLERANCE,
     random_image,
@@ -179,9 +179,11 @@ def test_two_images_in_one_prompt_match_the_oracle(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_video_with_text_timestamps_matches_the_oracle(family):
-    if family == "qwen3_vl_moe" and DTYPE != torch.float32:
-        pytest.skip("bf16 rounding flips the tiny MoE router at near-ties (one step 0.34 off on the H200, tokens "
-                    "equal); exactness of the MoE video path is pinned in fp32 on the CPU and the GPU")
+    if family == "qwen3_vl_moe" and torch.float32 != DTYPE:
+        pytest.skip(
+            "bf16 rounding flips the tiny MoE router at near-ties (one step 0.34 off on the H200, tokens "
+            "equal); exactness of the MoE video path is pinned in fp32 on the CPU and the GPU"
+        )
     """A video alone, images alone, and an image with a video in one row (image and video DeepStack rows
     interleaved in prompt order); video tokens are pruned like image tokens."""
     frames = tuple(random_image(128, 96, seed) for seed in range(5))
@@ -209,7 +211,7 @@ def test_broken_engines_fail_the_oracle(family, broken):
     report = check_against_oracle(broken(model, honest.tokens), inputs, HawkScorer(), 0.8, 4, EOS, TOL)
     assert not report.passed
     # far outside the tolerance, not a near-tie flip (in fp32; bf16's tolerance is itself near these tiny logits)
-    assert max(report.step_max_abs_logit_diff) > (100 * TOL if DTYPE == torch.float32 else TOL)
+    assert max(report.step_max_abs_logit_diff) > (100 * TOL if torch.float32 == DTYPE else TOL)
 
 
 # --- scoring: q/k after q_norm/k_norm, before RoPE, GQA h // G ---------------------------------------------

@@ -340,7 +340,12 @@ def test_bench_with_random_weights_runs_the_family_and_its_check(capsys, tmp_pat
     )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
-    assert {r["variant"] for r in records} == {"unpruned", "pruned", "downscaled", "run_path"} and "random weights" in err
+    assert {r["variant"] for r in records} == {
+        "unpruned",
+        "pruned",
+        "downscaled",
+        "run_path",
+    } and "random weights" in err
     unpruned = next(r for r in records if r["variant"] == "unpruned")
     assert unpruned["visual_tokens"] == [64]  # the published minimum: 256^2 pixels, 32-pixel merged cells
     code, out, err = run_cli(

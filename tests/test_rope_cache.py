@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters.qwen2_vl.adapter import RopeIndexCache
 from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.io.requests import Request
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.contract
 
@@ -19,8 +19,9 @@ def model(request):
 
 
 def _stock(model, inputs) -> torch.Tensor:
-    args = dict(image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw,
-                attention_mask=inputs.attention_mask)
+    args = dict(
+        image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw, attention_mask=inputs.attention_mask
+    )
     if model.config.model_type == "qwen2_5_vl":
         args["second_per_grid_ts"] = inputs.second_per_grid_ts
     return model.model.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids, **args)[0]
@@ -36,12 +37,14 @@ def _batch(requests):
 
 def test_rows_one_layout_at_a_time_equal_the_batched_stock_call_and_stay_equal_when_cached(model):
     frames = tuple(random_image(56, 84, seed=s) for s in range(4))
-    requests = [Request("what color is the circle ?", (random_image(64, 48),)),
-                Request("how many stars are there ?", (random_image(120, 90, 1), random_image(40, 70, 2))),
-                Request("what shape is there ?", (random_image(84, 56, 3),), question_first=True),
-                Request("what happens ?", video=frames, fps=4.0),  # fractional second_per_grid_t (0.5)
-                Request("what changed ?", (random_image(56, 56, 4),), video=frames[:2], fps=1.0),
-                Request("what color is the circle ?", (random_image(64, 48, 9),))]  # layout of row 0 again
+    requests = [
+        Request("what color is the circle ?", (random_image(64, 48),)),
+        Request("how many stars are there ?", (random_image(120, 90, 1), random_image(40, 70, 2))),
+        Request("what shape is there ?", (random_image(84, 56, 3),), question_first=True),
+        Request("what happens ?", video=frames, fps=4.0),  # fractional second_per_grid_t (0.5)
+        Request("what changed ?", (random_image(56, 56, 4),), video=frames[:2], fps=1.0),
+        Request("what color is the circle ?", (random_image(64, 48, 9),)),
+    ]  # layout of row 0 again
     inputs = _batch(requests)
     cache = _cache(model)
     reference = _stock(model, inputs)

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.engine.pruning import scoring_inputs
 from hawk_cli.engine.roles import token_roles
 from hawk_cli.errors import UsageError
-from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import SCORERS, NormScorer, OracleScorer, RandomScorer
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
-REQUESTS = [Request("what color is the circle ?", (random_image(112, 112, 1),)),
-            Request("how many stars are there ?", (random_image(168, 112, 2),)),
-            Request("what digit is in the red box ?", (random_image(56, 84, 3),))]
+REQUESTS = [
+    Request("what color is the circle ?", (random_image(112, 112, 1),)),
+    Request("how many stars are there ?", (random_image(168, 112, 2),)),
+    Request("what digit is in the red box ?", (random_image(56, 84, 3),)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +140,10 @@ def test_attention_mass_matches_a_loop_over_heads_and_instruction_tokens(batch):
         for h in range(heads):
             per_head = torch.zeros(len(visual), dtype=torch.float64)
             for i in queries:
-                logits = torch.tensor([float(q[row, h, i].double() @ k[row, h // groups, j].double()) / math.sqrt(dim)
-                                       for j in visual], dtype=torch.float64)
+                logits = torch.tensor(
+                    [float(q[row, h, i].double() @ k[row, h // groups, j].double()) / math.sqrt(dim) for j in visual],
+                    dtype=torch.float64,
+                )
                 per_head += torch.softmax(logits, dim=0) / len(queries)
             expected += float(weights[h]) * per_head
         torch.testing.assert_close(scores[row, visual].double(), expected, atol=1e-6, rtol=1e-5)

@@ -6,17 +6,17 @@ import math
 
 import pytest
 import torch
+from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
+from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.engine.compaction import compact
 from hawk_cli.engine.pruning import scoring_inputs
 from hawk_cli.engine.roles import token_roles
 from hawk_cli.engine.selection import keep_count, select_keep, validate_ratio
 from hawk_cli.errors import UsageError
-from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
 from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer, UniformHawkScorer
-from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.contract
 
@@ -38,8 +38,8 @@ def reference_scores(model, embeds, visual, query, weights, head_of_kv):
             kv = head_of_kv(h)
             per_token = []
             for j in vis:
-                k = k_all[b, j, kv * d:(kv + 1) * d].double()
-                dots = [float(q_all[b, i, h * d:(h + 1) * d].double() @ k) / math.sqrt(d) for i in queries]
+                k = k_all[b, j, kv * d : (kv + 1) * d].double()
+                dots = [float(q_all[b, i, h * d : (h + 1) * d].double() @ k) / math.sqrt(d) for i in queries]
                 per_token.append(sum(dots) / len(dots))
             column = torch.tensor(per_token, dtype=torch.float64, device=embeds.device)
             total += float(weights[h]) * column / column.norm()
@@ -49,9 +49,14 @@ def reference_scores(model, embeds, visual, query, weights, head_of_kv):
 
 def _scored(weights):
     model, tokenizer = tiny_model(), tiny_tokenizer()
-    inputs = build_inputs(tokenizer, tiny_image_processor(),
-                          [Request("what color is the circle ?", (random_image(112, 112, 1),)),
-                           Request("how many stars are there ?", (random_image(168, 112, 2),))]).to(DEVICE)
+    inputs = build_inputs(
+        tokenizer,
+        tiny_image_processor(),
+        [
+            Request("what color is the circle ?", (random_image(112, 112, 1),)),
+            Request("how many stars are there ?", (random_image(168, 112, 2),)),
+        ],
+    ).to(DEVICE)
     adapter = adapter_for(model, tokenizer)
     with torch.no_grad():
         prefill = adapter.build_prefill(inputs, adapter.encode_vision(inputs))
@@ -64,8 +69,9 @@ def test_head_weighted_score_matches_reference_formula():
     weights = torch.tensor([0.1, 0.5, 0.15, 0.25])
     model, prefill, roles, scores = _scored(weights)
     with torch.no_grad():
-        expected = reference_scores(model, prefill.inputs_embeds, roles.visual, roles.query, weights,
-                                    head_of_kv=lambda h: h // 2)
+        expected = reference_scores(
+            model, prefill.inputs_embeds, roles.visual, roles.query, weights, head_of_kv=lambda h: h // 2
+        )
     visual = roles.visual
     assert torch.isinf(scores[~visual]).all()
     assert torch.allclose(scores[visual], expected[visual], atol=1e-5)
@@ -76,8 +82,9 @@ def test_modulo_head_mapping_is_caught_by_the_reference_check():
     weights = torch.tensor([0.1, 0.5, 0.15, 0.25])
     model, prefill, roles, scores = _scored(weights)
     with torch.no_grad():
-        wrong = reference_scores(model, prefill.inputs_embeds, roles.visual, roles.query, weights,
-                                 head_of_kv=lambda h: h % 2)
+        wrong = reference_scores(
+            model, prefill.inputs_embeds, roles.visual, roles.query, weights, head_of_kv=lambda h: h % 2
+        )
     assert not torch.allclose(scores[roles.visual], wrong[roles.visual], atol=1e-5)
 
 
@@ -88,10 +95,23 @@ def test_uniform_scorer_equals_hawk_with_equal_weights():
     assert UniformHawkScorer().head_weights is None
 
 
-@pytest.mark.parametrize("n, ratio, expected", [
-    (10, 0.7, 3), (1296, 0.8, 260), (1296, 0.802, 257), (5, 0.99, 1), (256, 0.0, 256), (256, 0.8, 52),
-    (256, 0.9, 26), (256, 0.5, 128), (1, 0.99, 1), (0, 0.5, 0), (3, 0.5, 2), (100, 0.999, 1),
-])
+@pytest.mark.parametrize(
+    "n, ratio, expected",
+    [
+        (10, 0.7, 3),
+        (1296, 0.8, 260),
+        (1296, 0.802, 257),
+        (5, 0.99, 1),
+        (256, 0.0, 256),
+        (256, 0.8, 52),
+        (256, 0.9, 26),
+        (256, 0.5, 128),
+        (1, 0.99, 1),
+        (0, 0.5, 0),
+        (3, 0.5, 2),
+        (100, 0.999, 1),
+    ],
+)
 def test_keep_count_is_exact(n, ratio, expected):
     assert keep_count(n, ratio) == expected
 
@@ -126,8 +146,11 @@ def test_query_span_is_the_instruction_after_the_last_image():
     tokenizer = tiny_tokenizer()
     model = tiny_model()
     adapter = adapter_for(model, tokenizer)
-    inputs = build_inputs(tokenizer, tiny_image_processor(), [Request("how many stars are there ?",
-                                                                      (random_image(56, 56), random_image(56, 56)))])
+    inputs = build_inputs(
+        tokenizer,
+        tiny_image_processor(),
+        [Request("how many stars are there ?", (random_image(56, 56), random_image(56, 56)))],
+    )
     roles = token_roles(inputs.input_ids, inputs.attention_mask, adapter.tokens)
     words = tokenizer.convert_ids_to_tokens(inputs.input_ids[0][roles.query[0]].tolist())
     assert words == ["how", "many", "stars", "are", "there", "?"]
@@ -137,8 +160,11 @@ def test_query_span_is_the_instruction_after_the_last_image():
 def test_question_before_the_image_falls_back_to_the_users_text():
     tokenizer = tiny_tokenizer()
     adapter = adapter_for(tiny_model(), tokenizer)
-    inputs = build_inputs(tokenizer, tiny_image_processor(),
-                          [Request("what color is the circle ?", (random_image(56, 56),), question_first=True)])
+    inputs = build_inputs(
+        tokenizer,
+        tiny_image_processor(),
+        [Request("what color is the circle ?", (random_image(56, 56),), question_first=True)],
+    )
     roles = token_roles(inputs.input_ids, inputs.attention_mask, adapter.tokens)
     words = tokenizer.convert_ids_to_tokens(inputs.input_ids[0][roles.query[0]].tolist())
     assert words == ["what", "color", "is", "the", "circle", "?"]
@@ -150,9 +176,11 @@ def test_roles_of_a_padded_batch_equal_each_row_alone():
     tokenizer = tiny_tokenizer()
     adapter = adapter_for(tiny_model(), tokenizer)
     processor = tiny_image_processor()
-    requests = [Request("what color is the circle ?", (random_image(56, 56),), question_first=True),
-                Request("how many stars are there ?", (random_image(112, 56), random_image(56, 112))),
-                Request("what digit is in the red box ?", (random_image(168, 168),))]
+    requests = [
+        Request("what color is the circle ?", (random_image(56, 56),), question_first=True),
+        Request("how many stars are there ?", (random_image(112, 56), random_image(56, 112))),
+        Request("what digit is in the red box ?", (random_image(168, 168),)),
+    ]
     batch = build_inputs(tokenizer, processor, requests)
     roles = token_roles(batch.input_ids, batch.attention_mask, adapter.tokens)
     assert roles.fallback == [True, False, False]

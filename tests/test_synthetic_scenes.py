@@ -87,7 +87,7 @@ def test_glyph_split_is_disjoint_and_used():
     train, held = set(S.glyph_rows("train")), set(S.glyph_rows("heldout"))
     assert not train & held and len(train) + len(held) == 1797
     glyphs, labels = S.load_glyphs()
-    assert glyphs.shape == (1797, 8, 8) and 0.0 <= glyphs.min() and glyphs.max() <= 1.0
+    assert glyphs.shape == (1797, 8, 8) and glyphs.min() >= 0.0 and glyphs.max() <= 1.0
     assert set(labels[sorted(held)]) == set(range(10))
     for i in range(10):
         for obj in S.heldout_scene(i)[0].objects:
@@ -99,5 +99,6 @@ def test_glyph_split_is_disjoint_and_used():
 def test_noise_does_not_change_the_scene_content():
     noisy, q1 = S.heldout_scene(3)
     clean, q2 = S.heldout_scene(3, noise=0)
-    assert q1 == q2 and [(o.kind, o.color, o.digit) for o in noisy.objects] == \
-        [(o.kind, o.color, o.digit) for o in clean.objects]
+    assert q1 == q2 and [(o.kind, o.color, o.digit) for o in noisy.objects] == [
+        (o.kind, o.color, o.digit) for o in clean.objects
+    ]

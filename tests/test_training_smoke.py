@@ -37,17 +37,20 @@ def _stock_inputs(layout, questions):
 def test_layout_equals_build_inputs_and_rope_index(setup):
     model, layout, questions = setup
     inputs = _stock_inputs(layout, questions)
-    stock_pos, _ = model.model.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
-                                              image_grid_thw=inputs.image_grid_thw,
-                                              attention_mask=inputs.attention_mask)
+    stock_pos, _ = model.model.get_rope_index(
+        inputs.input_ids,
+        inputs.mm_token_type_ids,
+        image_grid_thw=inputs.image_grid_thw,
+        attention_mask=inputs.attention_mask,
+    )
     fast_pos = layout.positions()
     for i, q in enumerate(questions):
         row, answer_pos = layout.encode(q.question, q.answer)
         real = inputs.attention_mask[i].bool()
         stock_ids = inputs.input_ids[i][real].numpy()
-        assert np.array_equal(row[:answer_pos + 1], stock_ids)
+        assert np.array_equal(row[: answer_pos + 1], stock_ids)
         assert row[answer_pos + 1] == layout.vocab[q.answer]
-        assert torch.equal(fast_pos[:, :answer_pos + 1], stock_pos[:, i][:, real])
+        assert torch.equal(fast_pos[:, : answer_pos + 1], stock_pos[:, i][:, real])
 
 
 def test_fast_pixels_and_vision_equal_stock(setup):
@@ -81,16 +84,25 @@ def test_fast_logits_equal_stock_forward(setup):
     with torch.no_grad():
         fast = T.FastVision(model.model.visual, torch.device("cpu"))
         ours = T.lm_logits(model, layout, ids, layout.positions(), fast(images), apos, per_image=1)[:, 0]
-        stock = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                      mm_token_type_ids=inputs.mm_token_type_ids, pixel_values=inputs.pixel_values,
-                      image_grid_thw=inputs.image_grid_thw).logits[:, -1]
+        stock = model(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            mm_token_type_ids=inputs.mm_token_type_ids,
+            pixel_values=inputs.pixel_values,
+            image_grid_thw=inputs.image_grid_thw,
+        ).logits[:, -1]
     assert (ours - stock).abs().max() < 1e-4
 
 
 def test_smoke_training_run(tmp_path):
     out = tmp_path / "smoke"
-    proc = subprocess.run([sys.executable, str(REPO / "training" / "train_builtin.py"), "--smoke", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "training" / "train_builtin.py"), "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 3 and results["skipped_steps"] == 0

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
-from hawk_cli.tasks.oracle import check_against_oracle
-from hawk_cli.errors import InputError
 from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
-from hawk_cli.io.requests import Request
 from hawk_cli.adapters.qwen2_vl.video import build_video
+from hawk_cli.errors import InputError
 from hawk_cli.io.frames import read_frames
+from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
-from tiny_models import DEVICE, TOLERANCE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from hawk_cli.tasks.oracle import check_against_oracle
 
 EOS = {2}
 
@@ -65,15 +65,18 @@ def test_temporal_positions_use_second_per_grid_ts():
     frames = tuple(random_image(112, 112, seed) for seed in range(6))
     inputs = build_inputs(tokenizer, tiny_image_processor(), [Request("what shape is there ?", video=frames, fps=2.0)])
     assert inputs.second_per_grid_ts.tolist() == [1.0]
-    positions, _ = model.model.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids,
-                                              video_grid_thw=inputs.video_grid_thw,
-                                              second_per_grid_ts=inputs.second_per_grid_ts,
-                                              attention_mask=inputs.attention_mask)
+    positions, _ = model.model.get_rope_index(
+        inputs.input_ids,
+        inputs.mm_token_type_ids,
+        video_grid_thw=inputs.video_grid_thw,
+        second_per_grid_ts=inputs.second_per_grid_ts,
+        attention_mask=inputs.attention_mask,
+    )
     temporal = positions[0, 0][inputs.mm_token_type_ids[0] == 2]
     per_group = 16  # (112 / 28)^2 merged cells per temporal group
     starts = temporal[::per_group].tolist()
     step = model.config.vision_config.tokens_per_second
-    assert len(starts) == 3 and [b - a for a, b in zip(starts, starts[1:])] == [step, step]
+    assert len(starts) == 3 and [b - a for a, b in zip(starts, starts[1:], strict=False)] == [step, step]
 
 
 def test_frames_from_a_folder_a_gif_and_a_list(tmp_path):
@@ -83,8 +86,9 @@ def test_frames_from_a_folder_a_gif_and_a_list(tmp_path):
         random_image(56, 56, index).save(folder / f"f{index}.png")
     (folder / "notes.txt").write_text("ignored")
     frames = read_frames(folder)
-    assert [np.asarray(f).tobytes() for f in frames] == [np.asarray(random_image(56, 56, i)).tobytes()
-                                                         for i in (1, 2, 10)]
+    assert [np.asarray(f).tobytes() for f in frames] == [
+        np.asarray(random_image(56, 56, i)).tobytes() for i in (1, 2, 10)
+    ]
     gif = tmp_path / "clip.gif"
     first, *rest = [random_image(56, 56, i) for i in range(4)]
     first.save(gif, save_all=True, append_images=rest, duration=100)
@@ -102,9 +106,11 @@ def test_frames_from_a_folder_a_gif_and_a_list(tmp_path):
 def test_video_and_multi_image_prompts_match_the_masked_oracle(family):
     model, tokenizer = tiny_model(family), tiny_tokenizer()
     frames = tuple(random_image(112, 168, seed) for seed in range(5))
-    requests = [Request("how many stars are there ?", video=frames, fps=2.0),
-                Request("what color is the circle ?", (random_image(224, 112, 8), random_image(112, 112, 9))),
-                Request("what shape is there ?", (random_image(112, 112, 10),), video=frames[:2], fps=2.0)]
+    requests = [
+        Request("how many stars are there ?", video=frames, fps=2.0),
+        Request("what color is the circle ?", (random_image(224, 112, 8), random_image(112, 112, 9))),
+        Request("what shape is there ?", (random_image(112, 112, 10),), video=frames[:2], fps=2.0),
+    ]
     inputs = build_inputs(tokenizer, tiny_image_processor(), requests).to(DEVICE)
     report = check_against_oracle(adapter_for(model, tokenizer), inputs, HawkScorer(), 0.7, 5, EOS, TOLERANCE)
     assert inputs.video_grid_thw.tolist() == [[3, 12, 8], [1, 12, 8]]

@@ -6,22 +6,30 @@ import json
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from hawk_cli.cli.weights import bar
 from hawk_cli.io.weights import HeadWeights, save_head_weights
-from cli_helpers import run_cli
-
-
 
 
 @pytest.fixture
 def weights_file(tmp_path):
     path = tmp_path / "w.safetensors"
-    save_head_weights(path, HeadWeights(
-        values=torch.tensor([0.1, 0.6, 0.0, 0.3]), source="t",
-        metadata={"model_type": "qwen2_5_vl", "method": "ablation", "layer": 0, "subsets": ["color", "count"],
-                  "samples_per_subset": {"color": 3, "count": 2}},
-        extra_tensors={"subset_drops": torch.tensor([[0.1, 0.9, 0.0, 0.2], [0.3, 0.5, 0.1, 0.4]])}))
+    save_head_weights(
+        path,
+        HeadWeights(
+            values=torch.tensor([0.1, 0.6, 0.0, 0.3]),
+            source="t",
+            metadata={
+                "model_type": "qwen2_5_vl",
+                "method": "ablation",
+                "layer": 0,
+                "subsets": ["color", "count"],
+                "samples_per_subset": {"color": 3, "count": 2},
+            },
+            extra_tensors={"subset_drops": torch.tensor([[0.1, 0.9, 0.0, 0.2], [0.3, 0.5, 0.1, 0.4]])},
+        ),
+    )
     return path
 
 

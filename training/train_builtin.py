@@ -53,19 +53,48 @@ def build_config():
     from transformers import Qwen2_5_VLConfig
 
     tok = build_word_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in
-           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
-    vision = dict(depth=4, hidden_size=192, intermediate_size=512, num_heads=4, window_size=112,
-                  fullatt_block_indexes=[1, 3], patch_size=14, temporal_patch_size=2, spatial_merge_size=2,
-                  out_hidden_size=256, in_channels=3, hidden_act="silu")
-    text = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-                rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")
+    }
+    vision = dict(
+        depth=4,
+        hidden_size=192,
+        intermediate_size=512,
+        num_heads=4,
+        window_size=112,
+        fullatt_block_indexes=[1, 3],
+        patch_size=14,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        out_hidden_size=256,
+        in_channels=3,
+        hidden_act="silu",
+    )
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+        rms_norm_eps=1e-6,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
     config._attn_implementation = "sdpa"
     return config
 
@@ -86,9 +115,13 @@ def save_processor_files(directory: Path) -> None:
     tok = build_word_tokenizer()
     tok.save_pretrained(directory)
     image_processor().save_pretrained(directory)
-    GenerationConfig(do_sample=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-                     pad_token_id=tok.pad_token_id, bos_token_id=tok.pad_token_id,
-                     max_new_tokens=4).save_pretrained(directory)
+    GenerationConfig(
+        do_sample=False,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.pad_token_id,
+        max_new_tokens=4,
+    ).save_pretrained(directory)
     del Qwen2VLImageProcessorPil
 
 
@@ -116,14 +149,16 @@ class Layout:
         marker = "QUESTIONMARK"
         text = tok.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": marker}]}],
-            add_generation_prompt=True, tokenize=False)
+            add_generation_prompt=True,
+            tokenize=False,
+        )
         before, after = text.split(marker)
         pre_ids = tok(before, add_special_tokens=False)["input_ids"]
         self.suffix = tok(after, add_special_tokens=False)["input_ids"]
         image_id = self.vocab["<|image_pad|>"]
         start = pre_ids.index(image_id)
         self.prefix = pre_ids[:start]
-        self.vision_end = pre_ids[start + 1:]
+        self.vision_end = pre_ids[start + 1 :]
         self.image_start = len(self.prefix)
         self.text_start = self.image_start + N_VISUAL
         self.length = self.text_start + len(self.vision_end) + MAX_QUESTION_WORDS + len(self.suffix) + 1
@@ -135,12 +170,11 @@ class Layout:
     def encode(self, question: str, answer: str) -> tuple[np.ndarray, int]:
         words = question.lower().split()
         assert len(words) <= MAX_QUESTION_WORDS, question
-        ids = (self.prefix + [self.image_id] * N_VISUAL + self.vision_end + [self.vocab[w] for w in words]
-               + self.suffix)
+        ids = self.prefix + [self.image_id] * N_VISUAL + self.vision_end + [self.vocab[w] for w in words] + self.suffix
         answer_pos = len(ids) - 1
         ids = ids + [self.vocab[answer]]
         row = np.full(self.length, self.pad, dtype=np.int64)
-        row[:len(ids)] = ids
+        row[: len(ids)] = ids
         return row, answer_pos
 
     def positions(self) -> torch.Tensor:
@@ -149,10 +183,10 @@ class Layout:
         s = self.image_start
         pos[:, :s] = np.arange(s)
         r, c = np.divmod(np.arange(N_VISUAL), S.GRID)
-        pos[0, s:self.text_start] = s
-        pos[1, s:self.text_start] = s + r
-        pos[2, s:self.text_start] = s + c
-        pos[:, self.text_start:] = s + S.GRID + np.arange(self.length - self.text_start)
+        pos[0, s : self.text_start] = s
+        pos[1, s : self.text_start] = s + r
+        pos[2, s : self.text_start] = s + c
+        pos[:, self.text_start :] = s + S.GRID + np.arange(self.length - self.text_start)
         return torch.from_numpy(pos)
 
 
@@ -175,7 +209,7 @@ class FastVision:
         side = S.IMAGE_SIZE // self.patch  # 32 patches
         grid = torch.tensor([[1, side, side]])
         window_index, cu = get_vision_window_index(grid, self.merge, cfg.window_size, self.patch)
-        unit = self.merge ** 2
+        unit = self.merge**2
         self.window_tokens = int(cu[1] - cu[0])  # patches per window (64)
         self.perm = (window_index[:, None] * unit + torch.arange(unit)).flatten().to(device)
         self.reverse = torch.argsort(window_index).to(device)
@@ -219,7 +253,7 @@ class FastVision:
             out = out.transpose(1, 2).reshape(b, n, -1)
             x = x + attn.proj(out)
             x = x + blk.mlp(blk.norm2(x))
-        merged = v.merger(x.reshape(b * n, -1)).view(b, n // self.merge ** 2, -1)
+        merged = v.merger(x.reshape(b * n, -1)).view(b, n // self.merge**2, -1)
         return merged[:, self.reverse]
 
 
@@ -228,13 +262,20 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def lm_logits(model, layout: Layout, ids: torch.Tensor, positions: torch.Tensor, features: torch.Tensor,
-              answer_pos: torch.Tensor, per_image: int) -> torch.Tensor:
+def lm_logits(
+    model,
+    layout: Layout,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    features: torch.Tensor,
+    answer_pos: torch.Tensor,
+    per_image: int,
+) -> torch.Tensor:
     """Logits at the answer position and the next one: (N, 2, vocab). `features` is (B, 256, hidden)."""
     lm = model.model.language_model
     emb = lm.embed_tokens(ids)
     feats = features.to(emb.dtype).repeat_interleave(per_image, dim=0)
-    emb = torch.cat([emb[:, :layout.image_start], feats, emb[:, layout.text_start:]], dim=1)
+    emb = torch.cat([emb[:, : layout.image_start], feats, emb[:, layout.text_start :]], dim=1)
     n = ids.shape[0]
     out = lm(inputs_embeds=emb, position_ids=positions[:, None, :].expand(3, n, -1), use_cache=False)
     hidden = out.last_hidden_state
@@ -289,13 +330,14 @@ class DataPipe:
         self.out_q = ctx.Queue()
         self.workers, self.free_qs, self.slots = [], [], []
         for w in range(n_workers):
-            slots = [torch.empty((n_images, S.IMAGE_SIZE, S.IMAGE_SIZE, 3), dtype=torch.uint8).share_memory_()
-                     for _ in range(slots_per_worker)]
+            slots = [
+                torch.empty((n_images, S.IMAGE_SIZE, S.IMAGE_SIZE, 3), dtype=torch.uint8).share_memory_()
+                for _ in range(slots_per_worker)
+            ]
             free_q = ctx.Queue()
             for s in range(slots_per_worker):
                 free_q.put(s)
-            p = ctx.Process(target=_worker_main, args=(w, slots, free_q, self.out_q, n_images, per_image),
-                            daemon=True)
+            p = ctx.Process(target=_worker_main, args=(w, slots, free_q, self.out_q, n_images, per_image), daemon=True)
             p.start()
             self.workers.append(p)
             self.free_qs.append(free_q)
@@ -319,14 +361,16 @@ class DataPipe:
         self.stop = threading.Event()
         sub = self.slots[0][0].shape[0]
         # depth queued + one being filled + one in use by the training step: never overwritten while copied.
-        pool = [torch.empty((parts * sub, S.IMAGE_SIZE, S.IMAGE_SIZE, 3), dtype=torch.uint8, pin_memory=pin)
-                for _ in range(depth + 2)]
+        pool = [
+            torch.empty((parts * sub, S.IMAGE_SIZE, S.IMAGE_SIZE, 3), dtype=torch.uint8, pin_memory=pin)
+            for _ in range(depth + 2)
+        ]
 
         def run():
             n = 0
             while not self.stop.is_set():
                 buf = pool[n % len(pool)]
-                items = [self.get_host(buf[i * sub:(i + 1) * sub]) for i in range(parts)]
+                items = [self.get_host(buf[i * sub : (i + 1) * sub]) for i in range(parts)]
                 batch = [buf] + [torch.cat([item[k] for item in items]) for k in range(1, 4)]
                 if pin:
                     batch = [batch[0]] + [t.pin_memory() for t in batch[1:]]
@@ -378,7 +422,7 @@ def evaluate_fast(model, layout: Layout, questions, device, batch_images: int = 
     preds: list[str] = [""] * len(questions)
     ok = np.zeros(len(questions), dtype=bool)
     for start in range(0, len(groups), batch_images):
-        chunk = groups[start:start + batch_images]
+        chunk = groups[start : start + batch_images]
         # Equal question counts per image let the features repeat; evaluate each image's questions as slots.
         per_image = max(len(g) for g in chunk)
         images = torch.from_numpy(np.stack([np.asarray(questions[g[0]].image, dtype=np.uint8) for g in chunk]))
@@ -432,12 +476,18 @@ def evaluate_generate(model, questions, device, batch: int = 50) -> list[tuple[s
     answers = []
     model.eval()
     for start in range(0, len(questions), batch):
-        chunk = questions[start:start + batch]
+        chunk = questions[start : start + batch]
         inputs = build_inputs(tok, proc, [Request(q.question, images=(q.image,)) for q in chunk]).to(device)
-        out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                             mm_token_type_ids=inputs.mm_token_type_ids, pixel_values=inputs.pixel_values,
-                             image_grid_thw=inputs.image_grid_thw, max_new_tokens=3, do_sample=False)
-        new = out[:, inputs.input_ids.shape[1]:].cpu()
+        out = model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            mm_token_type_ids=inputs.mm_token_type_ids,
+            pixel_values=inputs.pixel_values,
+            image_grid_thw=inputs.image_grid_thw,
+            max_new_tokens=3,
+            do_sample=False,
+        )
+        new = out[:, inputs.input_ids.shape[1] :].cpu()
         for row, q in zip(new, chunk, strict=True):
             first = tok.convert_ids_to_tokens(int(row[0]))
             ended = len(row) > 1 and int(row[1]) == im_end
@@ -480,9 +530,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--aux", type=float, default=0.5, help="weight of the dense probe loss")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    ap.add_argument("--max-train-seconds", type=float, default=0.0,
-                    help="safety valve: if the measured pace cannot finish --steps in this time, shorten the schedule "
-                         "once (at step 300) to fit; 0 = off")
+    ap.add_argument(
+        "--max-train-seconds",
+        type=float,
+        default=0.0,
+        help="safety valve: if the measured pace cannot finish --steps in this time, shorten the schedule "
+        "once (at step 300) to fit; 0 = off",
+    )
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--heldout", type=int, default=2000)
     ap.add_argument("--generate-check", type=int, default=200, help="held-out questions also run by stock generate")
@@ -510,8 +564,7 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     probe = torch.nn.Linear(model.config.text_config.hidden_size, sum(N_PROBE)).to(device)
     opt_kwargs = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(param_groups(model, probe, 0.05), lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
-                            **opt_kwargs)
+    opt = torch.optim.AdamW(param_groups(model, probe, 0.05), lr=args.lr, betas=(0.9, 0.98), eps=1e-8, **opt_kwargs)
     fast = FastVision(model.model.visual, device)
     positions = layout.positions().to(device)
     params = list(model.parameters()) + list(probe.parameters())
@@ -519,7 +572,7 @@ def main(argv=None) -> int:
     log(f"model {n_params:,} params; layout length {layout.length}; {args.workers} data workers; device {device}")
 
     heldout = S.heldout_set(args.heldout)
-    quick = heldout[:min(500, len(heldout))]
+    quick = heldout[: min(500, len(heldout))]
     log(f"held-out set ready ({len(heldout)} questions)")
 
     total_steps = args.steps
@@ -544,10 +597,13 @@ def main(argv=None) -> int:
             loss_end = F.cross_entropy(logits[:, 1], torch.full_like(targets, layout.im_end))
             probe_out = probe(feats).float()
             a, b = N_PROBE[0], N_PROBE[0] + N_PROBE[1]
-            aux = (F.cross_entropy(probe_out[..., :a].reshape(-1, a), labels[:, 0].reshape(-1))
-                   + F.cross_entropy(probe_out[..., a:b].reshape(-1, N_PROBE[1]), labels[:, 1].reshape(-1))
-                   + F.cross_entropy(probe_out[..., b:].reshape(-1, N_PROBE[2]), labels[:, 2].reshape(-1),
-                                     ignore_index=-100))
+            aux = (
+                F.cross_entropy(probe_out[..., :a].reshape(-1, a), labels[:, 0].reshape(-1))
+                + F.cross_entropy(probe_out[..., a:b].reshape(-1, N_PROBE[1]), labels[:, 1].reshape(-1))
+                + F.cross_entropy(
+                    probe_out[..., b:].reshape(-1, N_PROBE[2]), labels[:, 2].reshape(-1), ignore_index=-100
+                )
+            )
             loss = loss_ans + 0.2 * loss_end + args.aux * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -584,9 +640,11 @@ def main(argv=None) -> int:
             total_steps = step
         if step % 100 == 0 or step == total_steps or args.smoke:
             n = max(1, running["n"])
-            log(f"step {step}/{total_steps} lr {lr:.2e} loss {running['loss'] / n:.4f} ans {running['ans'] / n:.4f} "
+            log(
+                f"step {step}/{total_steps} lr {lr:.2e} loss {running['loss'] / n:.4f} ans {running['ans'] / n:.4f} "
                 f"aux {running['aux'] / n:.4f} train-acc {running['acc'] / n:.3f} |g| {float(norm):.2f} "
-                f"{elapsed:.0f}s {step * args.images / max(elapsed, 1e-9):.0f} img/s data-wait {pipe.step_wait_s:.1f}s")
+                f"{elapsed:.0f}s {step * args.images / max(elapsed, 1e-9):.0f} img/s data-wait {pipe.step_wait_s:.1f}s"
+            )
             if not math.isfinite(running["loss"]):
                 log("non-finite loss")
             running = {k: 0.0 for k in running} | {"n": 0}
@@ -618,21 +676,36 @@ def main(argv=None) -> int:
     gen = evaluate_generate(shipped, heldout[:gen_n], device)
     agree = sum(g[0] == p for g, p in zip(gen, preds[:gen_n], strict=True))
     gen_ok = sum(g[1] for g in gen)
-    log(f"stock generate on the first {gen_n}: {gen_ok} right, agrees with the fast path on {agree} "
-        f"[{time.time() - t_gen:.1f}s]")
+    log(
+        f"stock generate on the first {gen_n}: {gen_ok} right, agrees with the fast path on {agree} "
+        f"[{time.time() - t_gen:.1f}s]"
+    )
     import transformers
 
     results = {
         "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))),
-        "steps": step, "planned_steps": args.steps, "images_per_step": args.images,
-        "questions_per_image": args.questions, "peak_lr": args.lr, "warmup": args.warmup, "aux_weight": args.aux,
-        "init_seed": args.seed, "training_stream_seed": S.TRAINING_SEED, "heldout_seed": S.HELDOUT_SEED,
-        "generator_version": S.GENERATOR_VERSION, "skipped_steps": skips, "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.time() - t_start, 1), "data_wait_seconds": round(pipe.step_wait_s, 1),
-        "images_seen": step * args.images, "params": n_params,
+        "steps": step,
+        "planned_steps": args.steps,
+        "images_per_step": args.images,
+        "questions_per_image": args.questions,
+        "peak_lr": args.lr,
+        "warmup": args.warmup,
+        "aux_weight": args.aux,
+        "init_seed": args.seed,
+        "training_stream_seed": S.TRAINING_SEED,
+        "heldout_seed": S.HELDOUT_SEED,
+        "generator_version": S.GENERATOR_VERSION,
+        "skipped_steps": skips,
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.time() - t_start, 1),
+        "data_wait_seconds": round(pipe.step_wait_s, 1),
+        "images_seen": step * args.images,
+        "params": n_params,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "heldout": final, "history": history,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "heldout": final,
+        "history": history,
         "generate_check": {"n": gen_n, "right": gen_ok, "agree_with_fast_path": agree},
         "safetensors_bytes": (model_dir / "model.safetensors").stat().st_size,
     }

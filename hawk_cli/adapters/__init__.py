@@ -29,16 +29,23 @@ def special_tokens(config, tokenizer) -> SpecialTokens:
         return int(token_id)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else from_tokenizer("<|endoftext|>")
-    return SpecialTokens(image=int(config.image_token_id), video=int(config.video_token_id),
-                         vision_start=int(config.vision_start_token_id), vision_end=int(config.vision_end_token_id),
-                         im_start=from_tokenizer("<|im_start|>"), im_end=from_tokenizer("<|im_end|>"), pad=int(pad))
+    return SpecialTokens(
+        image=int(config.image_token_id),
+        video=int(config.video_token_id),
+        vision_start=int(config.vision_start_token_id),
+        vision_end=int(config.vision_end_token_id),
+        im_start=from_tokenizer("<|im_start|>"),
+        im_end=from_tokenizer("<|im_end|>"),
+        pad=int(pad),
+    )
 
 
 def adapter_class(model_type: str) -> type[ModelAdapter]:
     """The adapter class registered for `model_type`, or a one-line error naming the supported families."""
     if model_type not in ADAPTERS:
-        raise ModelError(f"model type '{model_type}' is not supported",
-                         f"Supported: {', '.join(supported_model_types())}")
+        raise ModelError(
+            f"model type '{model_type}' is not supported", f"Supported: {', '.join(supported_model_types())}"
+        )
     return ADAPTERS[model_type]
 
 
@@ -47,5 +54,12 @@ def adapter_for(model, tokenizer) -> ModelAdapter:
     return adapter_class(getattr(model.config, "model_type", "?"))(model, special_tokens(model.config, tokenizer))
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "Prefill", "SpecialTokens", "adapter_class", "adapter_for",
-           "supported_model_types"]
+__all__ = [
+    "ADAPTERS",
+    "ModelAdapter",
+    "Prefill",
+    "SpecialTokens",
+    "adapter_class",
+    "adapter_for",
+    "supported_model_types",
+]

@@ -35,8 +35,10 @@ class VisualExtras:
         """The values of kept tokens (`keep` [B, L]), with their mask laid out like the compacted batch
         (`gather_columns` maps a [B, L] tensor to the compacted [B, L'] layout)."""
         kept_rows = keep[self.mask]
-        return VisualExtras(mask=gather_columns(self.mask & keep),
-                            values={name: value[kept_rows] for name, value in self.values.items()})
+        return VisualExtras(
+            mask=gather_columns(self.mask & keep),
+            values={name: value[kept_rows] for name, value in self.values.items()},
+        )
 
 
 @dataclass
@@ -142,8 +144,14 @@ class ModelAdapter(ABC):
         return q.to(self.input_device), k.to(self.input_device)
 
     @abstractmethod
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
-                   extras: VisualExtras | None = None) -> Tensor:
+    def run_layers(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        n_layers: int,
+        extras: VisualExtras | None = None,
+    ) -> Tensor:
         """Hidden states entering decoder layer `n_layers`, from a pass over the full prompt (for deeper
         scoring); `extras` are the prefill's per-visual-token values, which the decoder consumes on the way."""
 
@@ -162,8 +170,14 @@ class ModelAdapter(ABC):
 
     # --- decoding --------------------------------------------------------------------------------------
     @abstractmethod
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor | None, cache,
-               extras: VisualExtras | None = None) -> Tensor:
+    def decode(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor | None,
+        cache,
+        extras: VisualExtras | None = None,
+    ) -> Tensor:
         """Run the decoder on new tokens with a KV cache; returns the last hidden state [B, T, D]. `extras`
         (prefill only) are the kept visual tokens' per-token values, laid out like `embeds`. `attention_mask`:
         2-D, the prepared 4-D form of `decode_mask`, or None (a decode step whose cache holds only real tokens)."""
@@ -225,8 +239,11 @@ class ModelAdapter(ABC):
         """Whether a one-token decode step reads nothing but tensors it is given (a prepared mask, no per-step
         mask building from host values), so it can be captured as a CUDA graph and replayed. Not for a model
         dispatched by accelerate: its hooks run Python per block and move tensors between devices."""
-        return (self._attention_backend() in self.PREPARED_MASK_BACKENDS and self._all_layers_full_attention()
-                and not self.dispatched)
+        return (
+            self._attention_backend() in self.PREPARED_MASK_BACKENDS
+            and self._all_layers_full_attention()
+            and not self.dispatched
+        )
 
     def decode_mask(self, valid: Tensor) -> Tensor:
         """The attention mask of a decode step of one new token per row, from `valid` [B, S] bool (True: the new

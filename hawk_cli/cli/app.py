@@ -6,6 +6,7 @@ HAWK_DEBUG=1 adds the traceback after the line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -17,22 +18,27 @@ from typing import Annotated
 import typer
 
 from hawk_cli import __version__
-
 from hawk_cli.cli.bench import bench_command
 from hawk_cli.cli.calibrate import calibrate_command
 from hawk_cli.cli.eval import eval_command
-from hawk_cli.cli.run import run_command
-from hawk_cli.cli.signals import signals_as_interrupts
 from hawk_cli.cli.options import HELP_SETTINGS, DebugOpt, flag_for
 from hawk_cli.cli.output import OutputClosed
+from hawk_cli.cli.run import run_command
+from hawk_cli.cli.signals import signals_as_interrupts
 from hawk_cli.cli.weights import weights_app
 from hawk_cli.errors import HawkError, HawkWarning, Interrupted, from_library_error
 
 # Help text is shown as written (rich_markup_mode None): brackets such as 'hawk-vlm[plot]' or '[0, 1)' are text,
 # not markup. `-h` works wherever `--help` does. Completion: `hawk --install-completion` (bash, zsh, fish).
-app = typer.Typer(name="hawk", help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
-                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, context_settings=HELP_SETTINGS)
+app = typer.Typer(
+    name="hawk",
+    help="Prune visual tokens of Qwen-VL models before the language model (HAWK).",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=HELP_SETTINGS,
+)
 app.command("run", context_settings=HELP_SETTINGS)(run_command)
 app.command("bench", context_settings=HELP_SETTINGS)(bench_command)
 app.command("calibrate", context_settings=HELP_SETTINGS)(calibrate_command)
@@ -48,8 +54,10 @@ def _print_version(requested: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
-                                          help="Print hawk's version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print hawk's version and exit."),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """hawk: training-free visual-token pruning for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5. Results on stdout,
@@ -84,15 +92,17 @@ def _exit_code_for(error: BaseException) -> int:
         command = getattr(getattr(error, "ctx", None), "command_path", None) or "hawk"
         _error_line(f"{error.format_message().strip().rstrip('.')}. Run '{command} --help' for usage.")
         return int(error.exit_code)
-    if isinstance(error, OutputClosed) or (isinstance(error, OSError) and error.errno in (
-            errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE)):
+    if isinstance(error, OutputClosed) or (
+        isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE)
+    ):
         return _output_failed(error)
     mapped = from_library_error(error)
     if mapped is not None:
         return _exit_code_for(mapped)
     first_line = str(error).splitlines()[0] if str(error) else ""
-    _error_line(f"internal error ({type(error).__name__}: {first_line}). "
-                "Please report it; set HAWK_DEBUG=1 for the traceback.")
+    _error_line(
+        f"internal error ({type(error).__name__}: {first_line}). Please report it; set HAWK_DEBUG=1 for the traceback."
+    )
     return 1
 
 
@@ -100,10 +110,8 @@ def _output_failed(error: OSError | OutputClosed) -> int:
     """Writing stdout failed: a full disk under a redirect is one line and exit 1; a closed pipe (`| head`) is
     the reader's choice, so it ends quietly with 141 (128 + SIGPIPE), as other tools do. Either way stdout is
     pointed at /dev/null, so the interpreter's last flush cannot fail again with a traceback."""
-    try:
+    with contextlib.suppress(OSError):
         sys.stdout.flush()
-    except OSError:
-        pass
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -142,7 +150,7 @@ def _run_app(argv: list[str], debug: bool) -> int:
     with signals_as_interrupts() as received:
         try:
             code = app(args=argv, prog_name="hawk", standalone_mode=False)
-        except BaseException as error:  # noqa: BLE001 - the single boundary of the CLI
+        except BaseException as error:
             if isinstance(error, SystemExit):
                 raise
             code = _terminated(error, received[0]) if received else _exit_code_for(error)

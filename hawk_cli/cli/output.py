@@ -75,8 +75,16 @@ class Output:
     def progress(self, description: str, total: int):
         """A progress bar with ETA on stderr (shown only on a terminal); yields an `advance(n=1)` callable."""
         visible = self.stderr.is_terminal and not self.quiet
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                       TimeRemainingColumn(), console=self.stderr, transient=True, disable=not visible)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.stderr,
+            transient=True,
+            disable=not visible,
+        )
         with bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)

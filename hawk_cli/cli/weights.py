@@ -10,9 +10,15 @@ import typer
 from hawk_cli.cli.options import HELP_SETTINGS, DebugOpt, JsonOpt
 from hawk_cli.cli.output import Output
 
-weights_app = typer.Typer(name="weights", help="Inspect head-importance files made by 'hawk calibrate'.",
-                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                          rich_markup_mode=None, context_settings=HELP_SETTINGS)
+weights_app = typer.Typer(
+    name="weights",
+    help="Inspect head-importance files made by 'hawk calibrate'.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=HELP_SETTINGS,
+)
 
 BAR_WIDTH = 32
 EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -45,8 +51,10 @@ def render(path: str, values: list[float], metadata: dict, extra: dict) -> str:
     if drops is not None and isinstance(subsets, list) and len(subsets) == len(drops):
         lines.append("raw drops per subset (before Eq. 3):")
         width = max(len(str(s)) for s in subsets)
-        lines += [f"  {str(name):<{width}}  " + " ".join(f"{d:10.4g}" for d in row)
-                  for name, row in zip(subsets, drops)]
+        lines += [
+            f"  {str(name):<{width}}  " + " ".join(f"{d:10.4g}" for d in row)
+            for name, row in zip(subsets, drops, strict=False)
+        ]
     if metadata:
         lines.append("metadata:")
         width = max(len(k) for k in metadata)
@@ -74,7 +82,13 @@ def show_command(
     values = weights.values.tolist()
     extra = {name: tensor.tolist() for name, tensor in weights.extra_tensors.items()}
     if json_output:
-        out.record({"path": file, "head_importance": values,
-                    "metadata": {k: _parsed(v) for k, v in weights.metadata.items()}, "tensors": extra})
+        out.record(
+            {
+                "path": file,
+                "head_importance": values,
+                "metadata": {k: _parsed(v) for k, v in weights.metadata.items()},
+                "tensors": extra,
+            }
+        )
     else:
         out.result(render(file, values, weights.metadata, extra))

@@ -19,8 +19,10 @@ STEPS_PER_DOUBLING = 4
 def capacity_bucket(needed: int, minimum: int = MINIMUM_SLOTS, steps_per_doubling: int = STEPS_PER_DOUBLING) -> int:
     """The smallest bucket holding `needed` cache slots (prompt plus new tokens)."""
     if needed < 1 or minimum < 1 or steps_per_doubling < 1:
-        raise ValueError(f"capacity_bucket needs positive sizes, got needed={needed}, minimum={minimum}, "
-                         f"steps_per_doubling={steps_per_doubling}")
+        raise ValueError(
+            f"capacity_bucket needs positive sizes, got needed={needed}, minimum={minimum}, "
+            f"steps_per_doubling={steps_per_doubling}"
+        )
     if needed <= minimum:
         return minimum
     below = 1 << ((needed - 1).bit_length() - 1)  # the largest power of two strictly below `needed`

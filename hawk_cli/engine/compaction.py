@@ -42,5 +42,6 @@ def compact(keep: Tensor) -> Compaction:
     length = max(lengths, default=0)
     order = torch.sort(keep.int(), dim=1, stable=True).indices  # dropped first, kept last, each in order
     source = order[:, -length:] if length else order[:, :0]
-    return Compaction(source_index=source, attention_mask=keep.gather(1, source).long(),
-                      row_lengths=tuple(int(n) for n in lengths))
+    return Compaction(
+        source_index=source, attention_mask=keep.gather(1, source).long(), row_lengths=tuple(int(n) for n in lengths)
+    )

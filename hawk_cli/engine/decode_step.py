@@ -54,15 +54,16 @@ class DecodeState:
     eos: Tensor  # [E] long: end-of-sequence ids
 
     @classmethod
-    def allocate(cls, batch: int, capacity: int, rope_rows: int, eos_count: int,
-                 device: torch.device) -> DecodeState:
+    def allocate(cls, batch: int, capacity: int, rope_rows: int, eos_count: int, device: torch.device) -> DecodeState:
         long, flag = torch.long, torch.bool
-        return cls(token=torch.zeros(batch, 1, dtype=long, device=device),
-                   positions=torch.zeros(rope_rows, batch, 1, dtype=long, device=device),
-                   valid=torch.zeros(batch, capacity, dtype=flag, device=device),
-                   slot=torch.zeros(1, dtype=long, device=device),
-                   finished=torch.zeros(batch, dtype=flag, device=device),
-                   eos=torch.full((max(1, eos_count),), NO_EOS, dtype=long, device=device))
+        return cls(
+            token=torch.zeros(batch, 1, dtype=long, device=device),
+            positions=torch.zeros(rope_rows, batch, 1, dtype=long, device=device),
+            valid=torch.zeros(batch, capacity, dtype=flag, device=device),
+            slot=torch.zeros(1, dtype=long, device=device),
+            finished=torch.zeros(batch, dtype=flag, device=device),
+            eos=torch.full((max(1, eos_count),), NO_EOS, dtype=long, device=device),
+        )
 
     def load(self, prompt_mask: Tensor, next_positions: Tensor, eos_ids: list[int]) -> None:
         """Start a decoding after a prefill of `prompt_mask` [B, L] (queued copies: no host wait)."""
@@ -115,16 +116,25 @@ class DecodeStep:
     "reduce-overhead").
     """
 
-    def __init__(self, adapter: ModelAdapter, mode: str = "eager", pool_size: int = DEFAULT_POOL_SIZE,
-                 runner: GraphRunner | None = None, warmup_steps: int = WARMUP_STEPS) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        mode: str = "eager",
+        pool_size: int = DEFAULT_POOL_SIZE,
+        runner: GraphRunner | None = None,
+        warmup_steps: int = WARMUP_STEPS,
+    ) -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"unknown decode mode '{mode}'; expected one of {', '.join(DECODE_MODES)}")
         self.adapter, self.mode, self.pool_size, self.warmup_steps = adapter, mode, pool_size, warmup_steps
         self.runner = runner if runner is not None else (CudaGraphRunner() if mode == "graphs" else None)
         self._pool: OrderedDict[tuple, _Pooled] = OrderedDict()
         self.captures = 0  # graphs captured so far (each costs a capture once)
-        self._forward = (torch.compile(self._forward_eager, mode="reduce-overhead", dynamic=True)
-                         if mode == "compile" else self._forward_eager)
+        self._forward = (
+            torch.compile(self._forward_eager, mode="reduce-overhead", dynamic=True)
+            if mode == "compile"
+            else self._forward_eager
+        )
 
     @property
     def compiled(self) -> bool:
@@ -136,13 +146,22 @@ class DecodeStep:
         return self.mode == "graphs" and self.adapter.decode_capturable
 
     def cache_kind(self, requested: str) -> str:
-        """"auto": a static cache where steps are captured or compiled (fixed addresses), else dynamic."""
+        """ "auto": a static cache where steps are captured or compiled (fixed addresses), else dynamic."""
         if requested != "auto":
             return requested
         return "static" if self.mode != "eager" else "dynamic"
 
-    def start(self, batch: int, length: int, rope_rows: int, max_new_tokens: int, eos_count: int,
-              cache_kind: str, device: torch.device, padded: bool = True) -> Decoding:
+    def start(
+        self,
+        batch: int,
+        length: int,
+        rope_rows: int,
+        max_new_tokens: int,
+        eos_count: int,
+        cache_kind: str,
+        device: torch.device,
+        padded: bool = True,
+    ) -> Decoding:
         """The cache and buffers of one generation (a prompt of `length` columns), before its prefill.
 
         `padded`: whether some prompt row is left-padded. Without padding a dynamic cache holds only real
@@ -152,15 +171,23 @@ class DecodeStep:
         pooled = self.mode != "eager" and cache_kind == "static"
         if not pooled:
             static = cache_kind == "static"
-            return Decoding(self, self.adapter.new_cache(cache_kind, needed),
-                            DecodeState.allocate(batch, needed, rope_rows, eos_count, device), length, None,
-                            static=static, masked=static or padded)
+            return Decoding(
+                self,
+                self.adapter.new_cache(cache_kind, needed),
+                DecodeState.allocate(batch, needed, rope_rows, eos_count, device),
+                length,
+                None,
+                static=static,
+                masked=static or padded,
+            )
         capacity = capacity_bucket(needed)
         key = (batch, capacity, rope_rows, max(1, eos_count), str(device))
         entry = self._pool.get(key)
         if entry is None:
-            entry = self._pool[key] = _Pooled(self.adapter.new_cache("static", capacity),
-                                              DecodeState.allocate(batch, capacity, rope_rows, eos_count, device))
+            entry = self._pool[key] = _Pooled(
+                self.adapter.new_cache("static", capacity),
+                DecodeState.allocate(batch, capacity, rope_rows, eos_count, device),
+            )
             while len(self._pool) > self.pool_size:
                 self._pool.popitem(last=False)
         else:
@@ -190,8 +217,9 @@ class DecodeStep:
         """The next token of every row from its logits [B, V]: argmax (a policy step overrides this)."""
         return logits.argmax(-1)
 
-    def advance(self, state: DecodeState, cache: Any, mask_length: int | None = None,
-                masked: bool = True) -> tuple[Tensor, Tensor]:
+    def advance(
+        self, state: DecodeState, cache: Any, mask_length: int | None = None, masked: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """Feed `state.token`; returns (its next-token logits [B, V] float32, the chosen tokens [B]).
 
         `mask_length`: for a dynamic cache, the slots it holds after this step (a static cache's mask covers
@@ -208,10 +236,24 @@ class DecodeStep:
 class Decoding:
     """One generation's decode steps: eager, or the pooled graph (captured after the warm-up steps)."""
 
-    def __init__(self, step: DecodeStep, cache: Any, state: DecodeState, length: int, entry: _Pooled | None,
-                 static: bool, masked: bool = True) -> None:
-        self.step, self.cache, self.state, self.length, self.entry, self.static = (step, cache, state, length,
-                                                                                   entry, static)
+    def __init__(
+        self,
+        step: DecodeStep,
+        cache: Any,
+        state: DecodeState,
+        length: int,
+        entry: _Pooled | None,
+        static: bool,
+        masked: bool = True,
+    ) -> None:
+        self.step, self.cache, self.state, self.length, self.entry, self.static = (
+            step,
+            cache,
+            state,
+            length,
+            entry,
+            static,
+        )
         self.masked = masked
 
     @property

@@ -36,8 +36,9 @@ class Marker(Protocol):
 class FinishWatch:
     """Tells the decode loop whether every row had finished, `lag` steps late at most, never stalling the device."""
 
-    def __init__(self, device: torch.device, lag: int = DEFAULT_LAG,
-                 marker: Callable[[], Marker] | None = None) -> None:
+    def __init__(
+        self, device: torch.device, lag: int = DEFAULT_LAG, marker: Callable[[], Marker] | None = None
+    ) -> None:
         if lag < 0:
             raise ValueError(f"lag must be at least 0, got {lag}")
         device = torch.device(device)
@@ -62,7 +63,7 @@ class FinishWatch:
         """Queue this step's "all rows finished" flag for the host."""
         slot = self._next
         self._next = (slot + 1) % len(self._flags)
-        self._host[slot:slot + 1].copy_(finished.all().view(1), non_blocking=True)
+        self._host[slot : slot + 1].copy_(finished.all().view(1), non_blocking=True)
         if self._markers is not None:
             self._markers[slot].record()
         self._pending.append(slot)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -60,15 +60,21 @@ class GenerationSettings:
         validate_ratio(self.ratio)
         validate_keep_tokens(self.keep_tokens)
         if self.max_new_tokens < 1:
-            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
+            raise UsageError(
+                f"must be at least 1, got {self.max_new_tokens}",
+                "Use e.g. {max_new_tokens=}16",
+                setting="max_new_tokens",
+            )
         if self.cache not in ("auto", "dynamic", "static"):
             raise UsageError(f"unknown cache kind '{self.cache}'", "Use auto, dynamic or static")
         if self.compile and self.cache == "dynamic":
             raise UsageError("a compiled decode step needs the static cache", "Use {cache=}static", setting="cache")
         if self.compile and self.choice is not None:
-            raise UsageError("sampling and penalties run eagerly, not in a compiled decode step",
-                             "Leave {compile} off", setting="compile")
+            raise UsageError(
+                "sampling and penalties run eagerly, not in a compiled decode step",
+                "Leave {compile} off",
+                setting="compile",
+            )
 
 
 # What a cache layer holds: keys and values of attention layers (one slot per token), and the fixed-size states
@@ -109,17 +115,32 @@ def fixed_state_bytes(cache: object) -> int:
 def row_stats(pruned: PrunedPrefill) -> list[RowStats]:
     """Per-row token counts, gathered on the device and read back in one transfer (not one sync per count)."""
     roles, valid, keep = pruned.roles, pruned.prefill.attention_mask.bool(), pruned.keep
-    counts = torch.stack([roles.visual.sum(1), (keep & roles.visual).sum(1), valid.sum(1), keep.sum(1),
-                          roles.query.sum(1)], dim=1).tolist()
-    return [RowStats(visual_tokens=v, visual_tokens_kept=vk, prompt_tokens=p, prompt_tokens_kept=pk,
-                     query_tokens=q, query_fallback=roles.fallback[r])
-            for r, (v, vk, p, pk, q) in enumerate(counts)]
+    counts = torch.stack(
+        [roles.visual.sum(1), (keep & roles.visual).sum(1), valid.sum(1), keep.sum(1), roles.query.sum(1)], dim=1
+    ).tolist()
+    return [
+        RowStats(
+            visual_tokens=v,
+            visual_tokens_kept=vk,
+            prompt_tokens=p,
+            prompt_tokens_kept=pk,
+            query_tokens=q,
+            query_fallback=roles.fallback[r],
+        )
+        for r, (v, vk, p, pk, q) in enumerate(counts)
+    ]
 
 
-def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: GenerationSettings,
-             eos_ids: set[int], target_mask: Tensor | None = None,
-             decode_step: DecodeStep | None = None,
-             timer: PhaseTimer | EventTimer | None = None) -> GenerationResult:
+def generate(
+    adapter: ModelAdapter,
+    inputs: Any,  # the family's batch (ModelInputs for Qwen2-VL-style families)
+    scorer: Scorer | None,
+    settings: GenerationSettings,
+    eos_ids: set[int],
+    target_mask: Tensor | None = None,
+    decode_step: DecodeStep | None = None,
+    timer: PhaseTimer | EventTimer | None = None,
+) -> GenerationResult:
     """Greedy generation with HAWK pruning before decoder layer 0. `inputs` is a left-padded ModelInputs.
 
     Pass a `decode_step` to choose how steps run (eager, captured CUDA graphs, compiled) and to reuse its graphs
@@ -143,26 +164,42 @@ def generate(adapter: ModelAdapter, inputs, scorer: Scorer | None, settings: Gen
         batch, length = mask.shape
         next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
         with timer.phase("prefill_s"):
-            decoding = step.start(batch, length, positions.shape[0], settings.max_new_tokens, len(eos_ids),
-                                  step.cache_kind(settings.cache), device, padded=pruned.compaction.padded)
+            decoding = step.start(
+                batch,
+                length,
+                positions.shape[0],
+                settings.max_new_tokens,
+                len(eos_ids),
+                step.cache_kind(settings.cache),
+                device,
+                padded=pruned.compaction.padded,
+            )
             hidden = adapter.decode(embeds, positions, mask, decoding.cache, extras)
             logits = adapter.logits(hidden[:, -1]).float()
         kv_bytes, state_bytes = cache_bytes(decoding.cache), fixed_state_bytes(decoding.cache)
         # the unpruned run's position of the first new token, on every rotary axis: [P, B, 1]
-        decoding.state.load(mask, next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1),
-                            sorted(eos_ids))
+        decoding.state.load(mask, next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1), sorted(eos_ids))
         tokens, step_logits = _greedy_loop(decoding, logits, eos_ids, settings, timer)
     timings = dict(timer.seconds)
     timings["ttft_s"] = timings.get("vision_s", 0) + timings.get("scoring_s", 0) + timings.get("prefill_s", 0)
     timings["total_s"] = timings["ttft_s"] + timings.get("decode_s", 0)
-    return GenerationResult(tokens=tokens, rows=row_stats(pruned), timings=timings, kv_cache_bytes=kv_bytes,
-                            keep_mask=pruned.keep.cpu(), visual_mask=pruned.roles.visual.cpu(),
-                            scores=None if pruned.scores is None else pruned.scores.cpu(), step_logits=step_logits,
-                            kv_cache_slots=decoding.cache_slots, cache_state_bytes=state_bytes)
+    return GenerationResult(
+        tokens=tokens,
+        rows=row_stats(pruned),
+        timings=timings,
+        kv_cache_bytes=kv_bytes,
+        keep_mask=pruned.keep.cpu(),
+        visual_mask=pruned.roles.visual.cpu(),
+        scores=None if pruned.scores is None else pruned.scores.cpu(),
+        step_logits=step_logits,
+        kv_cache_slots=decoding.cache_slots,
+        cache_state_bytes=state_bytes,
+    )
 
 
-def _greedy_loop(decoding: Decoding, logits: Tensor, eos_ids: set[int], settings: GenerationSettings,
-                 timer: PhaseTimer | EventTimer) -> tuple[list[list[int]], list[Tensor]]:
+def _greedy_loop(
+    decoding: Decoding, logits: Tensor, eos_ids: set[int], settings: GenerationSettings, timer: PhaseTimer | EventTimer
+) -> tuple[list[list[int]], list[Tensor]]:
     """Token 0 from the prefill's logits, then one decode step per further token. Per step the host only queues
     work: the chosen tokens land in `produced` on the device and are read back once, at the end."""
     batch, steps = logits.shape[0], settings.max_new_tokens

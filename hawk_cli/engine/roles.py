@@ -47,10 +47,11 @@ def _user_text(row: Tensor, valid: Tensor, visual: Tensor, tokens: SpecialTokens
     turn_start = _last_index(row, tokens.im_start, before=last_visual + 1) + 2
     end_hits = (row[last_visual:] == tokens.im_end).nonzero()
     turn_end = last_visual + int(end_hits[0]) if len(end_hits) else len(row)
-    markers = torch.tensor([tokens.vision_start, tokens.vision_end, tokens.im_start, tokens.im_end, tokens.pad],
-                           device=row.device)
+    markers = torch.tensor(
+        [tokens.vision_start, tokens.vision_end, tokens.im_start, tokens.im_end, tokens.pad], device=row.device
+    )
     mask = torch.zeros_like(valid)
-    mask[max(turn_start, 0):turn_end] = True
+    mask[max(turn_start, 0) : turn_end] = True
     return mask & valid & ~visual & ~torch.isin(row, markers)
 
 

@@ -14,8 +14,11 @@ from hawk_cli.errors import UsageError
 def validate_ratio(ratio: float) -> float:
     """`ratio` is the fraction of visual tokens removed; it must lie in [0, 1)."""
     if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 <= ratio < 1:
-        raise UsageError(f"must be in [0, 1), got {ratio}",
-                         "Use e.g. {ratio=}0.8 to remove 80% of visual tokens (0 disables pruning)", setting="ratio")
+        raise UsageError(
+            f"must be in [0, 1), got {ratio}",
+            "Use e.g. {ratio=}0.8 to remove 80% of visual tokens (0 disables pruning)",
+            setting="ratio",
+        )
     return float(ratio)
 
 
@@ -32,10 +35,14 @@ def keep_count(n_visual: int, ratio: float) -> int:
 
 def validate_keep_tokens(keep_tokens: int | None) -> int | None:
     """`keep_tokens`: visual tokens kept per prompt (all of them when the prompt has fewer); None: use the ratio."""
-    if keep_tokens is not None and (isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int)
-                                    or keep_tokens < 1):
-        raise UsageError(f"must be a whole number of at least 1, got {keep_tokens}", "Use e.g. {keep_tokens=}64",
-                         setting="keep_tokens")
+    if keep_tokens is not None and (
+        isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 1
+    ):
+        raise UsageError(
+            f"must be a whole number of at least 1, got {keep_tokens}",
+            "Use e.g. {keep_tokens=}64",
+            setting="keep_tokens",
+        )
     return keep_tokens
 
 
@@ -55,6 +62,7 @@ def select_keep(scores: Tensor, visual: Tensor, valid: Tensor, ratio: float, kee
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # rank of each token within its row
-    counts = torch.tensor([row_keep_count(n, ratio, keep_tokens) for n in visual.sum(dim=1).tolist()],
-                          device=scores.device)
+    counts = torch.tensor(
+        [row_keep_count(n, ratio, keep_tokens) for n in visual.sum(dim=1).tolist()], device=scores.device
+    )
     return keep | (visual & (rank < counts[:, None]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +42,7 @@ class Answer:
         flags = self.visual_keep.tolist()
         counts, start = [], 0
         for size in self.visual_blocks:
-            counts.append(int(sum(flags[start:start + size])))
+            counts.append(int(sum(flags[start : start + size])))
             start += size
         return tuple(counts)
 
@@ -58,15 +58,17 @@ DECODE_CHOICES = ("auto", "eager", "graphs", "compile")
 
 
 def resolve_decode_mode(requested: str, device: torch.device) -> str:
-    """"auto": decode steps captured as CUDA graphs on CUDA, eager elsewhere."""
+    """ "auto": decode steps captured as CUDA graphs on CUDA, eager elsewhere."""
     if requested not in DECODE_CHOICES:
         raise UsageError(f"unknown decode mode '{requested}'", f"Use one of {', '.join(DECODE_CHOICES)}")
     if requested == "auto":
         return "graphs" if device.type == "cuda" else "eager"
     if requested in ("graphs", "compile") and device.type != "cuda":
         what = "CUDA graphs need" if requested == "graphs" else "a compiled decode step needs"
-        raise ResourceError(f"{what} a CUDA device, and the model is on {device}",
-                            "Decode eagerly on this device, or load the model on a GPU")
+        raise ResourceError(
+            f"{what} a CUDA device, and the model is on {device}",
+            "Decode eagerly on this device, or load the model on a GPU",
+        )
     return requested
 
 
@@ -83,22 +85,42 @@ class HawkSession:
         self.eos_ids = self._eos_ids()
         self.decode_mode = resolve_decode_mode(decode, torch.device(loaded.device or "cpu"))
         if self.decode_mode == "compile" and self.adapter.dispatched:
-            raise ResourceError(f"a compiled decode step needs the model on one device, and it spans "
-                                f"{len(loaded.devices)} ({', '.join(map(str, loaded.devices))})",
-                                "Decode eagerly, or load the model on one GPU")
+            raise ResourceError(
+                f"a compiled decode step needs the model on one device, and it spans "
+                f"{len(loaded.devices)} ({', '.join(map(str, loaded.devices))})",
+                "Decode eagerly, or load the model on one GPU",
+            )
         self._decode_step: DecodeStep | None = None
 
     @classmethod
-    def open(cls, spec: str | None, device: str = "auto", dtype: str = "auto", attn: str = "sdpa",
-             decode: str = "auto", device_map: str | None = None) -> "HawkSession":
+    def open(
+        cls,
+        spec: str | None,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn: str = "sdpa",
+        decode: str = "auto",
+        device_map: str | None = None,
+    ) -> HawkSession:
         """`device_map`: spread the model with accelerate ("auto", "balanced" or a JSON file) instead of
         loading it on `device`."""
         warn_if_untested_transformers()
         if device_map is None:
             resolve_decode_mode(decode, resolve_device(device))  # a bad choice fails before the model loads
-        return cls(load_model(spec, set(ADAPTERS), device=device, dtype=dtype, attn=attn, device_map=device_map,
-                              image_processor_loader=lambda location, model_type:
-                              adapter_class(model_type).load_image_processor(location)), decode=decode)
+        return cls(
+            load_model(
+                spec,
+                set(ADAPTERS),
+                device=device,
+                dtype=dtype,
+                attn=attn,
+                device_map=device_map,
+                image_processor_loader=lambda location, model_type: adapter_class(model_type).load_image_processor(
+                    location
+                ),
+            ),
+            decode=decode,
+        )
 
     @property
     def decode_step(self) -> DecodeStep:
@@ -119,8 +141,10 @@ class HawkSession:
     def decode_notice(self) -> str | None:
         """Why CUDA graphs were asked for (the default on CUDA) but decode steps run eagerly, if that is why."""
         if self.decode_mode == "graphs" and self.adapter.dispatched:
-            return (f"the model spans {len(self.loaded.devices)} devices; decode steps run eagerly "
-                    "(CUDA graphs are captured only for a model on one device)")
+            return (
+                f"the model spans {len(self.loaded.devices)} devices; decode steps run eagerly "
+                "(CUDA graphs are captured only for a model on one device)"
+            )
         return None
 
     def _eos_ids(self) -> set[int]:
@@ -138,27 +162,38 @@ class HawkSession:
         path = Path(self.loaded.path) / RECOMMENDED_SETTINGS_FILE
         return json.loads(path.read_text()) if self.loaded.is_builtin and path.is_file() else {}
 
-    def make_scorer(self, name: str | None = None, weights_path: str | None = None,
-                    layer: int | None = None) -> tuple[Scorer, list[str]]:
+    def make_scorer(
+        self, name: str | None = None, weights_path: str | None = None, layer: int | None = None
+    ) -> tuple[Scorer, list[str]]:
         """The scorer with its head weights resolved and validated; notices go to the user's stderr."""
         recommended = self.recommended_settings() if name is None and weights_path is None else {}
         name = name or recommended.get("scorer", "hawk")
         layer = layer if layer is not None else int(recommended.get("layer", self.adapter.default_scoring_layer))
         if not 0 <= layer < self.adapter.num_layers:
-            raise UsageError(f"scoring layer {layer} does not exist: this model has {self.adapter.num_layers} "
-                             "decoder layers", f"Choose {{layer}} in [0, {self.adapter.num_layers - 1}]")
+            raise UsageError(
+                f"scoring layer {layer} does not exist: this model has {self.adapter.num_layers} decoder layers",
+                f"Choose {{layer}} in [0, {self.adapter.num_layers - 1}]",
+            )
         scorer_class = get_scorer_class(name)
+        scorer: Scorer
         if issubclass(scorer_class, HawkScorer):
-            weights, notices = resolve_head_weights(self.model.config, weights_path, self.loaded.path,
-                                                    self.loaded.is_builtin, layer, self.adapter.query_heads(layer))
+            weights, notices = resolve_head_weights(
+                self.model.config,
+                weights_path,
+                self.loaded.path,
+                self.loaded.is_builtin,
+                layer,
+                self.adapter.query_heads(layer),
+            )
             if name != "hawk":
                 notices = []
             scorer = scorer_class(head_weights=weights.values, layer=layer, weights_source=weights.source)
         else:
             scorer, notices = scorer_class(), []
         if recommended:
-            notices.append(f"using the model's recommended pruning settings ({name}, layer {layer}); "
-                           "pass {scorer} to choose")
+            notices.append(
+                f"using the model's recommended pruning settings ({name}, layer {layer}); pass {{scorer}} to choose"
+            )
         return scorer, notices
 
     @property
@@ -173,8 +208,11 @@ class HawkSession:
         (`setting`: the name the value was given under)."""
         context = self.context_tokens
         if context is not None and max_new_tokens >= context:
-            raise UsageError(f"{max_new_tokens:,} leaves no room for a prompt in the model's context of {context:,} "
-                             "tokens", f"Use e.g. {{{setting}=}}32", setting=setting)
+            raise UsageError(
+                f"{max_new_tokens:,} leaves no room for a prompt in the model's context of {context:,} tokens",
+                f"Use e.g. {{{setting}=}}32",
+                setting=setting,
+            )
 
     def check_fits_context(self, inputs: Any, new_tokens: list[int]) -> None:
         """Each row's whole prompt (every visual token counted: pruning happens inside the model's run) plus its
@@ -188,14 +226,22 @@ class HawkSession:
         visual = ((inputs.mm_token_type_ids > 0) & inputs.attention_mask.bool()).sum(dim=1).tolist()
         for length, n_visual, max_new_tokens in zip(lengths, visual, new_tokens, strict=True):
             if length + max_new_tokens > context:
-                raise InputError(f"the prompt is {length:,} tokens ({n_visual:,} of them visual) and "
-                                 f"{max_new_tokens:,} new tokens were asked for, over the model's context of "
-                                 f"{context:,} tokens",
-                                 "Use fewer or smaller images or frames, a shorter question, or fewer new tokens")
+                raise InputError(
+                    f"the prompt is {length:,} tokens ({n_visual:,} of them visual) and "
+                    f"{max_new_tokens:,} new tokens were asked for, over the model's context of "
+                    f"{context:,} tokens",
+                    "Use fewer or smaller images or frames, a shorter question, or fewer new tokens",
+                )
 
-    def run(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
-            encoded: list | None = None, eos_ids: set[int] | None = None,
-            row_limits: list[int] | None = None) -> BatchOutput:
+    def run(
+        self,
+        requests: list[Request],
+        scorer: Scorer | None,
+        settings: GenerationSettings,
+        encoded: list | None = None,
+        eos_ids: set[int] | None = None,
+        row_limits: list[int] | None = None,
+    ) -> BatchOutput:
         """`encoded`: the rows' `self.prompts.encode` output when already computed (e.g. in a worker);
         `eos_ids`: end-of-sequence ids other than the model's (a benchmark forcing lengths); `row_limits`: new
         tokens each row asks for, when fewer than `settings.max_new_tokens` (the batch's run): the context check
@@ -205,31 +251,52 @@ class HawkSession:
         device work. Timings add `inputs_s`: host time to collate the batch and queue its copies to the device."""
         started = time.perf_counter()
         refuse_control_tokens(self.tokenizer, [request.question for request in requests])
-        encoded = [done or self.prompts.encode(request, defer_pixels=True)
-                   for request, done in zip(requests, encoded or [None] * len(requests))]
+        encoded = [
+            done or self.prompts.encode(request, defer_pixels=True)
+            for request, done in zip(requests, encoded or [None] * len(requests), strict=True)
+        ]
         inputs = self.build_inputs(requests, encoded)
         self.check_fits_context(inputs, row_limits or [settings.max_new_tokens] * len(requests))
         inputs = inputs.to(self.loaded.device)
         inputs_s = time.perf_counter() - started
-        result = generate(self.adapter, inputs, scorer, settings, self.eos_ids if eos_ids is None else eos_ids,
-                          decode_step=self.decode_step)
+        result = generate(
+            self.adapter,
+            inputs,
+            scorer,
+            settings,
+            self.eos_ids if eos_ids is None else eos_ids,
+            decode_step=self.decode_step,
+        )
         result.timings["inputs_s"] = inputs_s
         visual = result.visual_mask
-        answers = [Answer(text=self.decode(tokens), tokens=tokens, stats=stats,
-                          visual_keep=result.keep_mask[row][visual[row]],
-                          visual_scores=None if result.scores is None else result.scores[row][visual[row]],
-                          visual_grids=grids, visual_blocks=_runs(visual[row]))
-                   for row, (tokens, stats, grids) in enumerate(zip(result.tokens, result.rows,
-                                                                    self.prompts.row_grids(inputs, requests)))]
+        answers = [
+            Answer(
+                text=self.decode(tokens),
+                tokens=tokens,
+                stats=stats,
+                visual_keep=result.keep_mask[row][visual[row]],
+                visual_scores=None if result.scores is None else result.scores[row][visual[row]],
+                visual_grids=grids,
+                visual_blocks=_runs(visual[row]),
+            )
+            for row, (tokens, stats, grids) in enumerate(
+                zip(result.tokens, result.rows, self.prompts.row_grids(inputs, requests), strict=True)
+            )
+        ]
         return BatchOutput(answers=answers, result=result)
 
-    def build_inputs(self, requests: list[Request], encoded: list | None = None):
+    def build_inputs(self, requests: list[Request], encoded: list | None = None) -> Any:
         """One left-padded batch of model inputs on the host (the family's own layout)."""
         return self.prompts.collate(requests, encoded)
 
-    def run_isolated(self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings,
-                     encoded: list | None = None, row_limits: list[int] | None = None,
-                     ) -> list[tuple[Answer | Exception, dict, int]]:
+    def run_isolated(
+        self,
+        requests: list[Request],
+        scorer: Scorer | None,
+        settings: GenerationSettings,
+        encoded: list | None = None,
+        row_limits: list[int] | None = None,
+    ) -> list[tuple[Answer | Exception, dict, int]]:
         """Run `requests` as one batch; if the batch fails, run each alone (with its own `row_limits` entry as
         its generation length), so one bad row cannot sink the rest.
 
@@ -244,7 +311,7 @@ class HawkSession:
             if len(requests) == 1:
                 return [(error, {}, 1)]
         outcomes = []
-        for request, done, limit in zip(requests, encoded, limits):
+        for request, done, limit in zip(requests, encoded, limits, strict=True):
             alone = replace(settings, max_new_tokens=limit)
             outcomes.extend(self.run_isolated([request], scorer, alone, [done]))
         return outcomes
@@ -253,10 +320,17 @@ class HawkSession:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def describe(self) -> dict:
+        config: Any = self.model.config  # a transformers config (read as untyped)
         spread = {"devices": [str(device) for device in self.loaded.devices]} if self.loaded.spread else {}
-        return {"model": self.loaded.name, "device": str(self.loaded.device), **spread,
-                "dtype": str(self.loaded.dtype).replace("torch.", ""), "attn": self.loaded.attn,
-                "decode": self.decode_label, "model_type": self.model.config.model_type}
+        return {
+            "model": self.loaded.name,
+            "device": str(self.loaded.device),
+            **spread,
+            "dtype": str(self.loaded.dtype).replace("torch.", ""),
+            "attn": self.loaded.attn,
+            "decode": self.decode_label,
+            "model_type": config.model_type,
+        }
 
 
 TESTED_TRANSFORMERS = ("5.17.0", "5.25")  # keep in step with pyproject.toml
@@ -268,9 +342,12 @@ def warn_if_untested_transformers() -> None:
 
     installed = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
     if not (5, 17) <= installed <= (5, 25):
-        warnings.warn(f"transformers {transformers.__version__} is outside hawk's tested range "
-                      f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check results with 'hawk bench --check'",
-                      HawkWarning, stacklevel=2)
+        warnings.warn(
+            f"transformers {transformers.__version__} is outside hawk's tested range "
+            f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check results with 'hawk bench --check'",
+            HawkWarning,
+            stacklevel=2,
+        )
 
 
 def versions() -> dict:

@@ -11,7 +11,7 @@ the H200 host).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -37,7 +37,7 @@ class PhaseTimer:
         synchronize(self.devices)
 
     @contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str) -> Iterator[None]:
         self._sync()
         start = time.perf_counter()
         try:
@@ -60,11 +60,11 @@ class EventTimer:
     def __init__(self, device: torch.device, devices: Iterable[torch.device] | None = None) -> None:
         self.device = torch.device(device)
         self.devices = tuple(torch.device(d) for d in devices) if devices else (self.device,)
-        self._spans: list[tuple[str, object, object]] = []
+        self._spans: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._host: dict[str, float] = {}
 
     @contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str) -> Iterator[None]:
         if len(self.devices) > 1:
             synchronize(self.devices)
             start = time.perf_counter()
@@ -81,13 +81,13 @@ class EventTimer:
             finally:
                 self._host[name] = self._host.get(name, 0.0) + time.perf_counter() - start
             return
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         try:
             yield
         finally:
-            end.record()
-            self._spans.append((name, start, end))
+            finish.record()
+            self._spans.append((name, begin, finish))
 
     @property
     def seconds(self) -> dict[str, float]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from hawk_cli.errors import InputError, ResourceError
 
@@ -49,8 +49,10 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def write_failure(path: Path, error: OSError) -> ResourceError:
     """A failed write as one actionable line (the caller has left the old file in place)."""
     if error.errno in NO_SPACE:
-        return ResourceError(f"no space left to write '{path}' ({error.strerror}); the previous file, if any, "
-                             "is unchanged", "Free some space, or write to another disk")
+        return ResourceError(
+            f"no space left to write '{path}' ({error.strerror}); the previous file, if any, is unchanged",
+            "Free some space, or write to another disk",
+        )
     return ResourceError(f"cannot write '{path}': {error.strerror}", "Choose an output path you can write to")
 
 
@@ -62,8 +64,10 @@ def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(temporary, path)
     except FileExistsError:
-        raise InputError(f"'{path}' appeared while hawk was running (another process wrote it); it was not "
-                         "overwritten", "Pass {force} to overwrite it, or choose another path") from None
+        raise InputError(
+            f"'{path}' appeared while hawk was running (another process wrote it); it was not overwritten",
+            "Pass {force} to overwrite it, or choose another path",
+        ) from None
     except OSError as error:
         if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
@@ -71,8 +75,10 @@ def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
-            raise InputError(f"'{path}' appeared while hawk was running (another process wrote it); it was not "
-                             "overwritten", "Pass {force} to overwrite it, or choose another path") from None
+            raise InputError(
+                f"'{path}' appeared while hawk was running (another process wrote it); it was not overwritten",
+                "Pass {force} to overwrite it, or choose another path",
+            ) from None
         os.replace(temporary, path)
 
 

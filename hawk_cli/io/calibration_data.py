@@ -62,8 +62,11 @@ class CalibrationData:
     def require_answers(self) -> None:
         missing = next((s for s in self.samples if s.answer is None), None)
         if missing is not None:
-            raise InputError(f"{missing.where} has no 'answer', and {{method=}}ablation needs the reference answer of "
-                             f"every question", "Add answers, or use {method=}kl (label-free)")
+            raise InputError(
+                f"{missing.where} has no 'answer', and {{method=}}ablation needs the reference answer of "
+                f"every question",
+                "Add answers, or use {method=}kl (label-free)",
+            )
 
 
 def load_calibration_data(spec: str, limit: int | None = None) -> CalibrationData:
@@ -75,13 +78,17 @@ def load_calibration_data(spec: str, limit: int | None = None) -> CalibrationDat
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise InputError(f"calibration data '{spec}' does not exist",
-                             f"Give a folder with {QUESTIONS_FILE}, a JSONL file, or builtin:N")
+            raise InputError(
+                f"calibration data '{spec}' does not exist",
+                f"Give a folder with {QUESTIONS_FILE}, a JSONL file, or builtin:N",
+            )
         if path.is_dir():
             path = path / QUESTIONS_FILE
             if not path.is_file():
-                raise InputError(f"folder '{spec}' has no {QUESTIONS_FILE}",
-                                 "Add one line per question: {\"image\": ..., \"question\": ..., \"answer\": ...}")
+                raise InputError(
+                    f"folder '{spec}' has no {QUESTIONS_FILE}",
+                    'Add one line per question: {"image": ..., "question": ..., "answer": ...}',
+                )
         samples = _jsonl(path, limit)
         digest = hashlib.sha256()
         image_digests: dict[Path, str] = {}
@@ -89,23 +96,27 @@ def load_calibration_data(spec: str, limit: int | None = None) -> CalibrationDat
             for image in sample.image_paths:
                 if image not in image_digests:
                     image_digests[image] = hashlib.sha256(image.read_bytes()).hexdigest()
-            digest.update(json.dumps([sample.question, sample.answer, sample.subset,
-                                      [image_digests[p] for p in sample.image_paths]]).encode())
+            digest.update(
+                json.dumps(
+                    [sample.question, sample.answer, sample.subset, [image_digests[p] for p in sample.image_paths]]
+                ).encode()
+            )
     if not samples:
         raise InputError(f"calibration data '{spec}' holds no questions", "Add at least one question")
     return CalibrationData(samples=samples, source=spec, fingerprint=digest.hexdigest())
 
 
-def _builtin(spec: str, limit: int | None) -> tuple[list[CalibrationSample], "hashlib._Hash"]:
+def _builtin(spec: str, limit: int | None) -> tuple[list[CalibrationSample], hashlib._Hash]:
     from hawk_cli.synthetic.scenes import CALIBRATION_SEED, GENERATOR_VERSION, calibration_set
 
-    count = spec[len(BUILTIN_PREFIX):]
+    count = spec[len(BUILTIN_PREFIX) :]
     if not count.isdigit() or int(count) < 1:
         raise UsageError(f"'{spec}' is not builtin:N with N a positive whole number", "Use e.g. builtin:200")
     if int(count) > MAX_BUILTIN_QUESTIONS:
-        raise UsageError(f"builtin:{int(count):,} is over hawk's limit of {MAX_BUILTIN_QUESTIONS:,} generated "
-                         "questions",
-                         "Use e.g. builtin:400 (the shipped head weights used 400)")
+        raise UsageError(
+            f"builtin:{int(count):,} is over hawk's limit of {MAX_BUILTIN_QUESTIONS:,} generated questions",
+            "Use e.g. builtin:400 (the shipped head weights used 400)",
+        )
     n = min(int(count), limit) if limit else int(count)
     digest = hashlib.sha256(f"builtin generator {GENERATOR_VERSION} seed {CALIBRATION_SEED}".encode())
     samples = []
@@ -114,8 +125,15 @@ def _builtin(spec: str, limit: int | None) -> tuple[list[CalibrationSample], "ha
         if id(item.image) not in seen:
             seen[id(item.image)] = hashlib.sha256(item.image.tobytes()).hexdigest()
         digest.update(json.dumps([item.question, item.answer, item.kind, seen[id(item.image)]]).encode())
-        samples.append(CalibrationSample(question=item.question, answer=item.answer, subset=item.kind,
-                                         where=f"builtin #{index}", pil_images=(item.image,)))
+        samples.append(
+            CalibrationSample(
+                question=item.question,
+                answer=item.answer,
+                subset=item.kind,
+                where=f"builtin #{index}",
+                pil_images=(item.image,),
+            )
+        )
     return samples, digest
 
 
@@ -123,14 +141,16 @@ def _text_field(record: dict, key: str, where: str, required: bool) -> str | Non
     value = record.get(key)
     if value is None:
         if required:
-            raise InputError(f"{where} has no '{key}'", "Each line needs \"image\" and \"question\"")
+            raise InputError(f"{where} has no '{key}'", 'Each line needs "image" and "question"')
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InputError(f"{where}: '{key}' must be a string, got {type(value).__name__}", "Quote the value")
     value = str(value)
     if len(value) > MAX_QUESTION_CHARS:
-        raise InputError(f"{where}: '{key}' is {len(value):,} characters long, over hawk's limit of "
-                         f"{MAX_QUESTION_CHARS:,}", "Shorten it")
+        raise InputError(
+            f"{where}: '{key}' is {len(value):,} characters long, over hawk's limit of {MAX_QUESTION_CHARS:,}",
+            "Shorten it",
+        )
     value = value.strip()
     if required and not value:
         raise InputError(f"{where}: '{key}' is empty", f"Give a non-empty {key}")
@@ -161,8 +181,9 @@ def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
         try:
             record = strict_json(line)
         except json.JSONDecodeError as error:
-            raise InputError(f"{where} is not valid JSON ({error.msg} at column {error.colno})",
-                             "Write one JSON object per line") from None
+            raise InputError(
+                f"{where} is not valid JSON ({error.msg} at column {error.colno})", "Write one JSON object per line"
+            ) from None
         except (ValueError, RecursionError) as error:
             reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]
             raise InputError(f"{where} is not valid JSON ({reason})", "Write one JSON object per line") from None
@@ -172,15 +193,18 @@ def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
         if isinstance(images, str):
             images = [images]
         if not images or not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
-            raise InputError(f"{where} has no 'image' (a path or a list of paths)",
-                             "Each line needs \"image\" and \"question\"")
+            raise InputError(
+                f"{where} has no 'image' (a path or a list of paths)", 'Each line needs "image" and "question"'
+            )
         image_paths = []
         for name in images:
             image = Path(name).expanduser()
             image = image if image.is_absolute() else folder / image
             if not image.exists() and not name.lower().startswith(URL_PREFIXES):
-                raise InputError(f"{where}: image '{name}' does not exist (looked for '{image}')",
-                                 "Paths are relative to the JSONL file's folder")
+                raise InputError(
+                    f"{where}: image '{name}' does not exist (looked for '{image}')",
+                    "Paths are relative to the JSONL file's folder",
+                )
             try:
                 check_local_file(name if name.lower().startswith(URL_PREFIXES) else image)
             except InputError as error:
@@ -189,6 +213,9 @@ def _samples(lines, path: Path, limit: int | None) -> list[CalibrationSample]:
         question = _text_field(record, "question", where, required=True)
         answer = _text_field(record, "answer", where, required=False)
         subset = _text_field(record, "subset", where, required=False) or DEFAULT_SUBSET
-        samples.append(CalibrationSample(question=question, answer=answer or None, subset=subset, where=where,
-                                         image_paths=tuple(image_paths)))
+        samples.append(
+            CalibrationSample(
+                question=question, answer=answer or None, subset=subset, where=where, image_paths=tuple(image_paths)
+            )
+        )
     return samples

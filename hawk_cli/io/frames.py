@@ -29,26 +29,34 @@ def _frames_of_file(path: Path) -> list[Image.Image]:
             if n_frames == 1:
                 return [load_image(path)]
             if n_frames > MAX_FRAMES:
-                raise InputError(f"the video '{path}' has {n_frames} frames, over hawk's limit of {MAX_FRAMES}",
-                                 "Sample fewer frames (and set {fps} to their rate)")
+                raise InputError(
+                    f"the video '{path}' has {n_frames} frames, over hawk's limit of {MAX_FRAMES}",
+                    "Sample fewer frames (and set {fps} to their rate)",
+                )
             width, height = image.size
             if width * height * min(n_frames, MAX_FRAMES) > MAX_PROMPT_PIXELS:
-                raise InputError(f"video '{path}' has {n_frames} frames of {width}x{height}, too many pixels",
-                                 "Downscale it or keep fewer frames")
+                raise InputError(
+                    f"video '{path}' has {n_frames} frames of {width}x{height}, too many pixels",
+                    "Downscale it or keep fewer frames",
+                )
             return [to_rgb(frame, str(path)) for frame in ImageSequence.Iterator(image)]
     except InputError:
         raise
     except UnidentifiedImageError:
-        raise InputError(f"'{path}' is not an image Pillow can read", "Give a GIF, a folder of frames or frame files")
+        raise InputError(
+            f"'{path}' is not an image Pillow can read", "Give a GIF, a folder of frames or frame files"
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"video '{path}' is unreadable or truncated ({error})", "Re-export it")
+        raise InputError(f"video '{path}' is unreadable or truncated ({error})", "Re-export it") from None
 
 
 def _load_frame_files(paths: list) -> list[Image.Image]:
     """Frame files, with their count and pixel total checked from the headers before any decoding."""
     if len(paths) > MAX_FRAMES:
-        raise InputError(f"the video has {len(paths)} frames, over hawk's limit of {MAX_FRAMES}",
-                         "Sample fewer frames (and set {fps} to their rate)")
+        raise InputError(
+            f"the video has {len(paths)} frames, over hawk's limit of {MAX_FRAMES}",
+            "Sample fewer frames (and set {fps} to their rate)",
+        )
     check_pixel_total([image_header(p)[:2] for p in paths], "the video's frames")
     return [load_image(p) for p in paths]
 
@@ -62,19 +70,23 @@ def read_frames(source: str | Path | list | tuple) -> list[Image.Image]:
     else:
         path = Path(source) if Path(source).is_dir() else check_local_file(source, "video")
         if path.is_dir():
-            files = sorted((p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()),
-                           key=_natural_key)
+            files = sorted(
+                (p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()), key=_natural_key
+            )
             if not files:
-                raise InputError(f"video folder '{path}' holds no frame images",
-                                 f"Put frames ({', '.join(FRAME_SUFFIXES)}) in it")
+                raise InputError(
+                    f"video folder '{path}' holds no frame images", f"Put frames ({', '.join(FRAME_SUFFIXES)}) in it"
+                )
             frames = _load_frame_files(files)
         else:
             frames = _frames_of_file(path)
     if not frames:
         raise InputError("the video has no frames", "Give at least one frame")
     if len(frames) > MAX_FRAMES:
-        raise InputError(f"the video has {len(frames)} frames, over hawk's limit of {MAX_FRAMES}",
-                         "Sample fewer frames (and set {fps} to their rate)")
+        raise InputError(
+            f"the video has {len(frames)} frames, over hawk's limit of {MAX_FRAMES}",
+            "Sample fewer frames (and set {fps} to their rate)",
+        )
     return frames
 
 
@@ -87,6 +99,8 @@ FPS_RANGE = (0.01, 1000.0)
 def validate_fps(fps: float) -> float:
     low, high = FPS_RANGE
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not low <= fps <= high:
-        raise InputError(f"fps must be a number from {low:g} to {high:g} (frames per second), got {fps}",
-                         "Use e.g. 2 (frames per second)")
+        raise InputError(
+            f"fps must be a number from {low:g} to {high:g} (frames per second), got {fps}",
+            "Use e.g. 2 (frames per second)",
+        )
     return float(fps)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,8 +33,8 @@ class LoadedModel:
     library caller can wrap a model it loaded itself: `LoadedModel(model, tokenizer, image_processor)`."""
 
     model: torch.nn.Module
-    tokenizer: object
-    image_processor: object
+    tokenizer: Any  # a transformers tokenizer (read as untyped)
+    image_processor: Any
     name: str = "model"  # as the user gave it ("builtin", a hub id, a folder)
     path: str = ""  # where it was loaded from ("" when unknown: no files beside the weights are read)
     device: torch.device | None = None  # where inputs go: the input embedding's device
@@ -76,8 +77,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ResourceError(f"{name} was asked for but no CUDA GPU is available", "Use {device=}cpu (or auto)",
-                                setting="device")
+            raise ResourceError(
+                f"{name} was asked for but no CUDA GPU is available", "Use {device=}cpu (or auto)", setting="device"
+            )
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
@@ -98,18 +100,23 @@ def _locate(spec: str) -> tuple[str, bool]:
     if spec in BUILTIN_NAMES:
         folder = builtin_dir()
         if not (folder / "model.safetensors").is_file():
-            raise ModelError("the built-in model is not installed with this copy of hawk",
-                             "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint")
+            raise ModelError(
+                "the built-in model is not installed with this copy of hawk",
+                "Reinstall hawk-vlm, or pass {model} with a Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 checkpoint",
+            )
         return str(folder), True
     if spec.lower().startswith(("http://", "https://", "hf://")):
         repo = "/".join(spec.split("://", 1)[1].split("/")[1:3]) if "huggingface.co" in spec else ""
-        raise ModelError(f"model '{spec}' is a URL", f"Pass the hub id ({{model=}}{repo or 'ORG/NAME'}) or a local "
-                         "folder")
+        raise ModelError(
+            f"model '{spec}' is a URL", f"Pass the hub id ({{model=}}{repo or 'ORG/NAME'}) or a local folder"
+        )
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelError(f"'{spec}' is not a model folder (no config.json)",
-                             "Pass a folder saved with save_pretrained, or a hub id")
+            raise ModelError(
+                f"'{spec}' is not a model folder (no config.json)",
+                "Pass a folder saved with save_pretrained, or a hub id",
+            )
         return str(path), False
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise ModelError(f"model path '{spec}' does not exist", "Check the path, or use {model=}builtin")
@@ -122,8 +129,10 @@ def read_model_type(location: str) -> str:
     try:
         return str(AutoConfig.from_pretrained(location).model_type)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as error:
-        raise ModelError(f"cannot load model '{location}': {str(error).splitlines()[0][:200]}",
-                         "Pass a local checkpoint folder (no hub downloads happen offline)")
+        raise ModelError(
+            f"cannot load model '{location}': {str(error).splitlines()[0][:200]}",
+            "Pass a local checkpoint folder (no hub downloads happen offline)",
+        ) from None
 
 
 def pil_image_processor(location: str, model_type: str):
@@ -133,10 +142,15 @@ def pil_image_processor(location: str, model_type: str):
     return AutoImageProcessor.from_pretrained(location, backend="pil")
 
 
-def load_model(spec: str | None, supported: set[str], device: str = "auto", dtype: str = "auto",
-               attn: str = "sdpa",
-               image_processor_loader: Callable[[str, str], object] = pil_image_processor,
-               device_map: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str | None,
+    supported: set[str],
+    device: str = "auto",
+    dtype: str = "auto",
+    attn: str = "sdpa",
+    image_processor_loader: Callable[[str, str], object] = pil_image_processor,
+    device_map: str | None = None,
+) -> LoadedModel:
     """`image_processor_loader(location, model_type)`: the family's own loader (its adapter knows which
     processor class a checkpoint of its type uses when the settings do not name one). `device_map`: "auto",
     "balanced" or a JSON file: the model is spread by transformers / accelerate (their own placement and hooks)
@@ -163,24 +177,47 @@ def load_model(spec: str | None, supported: set[str], device: str = "auto", dtyp
     try:
         # use_kernels=False: transformers 5.25 swaps in hub kernels on CUDA by default, which needs a download.
         placed = {} if placement is None else {"device_map": placement}
-        model = AutoModelForImageTextToText.from_pretrained(location, dtype=torch_dtype, attn_implementation=attn,
-                                                            use_kernels=False, **placed)
+        model = AutoModelForImageTextToText.from_pretrained(
+            location, dtype=torch_dtype, attn_implementation=attn, use_kernels=False, **placed
+        )
         tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         # PIL backend everywhere: torchvision's pixels differ slightly and would change top-k choices.
         image_processor = image_processor_loader(location, model_type)
     except ImportError as error:
-        raise ModelError(f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
-                         "Use {attn=}sdpa, or install the missing package")
+        raise ModelError(
+            f"cannot load '{name}' with attention '{attn}': {str(error).splitlines()[0][:200]}",
+            "Use {attn=}sdpa, or install the missing package",
+        ) from None
     except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load model '{name}': {str(error).splitlines()[0][:200]}",
-                         "Check that the folder holds a complete checkpoint (config, weights, tokenizer)")
+        raise ModelError(
+            f"cannot load model '{name}': {str(error).splitlines()[0][:200]}",
+            "Check that the folder holds a complete checkpoint (config, weights, tokenizer)",
+        ) from None
     if placement is None:
         model = model.to(torch_device).eval()
-        return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
-                           path=location, device=torch_device, dtype=torch_dtype, attn=attn, is_builtin=is_builtin)
+        return LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            name=name,
+            path=location,
+            device=torch_device,
+            dtype=torch_dtype,
+            attn=attn,
+            is_builtin=is_builtin,
+        )
     check_fits(dict(getattr(model, "hf_device_map", None) or {}))
     model = model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name,
-                       path=location, device=input_device(model), dtype=torch_dtype, attn=attn,
-                       is_builtin=is_builtin, devices=model_devices(model),
-                       device_map=dict(getattr(model, "hf_device_map", None) or {}) or None)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        name=name,
+        path=location,
+        device=input_device(model),
+        dtype=torch_dtype,
+        attn=attn,
+        is_builtin=is_builtin,
+        devices=model_devices(model),
+        device_map=dict(getattr(model, "hf_device_map", None) or {}) or None,
+    )

@@ -33,8 +33,12 @@ def _score_colour(rank: float) -> tuple[int, int, int]:
     return tuple(int(round(a + (b - a) * frac)) for a, b in zip(stops[low], stops[high], strict=True))
 
 
-def panels_for(images: tuple[Image.Image, ...] | list[Image.Image], frames: tuple[Image.Image, ...] | list,
-               grids: list[tuple[int, int, int]], temporal_patch_size: int = 2) -> list[tuple[Image.Image, int, int]]:
+def panels_for(
+    images: tuple[Image.Image, ...] | list[Image.Image],
+    frames: tuple[Image.Image, ...] | list,
+    grids: list[tuple[int, int, int]],
+    temporal_patch_size: int = 2,
+) -> list[tuple[Image.Image, int, int]]:
     """(picture, merged rows, merged columns) per token block, in prompt order; grids are in patches."""
     pictures = list(images)
     if frames:
@@ -48,8 +52,14 @@ def panels_for(images: tuple[Image.Image, ...] | list[Image.Image], frames: tupl
     return [(picture, h, w) for picture, (h, w) in zip(pictures, blocks, strict=True)]
 
 
-def render_overlay(panels: list[tuple[Image.Image, int, int]], keep: torch.Tensor, scores: torch.Tensor | None = None,
-                   merge_size: int = 2, cell_pixels: int = 28, by_score: bool = False) -> Image.Image:
+def render_overlay(
+    panels: list[tuple[Image.Image, int, int]],
+    keep: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    merge_size: int = 2,
+    cell_pixels: int = 28,
+    by_score: bool = False,
+) -> Image.Image:
     """One picture, panels side by side. `keep` / `scores`: [n_visual] over the panels' cells in order."""
     keep = keep.bool().cpu()
     counts = [(h // merge_size) * (w // merge_size) for _, h, w in panels]
@@ -62,14 +72,13 @@ def render_overlay(panels: list[tuple[Image.Image, int, int]], keep: torch.Tenso
         ranks = order / max(len(order) - 1, 1)
         colours = iter([_score_colour(float(r)) for r in ranks])
     sizes = [((w // merge_size) * cell_pixels, (h // merge_size) * cell_pixels) for _, h, w in panels]
-    canvas = Image.new("RGB", (sum(s[0] for s in sizes) + GAP * (len(sizes) - 1), max(s[1] for s in sizes)),
-                       BACKGROUND)
+    canvas = Image.new("RGB", (sum(s[0] for s in sizes) + GAP * (len(sizes) - 1), max(s[1] for s in sizes)), BACKGROUND)
     x, offset = 0, 0
     for (picture, _, w), (width, height), count in zip(panels, sizes, counts, strict=True):
         panel = picture.convert("RGB").resize((width, height), Image.BICUBIC)
         dimmed = panel.point(lambda v: int(v * DIM_FACTOR))
         cols = w // merge_size
-        flags = keep[offset: offset + count].tolist()
+        flags = keep[offset : offset + count].tolist()
         for index, kept in enumerate(flags):
             if not kept:
                 row, col = divmod(index, cols)
@@ -80,8 +89,11 @@ def render_overlay(panels: list[tuple[Image.Image, int, int]], keep: torch.Tenso
             if kept:
                 row, col = divmod(index, cols)
                 colour = next(colours) if colours is not None else KEPT_OUTLINE
-                draw.rectangle((col * cell_pixels, row * cell_pixels, (col + 1) * cell_pixels - 1,
-                                (row + 1) * cell_pixels - 1), outline=colour, width=OUTLINE_WIDTH)
+                draw.rectangle(
+                    (col * cell_pixels, row * cell_pixels, (col + 1) * cell_pixels - 1, (row + 1) * cell_pixels - 1),
+                    outline=colour,
+                    width=OUTLINE_WIDTH,
+                )
         canvas.paste(panel, (x, 0))
         x += width + GAP
         offset += count

@@ -66,16 +66,20 @@ def decoded_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[str
                 rest = stream.readline(_SKIP_CHUNK)
                 if not rest or rest.endswith(b"\n"):
                     break
-            yield InputError(f"line {number} is over hawk's limit of {limit:,} bytes per line",
-                             "Put one request per line, with a question of at most 100,000 characters")
+            yield InputError(
+                f"line {number} is over hawk's limit of {limit:,} bytes per line",
+                "Put one request per line, with a question of at most 100,000 characters",
+            )
             continue
         if number == 1 and line.startswith(UTF8_BOM):
-            line = line[len(UTF8_BOM):]
+            line = line[len(UTF8_BOM) :]
         try:
             yield line.decode("utf-8")
         except UnicodeDecodeError as error:
-            yield InputError(f"line {number} is not valid UTF-8 (byte 0x{line[error.start]:02x} at byte "
-                             f"{error.start + 1})", "Save the requests as UTF-8")
+            yield InputError(
+                f"line {number} is not valid UTF-8 (byte 0x{line[error.start]:02x} at byte {error.start + 1})",
+                "Save the requests as UTF-8",
+            )
 
 
 def _reject_constant(name: str):
@@ -143,8 +147,10 @@ def _paths(value, key: str, base: Path) -> tuple[Path, ...]:
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
         raise InputError(f"'{key}' must be a path or a list of paths", f'Write e.g. "{key}": ["a.png"]')
     if key == "images" and len(values) > MAX_IMAGES_PER_PROMPT:
-        raise InputError(f"'{key}' lists {len(values)} images, over hawk's limit of {MAX_IMAGES_PER_PROMPT} per "
-                         "prompt", "Give fewer images per request")
+        raise InputError(
+            f"'{key}' lists {len(values)} images, over hawk's limit of {MAX_IMAGES_PER_PROMPT} per prompt",
+            "Give fewer images per request",
+        )
     for text in values:
         if text.lower().startswith(URL_PREFIXES):
             raise InputError(f"'{key}' holds the URL '{text}'; hawk reads local files only", "Download it first")
@@ -157,18 +163,26 @@ def _number(data: dict, key: str, kind: type):
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (kind is int and value != int(value)):
-        raise InputError(f"'{key}' must be {'an integer' if kind is int else 'a finite number'}, got {value!r}",
-                         f"Fix '{key}' or leave it out")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (kind is int and value != int(value))
+    ):
+        raise InputError(
+            f"'{key}' must be {'an integer' if kind is int else 'a finite number'}, got {value!r}",
+            f"Fix '{key}' or leave it out",
+        )
     return kind(value)
 
 
 def parse_request(data: object, line: int, base: Path) -> RequestSpec:
     """Check one decoded line; raises InputError naming the field."""
     if not isinstance(data, dict):
-        raise InputError(f"a request must be a JSON object, got {type(data).__name__}",
-                         'Write one object per line, e.g. {"id": 1, "images": ["a.png"], "question": "..."}')
+        raise InputError(
+            f"a request must be a JSON object, got {type(data).__name__}",
+            'Write one object per line, e.g. {"id": 1, "images": ["a.png"], "question": "..."}',
+        )
     request_id = data.get("id", line)
     question = data.get("question")
     if not isinstance(question, str) or not question.strip():
@@ -176,15 +190,20 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
     question = check_question(question, "'question'")
     if "images" in data and "image" in data:
         raise InputError("both 'images' and 'image' are given", "Use one of them")
-    images = _paths(data["images"] if "images" in data else data["image"], "images", base) \
-        if ("images" in data or "image" in data) else ()
+    images = (
+        _paths(data["images"] if "images" in data else data["image"], "images", base)
+        if ("images" in data or "image" in data)
+        else ()
+    )
     video = _paths(data["video"], "video", base) if "video" in data else ()
     if not images and not video:
         raise InputError("the request has no 'images' and no 'video'", 'Add "images": ["a.png"] or "video": "clip.gif"')
     budget = [key for key in BUDGET_FIELDS if data.get(key) is not None]
     if len(budget) > 1:
-        raise InputError(f"{' and '.join(repr(k) for k in budget)} all set the visual-token budget",
-                         "Give one of 'ratio', 'keep' or 'keep_tokens'")
+        raise InputError(
+            f"{' and '.join(repr(k) for k in budget)} all set the visual-token budget",
+            "Give one of 'ratio', 'keep' or 'keep_tokens'",
+        )
     ratio = _number(data, "ratio", float)
     if ratio is not None and not 0 <= ratio < 1:
         raise InputError(f"'ratio' must be in [0, 1), got {ratio}", "0.8 removes 80% of the visual tokens")
@@ -204,8 +223,17 @@ def parse_request(data: object, line: int, base: Path) -> RequestSpec:
         if "video" not in data:
             raise InputError("'fps' is given without a 'video'", "Leave 'fps' out, or add the video")
         validate_fps(fps)
-    return RequestSpec(line=line, id=request_id, question=question, images=images, video=video, fps=fps,
-                       ratio=ratio, max_new_tokens=max_new_tokens, keep_tokens=keep_tokens)
+    return RequestSpec(
+        line=line,
+        id=request_id,
+        question=question,
+        images=images,
+        video=video,
+        fps=fps,
+        ratio=ratio,
+        max_new_tokens=max_new_tokens,
+        keep_tokens=keep_tokens,
+    )
 
 
 def read_requests(lines: Iterable[str | HawkError], base: Path) -> Iterator[RequestSpec | BadLine]:
@@ -220,13 +248,19 @@ def read_requests(lines: Iterable[str | HawkError], base: Path) -> Iterator[Requ
         try:
             data = strict_json(text)
         except json.JSONDecodeError as error:
-            yield BadLine(line=number, id=None, error=InputError(f"line {number} is not valid JSON ({error.msg})",
-                                                                 "Write one JSON object per line"))
+            yield BadLine(
+                line=number,
+                id=None,
+                error=InputError(f"line {number} is not valid JSON ({error.msg})", "Write one JSON object per line"),
+            )
             continue
         except (ValueError, RecursionError) as error:  # NaN / Infinity, a huge integer, nesting too deep
             reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]
-            yield BadLine(line=number, id=None, error=InputError(f"line {number} is not valid JSON ({reason})",
-                                                                 "Write one JSON object per line"))
+            yield BadLine(
+                line=number,
+                id=None,
+                error=InputError(f"line {number} is not valid JSON ({reason})", "Write one JSON object per line"),
+            )
             continue
         try:
             yield parse_request(data, number, base)
@@ -239,5 +273,6 @@ def load_request(spec: RequestSpec, default_fps: float) -> Request:
     """Open the request's images and frames (InputError on a missing or unreadable file)."""
     images = load_images(spec.images)
     frames = tuple(read_frames(list(spec.video))) if spec.video else ()
-    return Request(question=spec.question, images=images, video=frames,
-                   fps=spec.fps if spec.fps is not None else default_fps)
+    return Request(
+        question=spec.question, images=images, video=frames, fps=spec.fps if spec.fps is not None else default_fps
+    )

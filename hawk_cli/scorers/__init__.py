@@ -10,9 +10,18 @@ from hawk_cli.scorers.norm import NormScorer
 from hawk_cli.scorers.oracle import OracleScorer
 from hawk_cli.scorers.random import RandomScorer
 
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    HawkScorer, UniformHawkScorer, AttentionMassScorer, AttentionMassPriorScorer, RandomScorer, NormScorer, OracleScorer,
-)}
+SCORERS: dict[str, type[Scorer]] = {
+    cls.name: cls
+    for cls in (
+        HawkScorer,
+        UniformHawkScorer,
+        AttentionMassScorer,
+        AttentionMassPriorScorer,
+        RandomScorer,
+        NormScorer,
+        OracleScorer,
+    )
+}
 
 
 def get_scorer_class(name: str) -> type[Scorer]:
@@ -21,6 +30,16 @@ def get_scorer_class(name: str) -> type[Scorer]:
     return SCORERS[name]
 
 
-__all__ = ["SCORERS", "Scorer", "ScoringInputs", "get_scorer_class", "HawkScorer", "UniformHawkScorer",
-           "RandomScorer", "NormScorer", "OracleScorer", "AttentionMassScorer",
-           "AttentionMassPriorScorer"]
+__all__ = [
+    "SCORERS",
+    "Scorer",
+    "ScoringInputs",
+    "get_scorer_class",
+    "HawkScorer",
+    "UniformHawkScorer",
+    "RandomScorer",
+    "NormScorer",
+    "OracleScorer",
+    "AttentionMassScorer",
+    "AttentionMassPriorScorer",
+]

@@ -41,8 +41,9 @@ class HawkScorer(Scorer):
     def score(self, inputs: ScoringInputs) -> Tensor:
         q, k = inputs.query_key(self.layer)
         relevance = per_head_relevance(q, k, inputs.query_mask, inputs.visual_mask)
-        weights = (torch.full((q.shape[1],), 1.0 / q.shape[1]) if self.head_weights is None
-                   else self.head_weights.float())
+        weights = (
+            torch.full((q.shape[1],), 1.0 / q.shape[1]) if self.head_weights is None else self.head_weights.float()
+        )
         fused = torch.einsum("bhl,h->bl", relevance, weights.to(relevance.device))
         return fused.masked_fill(~inputs.visual_mask, float("-inf"))
 

@@ -70,16 +70,19 @@ class AttentionMassScorer(HawkScorer):
         self.head_weights = None  # uniform heads, always: see the class docstring
         self.weights_source = "uniform"
         if not isinstance(self.saliency_prior, (int, float)) or not 0 <= self.saliency_prior < float("inf"):
-            raise UsageError(f"saliency_prior must be a finite number >= 0, got {self.saliency_prior!r}",
-                             "Use 0 (text only) or e.g. 0.5")
+            raise UsageError(
+                f"saliency_prior must be a finite number >= 0, got {self.saliency_prior!r}",
+                "Use 0 (text only) or e.g. 0.5",
+            )
 
     def score(self, inputs: ScoringInputs) -> Tensor:
         q, k = inputs.query_key(self.layer)
         fused = attention_mass(q, k, inputs.query_mask, inputs.visual_mask).mean(dim=1)  # heads count equally
         if self.saliency_prior > 0:
             norms = inputs.embeds.float().norm(dim=-1)
-            fused = (standardise(fused, inputs.visual_mask)
-                     + self.saliency_prior * standardise(norms, inputs.visual_mask))
+            fused = standardise(fused, inputs.visual_mask) + self.saliency_prior * standardise(
+                norms, inputs.visual_mask
+            )
         return fused.masked_fill(~inputs.visual_mask, float("-inf"))
 
     def describe(self) -> dict:

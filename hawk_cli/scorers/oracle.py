@@ -29,8 +29,10 @@ class OracleScorer(Scorer):
 
     def score(self, inputs: ScoringInputs) -> Tensor:
         if inputs.target_mask is None:
-            raise UsageError("the oracle scorer needs ground-truth target masks, which only 'hawk eval' has",
-                             "Use it with 'hawk eval' ({scorer=}oracle); choose another {scorer} for real images")
+            raise UsageError(
+                "the oracle scorer needs ground-truth target masks, which only 'hawk eval' has",
+                "Use it with 'hawk eval' ({scorer=}oracle); choose another {scorer} for real images",
+            )
         tie_break = row_uniforms(inputs.visual_mask, self.seed, self.row_keys)  # [0, 1), -inf off visual
         target = inputs.target_mask.to(tie_break.device).bool() & inputs.visual_mask.bool()
         return tie_break * 0.5 + target.float()  # targets in [1, 1.5), the rest in [0, 0.5)

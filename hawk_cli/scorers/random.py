@@ -20,8 +20,10 @@ def row_uniforms(visual_mask: Tensor, seed: int, row_keys: tuple[int, ...] | Non
     same alone and inside any batch, and the same on every device.
     """
     if row_keys is not None and len(row_keys) != visual_mask.shape[0]:
-        raise UsageError(f"{len(row_keys)} row keys were given for a batch of {visual_mask.shape[0]} prompts",
-                         "Pass one key per prompt")
+        raise UsageError(
+            f"{len(row_keys)} row keys were given for a batch of {visual_mask.shape[0]} prompts",
+            "Pass one key per prompt",
+        )
     out = torch.full(visual_mask.shape, float("-inf"), dtype=torch.float32)
     visual = visual_mask.bool().cpu()
     for row in range(visual.shape[0]):

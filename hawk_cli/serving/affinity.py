@@ -18,9 +18,9 @@ off Linux, or when the topology cannot be read.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 MIN_CPUS = 4
 

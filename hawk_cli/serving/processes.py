@@ -33,8 +33,12 @@ def available() -> bool:
 
 def process_pool(session, workers: int) -> ProcessPoolExecutor:
     """A pool of `workers` forked children preparing requests for `session` (children start on first use)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init_child, initargs=(session,))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_child,
+        initargs=(session,),
+    )
 
 
 def prepare_task(fps: float):
@@ -55,22 +59,25 @@ def _prepare_in_child(spec, fps: float):
 
 
 def _to_wire(encoded):
-    return dataclasses.replace(encoded, **{name: _map(value, lambda t: t.numpy())
-                                           for name, value in _tensor_fields(encoded)})
+    return dataclasses.replace(
+        encoded, **{name: _map(value, lambda t: t.numpy()) for name, value in _tensor_fields(encoded)}
+    )
 
 
 def from_wire(result):
     """(Request, EncodedRequest) as prepared in the parent: NumPy arrays back to tensors (no copy)."""
     request, encoded = result
-    return request, dataclasses.replace(encoded, **{name: _map(value, torch.from_numpy)
-                                                    for name, value in _tensor_fields(encoded)})
+    return request, dataclasses.replace(
+        encoded, **{name: _map(value, torch.from_numpy) for name, value in _tensor_fields(encoded)}
+    )
 
 
 def _tensor_fields(encoded):
     for field in dataclasses.fields(encoded):
         value = getattr(encoded, field.name)
         if isinstance(value, (torch.Tensor, np.ndarray)) or (
-                isinstance(value, tuple) and value and isinstance(value[0], (torch.Tensor, np.ndarray))):
+            isinstance(value, tuple) and value and isinstance(value[0], (torch.Tensor, np.ndarray))
+        ):
             yield field.name, value
 
 

@@ -4,7 +4,7 @@ batches, run in batches of equal ratio with per-row error isolation, results in 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from hawk_cli.errors import UsageError, failure_text
 from hawk_cli.serving.prepare import prepare_request
@@ -17,7 +17,7 @@ class RequestRow:
         self.line, self.id = line, request_id
         self.spec = self.request = self.encoded = self.error = self.future = None
 
-    def resolve(self) -> "RequestRow":
+    def resolve(self) -> RequestRow:
         if self.future is not None:
             try:
                 self.request, self.encoded = self.future.result()
@@ -59,8 +59,16 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, items, prepare, lookahead: int, workers: int, pool=None, finish=None,
-                 on_thread_start: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        items,
+        prepare,
+        lookahead: int,
+        workers: int,
+        pool=None,
+        finish=None,
+        on_thread_start: Callable[[], None] | None = None,
+    ) -> None:
         """`pool`: an executor to prepare in instead of `workers` threads; `finish` maps its results back.
         `on_thread_start` runs first on the reader thread, which also starts the pool's workers (e.g. to set the
         CPU affinity they inherit)."""
@@ -90,8 +98,11 @@ class Prefetcher:
                     row.error = item.error
                 else:
                     row.spec = item
-                    row.future = (_Finished(self._pool.submit(self._prepare, item), self._finish) if self._pool
-                                  else _PrepareLater(self._prepare, item))
+                    row.future = (
+                        _Finished(self._pool.submit(self._prepare, item), self._finish)
+                        if self._pool
+                        else _PrepareLater(self._prepare, item)
+                    )
                 self._queue.put(row)
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
             self._failure = error
@@ -154,8 +165,14 @@ class _PrepareLater:
         return self.function(self.argument)
 
 
-def run_window(session, method, rows: list[RequestRow], default_ratio: float, default_tokens: int,
-               default_keep_tokens: int | None = None) -> list:
+def run_window(
+    session,
+    method,
+    rows: list[RequestRow],
+    default_ratio: float,
+    default_tokens: int,
+    default_keep_tokens: int | None = None,
+) -> list:
     """Run the window's good rows in batches of one visual-token budget (a ratio, or a number of tokens kept);
     per row a result dict or an error string. A row's own budget replaces the defaults."""
     from hawk_cli.engine.generation import GenerationSettings
@@ -174,27 +191,45 @@ def run_window(session, method, rows: list[RequestRow], default_ratio: float, de
     for (group_ratio, keep_tokens), indices in groups.items():
         limits = [rows[i].spec.max_new_tokens or default_tokens for i in indices]
         settings = GenerationSettings(ratio=group_ratio, max_new_tokens=max(limits), keep_tokens=keep_tokens)
-        results = session.run_isolated([rows[i].request for i in indices], method, settings,
-                                       [rows[i].encoded for i in indices], limits)
-        for index, limit, (answer, timings, rows_run) in zip(indices, limits, results):
+        results = session.run_isolated(
+            [rows[i].request for i in indices], method, settings, [rows[i].encoded for i in indices], limits
+        )
+        for index, limit, (answer, timings, rows_run) in zip(indices, limits, results, strict=True):
             if isinstance(answer, BaseException):
                 outcomes[index] = failure_text(answer)
                 continue
             tokens = answer.tokens[:limit]  # a row asking fewer tokens: the greedy prefix of the batch's run
-            outcomes[index] = {"answer": session.decode(tokens),
-                               "ratio": group_ratio if keep_tokens is None else None, "keep_tokens": keep_tokens,
-                               **answer.stats.to_dict(), "visual_tokens_per_image": list(answer.visual_blocks),
-                               "visual_tokens_kept_per_image": list(answer.kept_per_block()),
-                               "generated_tokens": len(tokens), "batch_size": rows_run, "batch_timings": timings,
-                               "_answer": answer}
+            outcomes[index] = {
+                "answer": session.decode(tokens),
+                "ratio": group_ratio if keep_tokens is None else None,
+                "keep_tokens": keep_tokens,
+                **answer.stats.to_dict(),
+                "visual_tokens_per_image": list(answer.visual_blocks),
+                "visual_tokens_kept_per_image": list(answer.kept_per_block()),
+                "generated_tokens": len(tokens),
+                "batch_size": rows_run,
+                "batch_timings": timings,
+                "_answer": answer,
+            }
     return outcomes
 
 
-def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for_full: bool, default_ratio: float,
-                  default_keep_tokens: int | None = None,
-                  default_tokens: int, fps: float, workers: int, processes: bool = False,
-                  pin_cpus: bool = True, on_close: Callable[[Callable[[], None]], None] | None = None,
-                  ) -> Iterator[list[tuple[RequestRow, object]]]:
+def answer_stream(
+    session,
+    method,
+    items: Iterable,
+    *,
+    batch_size: int,
+    wait_for_full: bool,
+    default_ratio: float,
+    default_keep_tokens: int | None = None,
+    default_tokens: int,
+    fps: float,
+    workers: int,
+    processes: bool = False,
+    pin_cpus: bool = True,
+    on_close: Callable[[Callable[[], None]], None] | None = None,
+) -> Iterator[list[tuple[RequestRow, object]]]:
     """Every parsed line of `items` (RequestSpec or BadLine) with its outcome (result dict or error string), in
     input order, one list per window (a batch and the bad lines read with it): what `hawk run --input` writes,
     and what benchmarks/jsonl_throughput.py times. `on_close` receives the cleanup to run if the consumer stops
@@ -208,11 +243,23 @@ def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for
     helpers = HelperCpus(enabled=pin_cpus and workers > 0 and session.loaded.device.type == "cuda")
     if processes and workers and prepare_processes.available():
         pool = prepare_processes.process_pool(session, workers)
-        reader = Prefetcher(items, prepare_processes.prepare_task(fps), lookahead=lookahead, workers=workers,
-                            pool=pool, finish=prepare_processes.from_wire, on_thread_start=helpers.confine)
+        reader = Prefetcher(
+            items,
+            prepare_processes.prepare_task(fps),
+            lookahead=lookahead,
+            workers=workers,
+            pool=pool,
+            finish=prepare_processes.from_wire,
+            on_thread_start=helpers.confine,
+        )
     else:
-        reader = Prefetcher(items, lambda spec: prepare_request(session, spec, fps), lookahead=lookahead,
-                            workers=workers, on_thread_start=helpers.confine)
+        reader = Prefetcher(
+            items,
+            lambda spec: prepare_request(session, spec, fps),
+            lookahead=lookahead,
+            workers=workers,
+            on_thread_start=helpers.confine,
+        )
     if on_close is not None:
         on_close(reader.close)
     try:
@@ -223,7 +270,8 @@ def answer_stream(session, method, items: Iterable, *, batch_size: int, wait_for
                 if isinstance(outcome, dict):
                     timings = outcome["batch_timings"]
                     outcome["batch_timings"] = merged.setdefault(
-                        id(timings), {**timings, "input_wait_s": reader.last_wait_s})
-            yield list(zip(window, outcomes))
+                        id(timings), {**timings, "input_wait_s": reader.last_wait_s}
+                    )
+            yield list(zip(window, outcomes, strict=True))
     finally:
         reader.close()

@@ -35,8 +35,13 @@ HELDOUT_GLYPH_START = 1400  # optdigits rows [0, 1400) train, [1400, 1797) held 
 GENERATOR_VERSION = "1"
 
 COLOR_RGB = {
-    "red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 220), "yellow": (235, 215, 45),
-    "purple": (135, 60, 180), "orange": (245, 135, 30), "cyan": (40, 200, 210),
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (45, 80, 220),
+    "yellow": (235, 215, 45),
+    "purple": (135, 60, 180),
+    "orange": (245, 135, 30),
+    "cyan": (40, 200, 210),
 }
 OBJECT_KINDS = SHAPES + ("box",)  # dense "kind" classes 1..7, 0 = background
 ANSWERS = COLORS + SHAPES + ("box",) + DIGITS + COUNT_WORDS  # 27 one-word answers
@@ -105,9 +110,20 @@ def _shape_polygon(kind: str, x0: float, y0: float, size: float) -> list[tuple[f
         return [(cx, y0), (x0 + size, cy), (cx, y0 + size), (x0, cy)]
     if kind == "cross":
         a = size / 6
-        return [(cx - a, y0), (cx + a, y0), (cx + a, cy - a), (x0 + size, cy - a), (x0 + size, cy + a),
-                (cx + a, cy + a), (cx + a, y0 + size), (cx - a, y0 + size), (cx - a, cy + a), (x0, cy + a),
-                (x0, cy - a), (cx - a, cy - a)]
+        return [
+            (cx - a, y0),
+            (cx + a, y0),
+            (cx + a, cy - a),
+            (x0 + size, cy - a),
+            (x0 + size, cy + a),
+            (cx + a, cy + a),
+            (cx + a, y0 + size),
+            (cx - a, y0 + size),
+            (cx - a, cy + a),
+            (x0, cy + a),
+            (x0, cy - a),
+            (cx - a, cy - a),
+        ]
     if kind == "star":
         points = []
         for i in range(10):
@@ -154,7 +170,8 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
     noise_rng = np.random.default_rng(int(rng.integers(2**62)))  # own stream: `noise` never shifts later draws
     if noise > 0:
         pixels = np.asarray(gradient, dtype=np.int16) + noise_rng.integers(
-            -noise, noise + 1, size=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.int16)
+            -noise, noise + 1, size=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.int16
+        )
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     else:
         image = gradient
@@ -166,8 +183,11 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
         length, angle = rng.uniform(30, 160), rng.uniform(0, math.pi)
         x, y = rng.uniform(0, IMAGE_SIZE), rng.uniform(0, IMAGE_SIZE)
         colour = _jitter(rng, clutter_colours[int(rng.integers(len(clutter_colours)))])
-        draw.line((x, y, x + length * math.cos(angle), y + length * math.sin(angle)), fill=colour,
-                  width=int(rng.integers(1, 3)))
+        draw.line(
+            (x, y, x + length * math.cos(angle), y + length * math.sin(angle)),
+            fill=colour,
+            width=int(rng.integers(1, 3)),
+        )
     for _ in range(int(rng.integers(10, 31))):
         x, y, radius = rng.uniform(0, IMAGE_SIZE), rng.uniform(0, IMAGE_SIZE), rng.uniform(1.5, 4)
         colour = _jitter(rng, clutter_colours[int(rng.integers(len(clutter_colours)))])
@@ -203,8 +223,9 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
             frame = max(4, int(round(0.09 * size)))
             inner = size - 2 * frame
             light = int(rng.integers(225, 256))
-            draw.rectangle((x0 + frame, y0 + frame, x0 + frame + inner - 1, y0 + frame + inner - 1),
-                           fill=(light, light, light))
+            draw.rectangle(
+                (x0 + frame, y0 + frame, x0 + frame + inner - 1, y0 + frame + inner - 1), fill=(light, light, light)
+            )
             row = int(allowed[int(rng.integers(len(allowed)))])
             digit = int(glyph_labels[row])
             side = max(8, int(round(inner * 0.9)))
@@ -212,10 +233,14 @@ def render_scene(rng: np.random.Generator, glyph_split: str = "train", noise: in
             ink_mask = Image.fromarray(np.clip(np.asarray(ink) * 255.0, 0, 255).astype(np.uint8))
             dark = int(rng.integers(0, 50))
             offset = (inner - side) // 2
-            image.paste((dark, dark, dark), (x0 + frame + offset, y0 + frame + offset,
-                                             x0 + frame + offset + side, y0 + frame + offset + side), ink_mask)
-        objects.append(SceneObject(kind=kind, color=colour, digit=digit, coverage=_coverage(kind, x0, y0, size),
-                                   glyph=row))
+            image.paste(
+                (dark, dark, dark),
+                (x0 + frame + offset, y0 + frame + offset, x0 + frame + offset + side, y0 + frame + offset + side),
+                ink_mask,
+            )
+        objects.append(
+            SceneObject(kind=kind, color=colour, digit=digit, coverage=_coverage(kind, x0, y0, size), glyph=row)
+        )
 
     labels = np.zeros((3, GRID, GRID), dtype=np.int64)
     labels[2] = -100
@@ -248,15 +273,20 @@ def candidate_questions(scene: Scene) -> dict[str, list[QuestionSpec]]:
         if len(idx) == 1:
             out["color"].append(QuestionSpec(f"what color is the {shape} ?", objs[idx[0]].color, "color", tuple(idx)))
         if 1 <= len(idx) <= 3:
-            out["count"].append(QuestionSpec(f"how many {SHAPE_PLURALS[shape]} are there ?",
-                                             COUNT_WORDS[len(idx) - 1], "count", tuple(idx)))
+            out["count"].append(
+                QuestionSpec(
+                    f"how many {SHAPE_PLURALS[shape]} are there ?", COUNT_WORDS[len(idx) - 1], "count", tuple(idx)
+                )
+            )
     for colour, idx in by_colour.items():
         if len(idx) == 1:
-            out["shape"].append(QuestionSpec(f"what shape is the {colour} object ?", objs[idx[0]].kind, "shape",
-                                             tuple(idx)))
+            out["shape"].append(
+                QuestionSpec(f"what shape is the {colour} object ?", objs[idx[0]].kind, "shape", tuple(idx))
+            )
     for i in by_kind.get("box", []):
-        out["digit"].append(QuestionSpec(f"what digit is in the {objs[i].color} box ?", str(objs[i].digit), "digit",
-                                         (i,)))
+        out["digit"].append(
+            QuestionSpec(f"what digit is in the {objs[i].color} box ?", str(objs[i].digit), "digit", (i,))
+        )
     return out
 
 
@@ -281,8 +311,11 @@ def pick_questions(scene: Scene, rng: np.random.Generator, n: int = 4) -> list[Q
     for i in range(n):
         kind = order[i % len(order)]
         pool = [s for s in candidates[kind] if s.question not in used] or candidates[kind]
-        spec = _count_preference(scene, pool, rng) if kind == "count" and i < len(order) else \
-            pool[int(rng.integers(len(pool)))]
+        spec = (
+            _count_preference(scene, pool, rng)
+            if kind == "count" and i < len(order)
+            else pool[int(rng.integers(len(pool)))]
+        )
         used.add(spec.question)
         chosen.append(spec)
     return chosen
@@ -302,8 +335,16 @@ def _question_set(n: int, seed: int, glyph_split: str, per_scene: int) -> list[S
         image = Image.fromarray(scene.pixels)
         for spec in pick_questions(scene, rng, per_scene):
             if len(out) < n:
-                out.append(SyntheticQuestion(image=image, question=spec.question, answer=spec.answer, kind=spec.kind,
-                                             target_mask=target_mask(scene, spec), scene_id=scene_id))
+                out.append(
+                    SyntheticQuestion(
+                        image=image,
+                        question=spec.question,
+                        answer=spec.answer,
+                        kind=spec.kind,
+                        target_mask=target_mask(scene, spec),
+                        scene_id=scene_id,
+                    )
+                )
         scene_id += 1
     return out
 

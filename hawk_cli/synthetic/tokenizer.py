@@ -8,25 +8,70 @@ from __future__ import annotations
 
 # Qwen2-VL / Qwen2.5-VL special tokens in Qwen's order; <|image_pad|> is index 12.
 QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 UNKNOWN_TOKEN = "[UNK]"
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan")
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
-SHAPE_PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles",
-                 "diamond": "diamonds", "cross": "crosses", "star": "stars"}
+SHAPE_PLURALS = {
+    "circle": "circles",
+    "square": "squares",
+    "triangle": "triangles",
+    "diamond": "diamonds",
+    "cross": "crosses",
+    "star": "stars",
+}
 DIGITS = tuple(str(d) for d in range(10))
 COUNT_WORDS = ("one", "two", "three")
 
-TEMPLATE_WORDS = ("system", "user", "assistant", "you", "are", "a", "helpful", ".", "?",
-                  "what", "color", "is", "the", "shape", "object", "digit", "in", "box",
-                  "how", "many", "there")
+TEMPLATE_WORDS = (
+    "system",
+    "user",
+    "assistant",
+    "you",
+    "are",
+    "a",
+    "helpful",
+    ".",
+    "?",
+    "what",
+    "color",
+    "is",
+    "the",
+    "shape",
+    "object",
+    "digit",
+    "in",
+    "box",
+    "how",
+    "many",
+    "there",
+)
 
-VOCABULARY = (QWEN_SPECIAL_TOKENS + (UNKNOWN_TOKEN,) + TEMPLATE_WORDS + COLORS + SHAPES
-              + tuple(SHAPE_PLURALS.values()) + DIGITS + COUNT_WORDS)
+VOCABULARY = (
+    QWEN_SPECIAL_TOKENS
+    + (UNKNOWN_TOKEN,)
+    + TEMPLATE_WORDS
+    + COLORS
+    + SHAPES
+    + tuple(SHAPE_PLURALS.values())
+    + DIGITS
+    + COUNT_WORDS
+)
 
 # Qwen2-VL's chat template (default system prompt, image/video placeholders, generation prompt).
 QWEN_VL_CHAT_TEMPLATE = (

@@ -15,15 +15,16 @@ allocator's peak (or the process's resident-set high-water mark on CPU) above wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,15 +33,21 @@ from PIL import Image
 from hawk_cli.adapters import adapter_class
 from hawk_cli.engine.decode_step import NO_EOS, DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
-from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 from hawk_cli.engine.selection import keep_count, validate_ratio
 from hawk_cli.engine.session import HawkSession, versions
 from hawk_cli.engine.timing import PhaseTimer, synchronize
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.models import LoadedModel, builtin_dir, resolve_device, resolve_dtype
-from hawk_cli.io.placement import (first_device, input_device, model_devices, random_spread_model,
-                                   read_device_map, require_accelerate)
+from hawk_cli.io.placement import (
+    first_device,
+    input_device,
+    model_devices,
+    random_spread_model,
+    read_device_map,
+    require_accelerate,
+)
 from hawk_cli.io.requests import Request
+from hawk_cli.tasks.oracle import OracleReport, check_against_oracle
 
 SCHEMA = "hawk.bench/1"
 RANDOM_WEIGHTS_NOTE = "random weights: speed and memory only"
@@ -48,8 +55,16 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 DEFAULT_QUESTION = "what color is the circle ?"
 VARIANTS = ("unpruned", "pruned", "downscaled", "stock_generate", "run_path")
 # Metrics kept per run; each becomes {median, min, max} and a ratio to the unpruned baseline.
-TIME_METRICS = ("inputs_ms", "vision_ms", "scoring_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "total_ms",
-                "tokens_per_s")
+TIME_METRICS = (
+    "inputs_ms",
+    "vision_ms",
+    "scoring_ms",
+    "prefill_ms",
+    "ttft_ms",
+    "decode_ms_per_token",
+    "total_ms",
+    "tokens_per_s",
+)
 MEMORY_METRICS = ("peak_prefill_bytes", "peak_run_bytes")
 
 
@@ -79,8 +94,11 @@ class BenchSettings:
         if not self.batches or min(self.batches) < 1:
             raise UsageError(f"batch sizes must be at least 1, got {list(self.batches)}", "Use e.g. {batch_size=}1,8")
         if self.max_new_tokens < 2:
-            raise UsageError(f"must be at least 2 for a bench (one decode step), got {self.max_new_tokens}", "Use e.g. 16",
-                             setting="max_new_tokens")
+            raise UsageError(
+                f"must be at least 2 for a bench (one decode step), got {self.max_new_tokens}",
+                "Use e.g. 16",
+                setting="max_new_tokens",
+            )
         if self.repeats < 1:
             raise UsageError(f"must be at least 1, got {self.repeats}", "Use e.g. {repeats=}5", setting="repeats")
         if self.warmup < 0:
@@ -106,8 +124,9 @@ def resolve_config(spec: str) -> Path:
     raise UsageError(f"unknown config '{spec}'", f"Use one of {', '.join(named_configs())} or a config.json file")
 
 
-def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto",
-                          device_map: str | None = None) -> HawkSession:
+def random_weight_session(
+    config_spec: str, device: str, dtype: str, attn: str, decode: str = "auto", device_map: str | None = None
+) -> HawkSession:
     """A model built from a config with random weights, directly on the device, or spread over the devices of
     `device_map` ("auto", "balanced" or a JSON file) by accelerate (speed and memory only)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
@@ -130,17 +149,34 @@ def random_weight_session(config_spec: str, device: str, dtype: str, attn: str, 
     name = f"{config_spec} (random weights)"
     if placement is not None:
         model = random_spread_model(config, torch_dtype, attn, placement)
-        loaded = LoadedModel(model=model, tokenizer=tokenizer, image_processor=processor, name=name,
-                             path=str(folder), device=input_device(model), dtype=torch_dtype, attn=attn,
-                             is_builtin=False, devices=model_devices(model),
-                             device_map=getattr(model, "hf_device_map", None))
+        loaded = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=processor,
+            name=name,
+            path=str(folder),
+            device=input_device(model),
+            dtype=torch_dtype,
+            attn=attn,
+            is_builtin=False,
+            devices=model_devices(model),
+            device_map=getattr(model, "hf_device_map", None),
+        )
         return HawkSession(loaded, decode=decode)
     torch.manual_seed(0)
     with torch.device(torch_device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype, attn_implementation=attn)
-    loaded = LoadedModel(model=model.eval(), tokenizer=tokenizer, image_processor=processor,
-                         name=name, path=str(folder), device=torch_device,
-                         dtype=torch_dtype, attn=attn, is_builtin=False)
+    loaded = LoadedModel(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        image_processor=processor,
+        name=name,
+        path=str(folder),
+        device=torch_device,
+        dtype=torch_dtype,
+        attn=attn,
+        is_builtin=False,
+    )
     return HawkSession(loaded, decode=decode)
 
 
@@ -174,10 +210,8 @@ class MemoryProbe:
             for device in self.devices:
                 torch.cuda.reset_peak_memory_stats(device)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
-            except OSError:
-                pass
 
     def current(self) -> int:
         if self.cuda:
@@ -258,9 +292,14 @@ class Runs:
 
     def summary(self) -> dict:
         names = sorted({k for s in self.samples for k, v in s.items() if v is not None})
-        return {name: {"median": statistics.median(s[name] for s in self.samples if s.get(name) is not None),
-                       "min": min(s[name] for s in self.samples if s.get(name) is not None),
-                       "max": max(s[name] for s in self.samples if s.get(name) is not None)} for name in names}
+        return {
+            name: {
+                "median": statistics.median(s[name] for s in self.samples if s.get(name) is not None),
+                "min": min(s[name] for s in self.samples if s.get(name) is not None),
+                "max": max(s[name] for s in self.samples if s.get(name) is not None),
+            }
+            for name in names
+        }
 
 
 class _StepClock:
@@ -278,21 +317,29 @@ class _StepClock:
 class Bench:
     """Runs the variants of one model; `run()` returns the records."""
 
-    def __init__(self, session: HawkSession, scorer, settings: BenchSettings, images: list[Image.Image],
-                 random_weights: bool, progress: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        session: HawkSession,
+        scorer,
+        settings: BenchSettings,
+        images: list[Image.Image],
+        random_weights: bool,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.session, self.scorer, self.settings, self.images = session, scorer, settings, images
         self.random_weights, self.progress = random_weights, progress
         self.device = session.loaded.device
         self.devices = tuple(session.loaded.devices)
         self.probe = MemoryProbe(self.device, self.devices)
         spread = session.adapter.dispatched
-        self.compiled = (settings.compile if settings.compile is not None
-                         else self.device.type == "cuda" and not spread)
+        self.compiled = settings.compile if settings.compile is not None else self.device.type == "cuda" and not spread
         if self.compiled and self.device.type != "cuda":
             raise UsageError("a compiled decode step needs a CUDA device", "Turn compilation off on the CPU")
         if self.compiled and spread:
-            raise UsageError("a compiled decode step needs the model on one device, and a device map spreads it",
-                             "Turn compilation off")
+            raise UsageError(
+                "a compiled decode step needs the model on one device, and a device map spreads it",
+                "Turn compilation off",
+            )
         # The engine variants' own step (graphs or compiled); `run_path` uses the session's, as `hawk run` does.
         self.step = DecodeStep(session.adapter, "compile" if self.compiled else session.decode_mode)
 
@@ -305,13 +352,17 @@ class Bench:
         recurrent states of linear-attention layers (`cache_state_bytes`) have no slots: they count whole."""
         allocated, slots, states = result.kv_cache_bytes, result.kv_cache_slots, result.cache_state_bytes
         per_slot = allocated - states
-        return {"kv_cache_allocated_bytes": allocated, "cache_state_bytes": states,
-                "kv_cache_bytes": (per_slot * kept_length // slots if slots else per_slot) + states}
+        return {
+            "kv_cache_allocated_bytes": allocated,
+            "cache_state_bytes": states,
+            "kv_cache_bytes": (per_slot * kept_length // slots if slots else per_slot) + states,
+        }
 
     # one run of each kind -> a flat sample of metrics
     def _engine_run(self, inputs, ratio: float) -> tuple[dict, object]:
-        settings = GenerationSettings(ratio=ratio, max_new_tokens=self.settings.max_new_tokens, cache="static",
-                                      compile=self.compiled)
+        settings = GenerationSettings(
+            ratio=ratio, max_new_tokens=self.settings.max_new_tokens, cache="static", compile=self.compiled
+        )
         scorer = self.scorer if ratio > 0 else None
         _sync(self.devices)
         start_bytes = self.probe.current()
@@ -324,18 +375,26 @@ class Bench:
         # A captured or compiled step keeps its static cache between runs (CUDA graphs need fixed addresses):
         # count it here.
         pooled = result.kv_cache_bytes if self.step.mode != "eager" else 0
-        sample = {"vision_ms": 1e3 * t["vision_s"], "scoring_ms": 1e3 * t["scoring_s"],
-                  "prefill_ms": 1e3 * t["prefill_s"], "ttft_ms": 1e3 * t["ttft_s"],
-                  "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1), "total_ms": 1e3 * wall,
-                  "tokens_per_s": batch * n / wall,
-                  "peak_prefill_bytes": max(0, timer.peaks["prefill_s"] - start_bytes) + pooled,
-                  "peak_run_bytes": max(0, max(timer.peaks.values()) - start_bytes) + pooled}
-        facts = {"prompt_tokens": max(row.prompt_tokens for row in result.rows),
-                 "prompt_tokens_kept": kept_length,
-                 "visual_tokens": [row.visual_tokens for row in result.rows],
-                 "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
-                 **self._kv_facts(result, kept_length), "decode": self._label(self.step),
-                 "generated_tokens": len(result.tokens[0])}
+        sample = {
+            "vision_ms": 1e3 * t["vision_s"],
+            "scoring_ms": 1e3 * t["scoring_s"],
+            "prefill_ms": 1e3 * t["prefill_s"],
+            "ttft_ms": 1e3 * t["ttft_s"],
+            "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1),
+            "total_ms": 1e3 * wall,
+            "tokens_per_s": batch * n / wall,
+            "peak_prefill_bytes": max(0, timer.peaks["prefill_s"] - start_bytes) + pooled,
+            "peak_run_bytes": max(0, max(timer.peaks.values()) - start_bytes) + pooled,
+        }
+        facts = {
+            "prompt_tokens": max(row.prompt_tokens for row in result.rows),
+            "prompt_tokens_kept": kept_length,
+            "visual_tokens": [row.visual_tokens for row in result.rows],
+            "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
+            **self._kv_facts(result, kept_length),
+            "decode": self._label(self.step),
+            "generated_tokens": len(result.tokens[0]),
+        }
         if len(self.devices) > 1:
             facts["peak_run_bytes_by_device"] = self.probe.peak_by_device()
         return sample, facts
@@ -356,17 +415,27 @@ class Bench:
         kept_length = max(row.prompt_tokens_kept for row in result.rows)
         pooled = result.kv_cache_bytes if step.mode != "eager" else 0
         peak = max(0, self.probe.peak() - start_bytes) + pooled
-        sample = {"inputs_ms": 1e3 * t["inputs_s"], "vision_ms": 1e3 * t["vision_s"],
-                  "scoring_ms": 1e3 * t["scoring_s"], "prefill_ms": 1e3 * t["prefill_s"],
-                  "ttft_ms": 1e3 * t["ttft_s"],  # as the other variants: from prepared inputs
-                  "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1), "total_ms": 1e3 * wall,
-                  "tokens_per_s": len(requests) * n / wall, "peak_run_bytes": peak}
-        facts = {"prompt_tokens": max(row.prompt_tokens for row in result.rows),
-                 "prompt_tokens_kept": kept_length,
-                 "visual_tokens": [row.visual_tokens for row in result.rows],
-                 "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
-                 **self._kv_facts(result, kept_length), "decode": self._label(step),
-                 "graph_captures": step.captures, "generated_tokens": len(result.tokens[0])}
+        sample = {
+            "inputs_ms": 1e3 * t["inputs_s"],
+            "vision_ms": 1e3 * t["vision_s"],
+            "scoring_ms": 1e3 * t["scoring_s"],
+            "prefill_ms": 1e3 * t["prefill_s"],
+            "ttft_ms": 1e3 * t["ttft_s"],  # as the other variants: from prepared inputs
+            "decode_ms_per_token": 1e3 * t["decode_s"] / (n - 1),
+            "total_ms": 1e3 * wall,
+            "tokens_per_s": len(requests) * n / wall,
+            "peak_run_bytes": peak,
+        }
+        facts = {
+            "prompt_tokens": max(row.prompt_tokens for row in result.rows),
+            "prompt_tokens_kept": kept_length,
+            "visual_tokens": [row.visual_tokens for row in result.rows],
+            "visual_tokens_kept": [row.visual_tokens_kept for row in result.rows],
+            **self._kv_facts(result, kept_length),
+            "decode": self._label(step),
+            "graph_captures": step.captures,
+            "generated_tokens": len(result.tokens[0]),
+        }
         return sample, facts
 
     def _stock_run(self, inputs) -> tuple[dict, dict]:
@@ -380,9 +449,14 @@ class Bench:
         self.probe.reset_peak()
         start = time.perf_counter()
         with torch.inference_mode():
-            output = model.generate(**kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                    pad_token_id=self.session.adapter.tokens.pad,
-                                    logits_processor=LogitsProcessorList([clock]))
+            output = model.generate(
+                **kwargs,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=self.session.adapter.tokens.pad,
+                logits_processor=LogitsProcessorList([clock]),
+            )
         _sync(self.devices)
         wall = time.perf_counter() - start
         peak = max(0, self.probe.peak() - start_bytes)
@@ -393,11 +467,19 @@ class Bench:
             _sync(self.devices)
             vision = time.perf_counter() - vision_start
         times = clock.times
-        sample = {"vision_ms": 1e3 * vision, "ttft_ms": 1e3 * (times[0] - start),
-                  "decode_ms_per_token": 1e3 * (times[-1] - times[0]) / max(1, len(times) - 1),
-                  "total_ms": 1e3 * wall, "tokens_per_s": inputs.batch_size * n / wall, "peak_run_bytes": peak}
-        facts = {"prompt_tokens": int(inputs.attention_mask.sum(-1).max()), "decode": "stock",
-                 "generated_tokens": int(output.shape[1] - inputs.input_ids.shape[1])}
+        sample = {
+            "vision_ms": 1e3 * vision,
+            "ttft_ms": 1e3 * (times[0] - start),
+            "decode_ms_per_token": 1e3 * (times[-1] - times[0]) / max(1, len(times) - 1),
+            "total_ms": 1e3 * wall,
+            "tokens_per_s": inputs.batch_size * n / wall,
+            "peak_run_bytes": peak,
+        }
+        facts = {
+            "prompt_tokens": int(inputs.attention_mask.sum(-1).max()),
+            "decode": "stock",
+            "generated_tokens": int(output.shape[1] - inputs.input_ids.shape[1]),
+        }
         return sample, facts
 
     def _plan(self, batch: int) -> list[tuple[str, float, Callable[[], tuple[dict, dict]]]]:
@@ -410,8 +492,7 @@ class Bench:
         for ratio in self.settings.ratios:
             plan.append(("pruned", ratio, lambda r=ratio: self._engine_run(full, r)))
             if self.settings.downscaled:
-                small = [prompts.downscaled(im, keep_count(prompts.visual_tokens(im), ratio))
-                         for im in self.images]
+                small = [prompts.downscaled(im, keep_count(prompts.visual_tokens(im), ratio)) for im in self.images]
                 shrunk = batch_inputs(self.session, small, batch, question)
                 plan.append(("downscaled", ratio, lambda inputs=shrunk: self._engine_run(inputs, 0.0)))
             if self.settings.run_path:
@@ -431,8 +512,9 @@ class Bench:
             for index in range(self.settings.warmup + self.settings.repeats):
                 warm = index < self.settings.warmup
                 for name, ratio, call in plan:  # interleaved: every variant once per round
-                    self.progress(f"batch {batch}: {name} ratio {ratio:g} "
-                                  f"({'warm-up' if warm else 'repeat'} {index + 1})")
+                    self.progress(
+                        f"batch {batch}: {name} ratio {ratio:g} ({'warm-up' if warm else 'repeat'} {index + 1})"
+                    )
                     start = time.perf_counter()
                     sample, facts = call()
                     entry = runs[(name, ratio)]
@@ -454,15 +536,27 @@ class Bench:
             if self.settings.warmup and "total_ms" in metrics:
                 compile_s = max(0.0, entry.first_call_s - metrics["total_ms"]["median"] / 1e3)
             record = {
-                "schema": SCHEMA, "variant": name, "batch": batch, "ratio": ratio,
-                "max_new_tokens": self.settings.max_new_tokens, "warmup": self.settings.warmup,
-                "repeats": self.settings.repeats, **entry.facts,
+                "schema": SCHEMA,
+                "variant": name,
+                "batch": batch,
+                "ratio": ratio,
+                "max_new_tokens": self.settings.max_new_tokens,
+                "warmup": self.settings.warmup,
+                "repeats": self.settings.repeats,
+                **entry.facts,
                 "metrics": metrics,
-                "ratio_to_unpruned": {k: v["median"] / baseline[k]["median"] for k, v in metrics.items()
-                                      if k in baseline and baseline[k]["median"]},
-                "ratio_to_stock_generate": {k: v["median"] / stock_summary[k]["median"] for k, v in metrics.items()
-                                            if k in stock_summary and stock_summary[k]["median"]},
-                "first_call_s": entry.first_call_s, "compile_s": compile_s,
+                "ratio_to_unpruned": {
+                    k: v["median"] / baseline[k]["median"]
+                    for k, v in metrics.items()
+                    if k in baseline and baseline[k]["median"]
+                },
+                "ratio_to_stock_generate": {
+                    k: v["median"] / stock_summary[k]["median"]
+                    for k, v in metrics.items()
+                    if k in stock_summary and stock_summary[k]["median"]
+                },
+                "first_call_s": entry.first_call_s,
+                "compile_s": compile_s,
                 "compiled_decode": entry.facts.get("decode") == "compiled",
                 **self._floor(entry, metrics, environment),
                 "environment": environment,
@@ -478,24 +572,37 @@ class Bench:
         kv = entry.facts.get("kv_cache_allocated_bytes", 0)
         floor_ms = 1e3 * (weights + kv) / bandwidth
         decode = metrics.get("decode_ms_per_token", {}).get("median")
-        return {"decode_floor_ms": floor_ms, "weights_floor_ms": 1e3 * weights / bandwidth,
-                "decode_vs_floor": decode / floor_ms if decode else None}
+        return {
+            "decode_floor_ms": floor_ms,
+            "weights_floor_ms": 1e3 * weights / bandwidth,
+            "decode_vs_floor": decode / floor_ms if decode else None,
+        }
 
     def environment(self) -> dict:
         loaded = self.session.loaded
         device = self.device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-        spread = {"devices": [str(d) for d in self.devices], "device_map": loaded.device_map} \
-            if loaded.spread else {}
-        return {"device": str(device), "device_name": name, **spread, **versions(), "python": platform.python_version(),
-                "dtype": str(loaded.dtype).replace("torch.", ""), "attn": loaded.attn, "model": loaded.name,
-                "scorer": self.scorer.describe() if self.scorer else None, "random_weights": self.random_weights,
-                "images": [f"{im.width}x{im.height}" for im in self.images],
-                "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
-                "decoder_weight_bytes": self.session.adapter.decoder_weight_bytes(),
-                "weight_bytes": sum(p.numel() * p.element_size() for p in self.session.model.parameters()),
-                "cuda_graphs": self.compiled or self.step.captured, "decode": self._label(self.step),
-                "run_path_decode": self.session.decode_label, "torch_threads": torch.get_num_threads()}
+        spread = {"devices": [str(d) for d in self.devices], "device_map": loaded.device_map} if loaded.spread else {}
+        return {
+            "device": str(device),
+            "device_name": name,
+            **spread,
+            **versions(),
+            "python": platform.python_version(),
+            "dtype": str(loaded.dtype).replace("torch.", ""),
+            "attn": loaded.attn,
+            "model": loaded.name,
+            "scorer": self.scorer.describe() if self.scorer else None,
+            "random_weights": self.random_weights,
+            "images": [f"{im.width}x{im.height}" for im in self.images],
+            "copy_bandwidth_bytes_per_s": copy_bandwidth(device),
+            "decoder_weight_bytes": self.session.adapter.decoder_weight_bytes(),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in self.session.model.parameters()),
+            "cuda_graphs": self.compiled or self.step.captured,
+            "decode": self._label(self.step),
+            "run_path_decode": self.session.decode_label,
+            "torch_threads": torch.get_num_threads(),
+        }
 
 
 # --- the correctness check -----------------------------------------------------------------------------------
@@ -505,8 +612,15 @@ def oracle_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
     return relative * max(1.0, logit_scale)
 
 
-def run_check(session: HawkSession, scorer, images: list[Image.Image], batch: int, ratio: float, steps: int,
-              question: str = DEFAULT_QUESTION) -> OracleReport:
+def run_check(
+    session: HawkSession,
+    scorer,
+    images: list[Image.Image],
+    batch: int,
+    ratio: float,
+    steps: int,
+    question: str = DEFAULT_QUESTION,
+) -> OracleReport:
     """Prune at `ratio` and compare every step's logits and tokens with the family's oracle (stock generate on the
     whole prompt with the dropped tokens masked out, or on the kept tokens alone; original positions)."""
     import dataclasses

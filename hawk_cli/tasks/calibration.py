@@ -33,9 +33,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -47,8 +47,10 @@ from hawk_cli.io.calibration_data import CalibrationData, CalibrationSample
 from hawk_cli.io.requests import Request
 
 METHODS = ("ablation", "kl")
-MEASURES = {"ablation": "drop of the reference answer's log-likelihood (nats, answer + end-of-turn token)",
-            "kl": "mean KL(unablated || ablated) of next-token distributions over the model's greedy answer (nats)"}
+MEASURES = {
+    "ablation": "drop of the reference answer's log-likelihood (nats, answer + end-of-turn token)",
+    "kl": "mean KL(unablated || ablated) of next-token distributions over the model's greedy answer (nats)",
+}
 ABLATION = "zero the head's slice of the o_proj input (forward pre-hook)"
 
 
@@ -66,10 +68,15 @@ class CalibrationSettings:
         if self.method not in METHODS:
             raise UsageError(f"unknown calibration method '{self.method}'", f"Use one of: {', '.join(METHODS)}")
         if self.batch_size < 1:
-            raise UsageError(f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}4", setting="batch_size")
+            raise UsageError(
+                f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}4", setting="batch_size"
+            )
         if self.max_new_tokens < 1:
-            raise UsageError(f"must be at least 1, got {self.max_new_tokens}",
-                             "Use e.g. {max_new_tokens=}16", setting="max_new_tokens")
+            raise UsageError(
+                f"must be at least 1, got {self.max_new_tokens}",
+                "Use e.g. {max_new_tokens=}16",
+                setting="max_new_tokens",
+            )
         if self.heads_per_pass is not None and self.heads_per_pass < 1:
             raise UsageError(f"heads per pass must be at least 1, got {self.heads_per_pass}", "Use e.g. 8")
 
@@ -112,8 +119,9 @@ def ablate_heads(module: torch.nn.Module, keep: Tensor) -> Iterator[None]:
         hidden = args[0]
         rows, length, width = hidden.shape
         if rows != keep.shape[0] or width % heads:
-            raise RuntimeError(f"head ablation expected {keep.shape[0]} rows of {heads} heads, "
-                               f"got {tuple(hidden.shape)}")
+            raise RuntimeError(
+                f"head ablation expected {keep.shape[0]} rows of {heads} heads, got {tuple(hidden.shape)}"
+            )
         dropped = ~keep.to(hidden.device)[:, None, :, None]
         split = hidden.reshape(rows, length, heads, width // heads)
         masked = split.masked_fill(dropped, 0).reshape(rows, length, width)
@@ -135,7 +143,7 @@ def _head_keep(rows_per_replica: int, heads: list[int], num_heads: int, device) 
     """[R * n, H] bool: replica 0 keeps every head, replica r drops heads[r - 1]."""
     keep = torch.ones((len(heads) + 1) * rows_per_replica, num_heads, dtype=torch.bool, device=device)
     for replica, head in enumerate(heads, start=1):
-        keep[replica * rows_per_replica:(replica + 1) * rows_per_replica, head] = False
+        keep[replica * rows_per_replica : (replica + 1) * rows_per_replica, head] = False
     return keep
 
 
@@ -148,9 +156,9 @@ def _left_padded(prefill, picks: list[tuple[int, Tensor]]) -> tuple[Tensor, Tens
     mask = prefill.attention_mask.new_zeros(len(picks), width)
     for index, (row, cols) in enumerate(picks):
         n = len(cols)
-        embeds[index, width - n:] = prefill.inputs_embeds[row, cols]
-        positions[:, index, width - n:] = prefill.position_ids[:, row, cols]
-        mask[index, width - n:] = 1
+        embeds[index, width - n :] = prefill.inputs_embeds[row, cols]
+        positions[:, index, width - n :] = prefill.position_ids[:, row, cols]
+        mask[index, width - n :] = 1
     return embeds, positions, mask
 
 
@@ -158,9 +166,10 @@ def _replicated_extras(extras: VisualExtras | None, replicas: int) -> VisualExtr
     """The extras of a batch stacked `replicas` times along the batch (row-major order: replica by replica)."""
     if extras is None:
         return None
-    return VisualExtras(mask=extras.mask.repeat(replicas, 1),
-                        values={name: value.repeat(replicas, *([1] * (value.dim() - 1)))
-                                for name, value in extras.values.items()})
+    return VisualExtras(
+        mask=extras.mask.repeat(replicas, 1),
+        values={name: value.repeat(replicas, *([1] * (value.dim() - 1))) for name, value in extras.values.items()},
+    )
 
 
 def _extras_rows(extras: VisualExtras, row: int, cols: Tensor) -> Tensor:
@@ -179,7 +188,7 @@ def _left_padded_extras(extras: VisualExtras | None, picks: list[tuple[int, Tens
     mask = extras.mask.new_zeros(len(picks), width)
     rows = []
     for index, (row, cols) in enumerate(picks):
-        mask[index, width - len(cols):] = extras.mask[row, cols]
+        mask[index, width - len(cols) :] = extras.mask[row, cols]
         rows.append(_extras_rows(extras, row, cols))
     order = torch.cat(rows)
     if order.numel() == 0:
@@ -212,20 +221,23 @@ def shared_prefixes(prefill, vision_end: int) -> SharedPrefixes | None:
         return None  # a visual token after the last vision-end token: the suffix would need extras of its own
 
     def same_extras(other: int, theirs: Tensor, row: int, prefix: Tensor) -> bool:
-        return extras is None or all(torch.equal(value[_extras_rows(extras, other, theirs)],
-                                                 value[_extras_rows(extras, row, prefix)])
-                                     for value in extras.values.values())
+        return extras is None or all(
+            torch.equal(value[_extras_rows(extras, other, theirs)], value[_extras_rows(extras, row, prefix)])
+            for value in extras.values.values()
+        )
 
     representatives: list[int] = []
     group = []
     for row, (prefix, _) in enumerate(spans):
         for index, other in enumerate(representatives):
             theirs = spans[other][0]
-            if (len(theirs) == len(prefix)
-                    and torch.equal(prefill.input_ids[other, theirs], prefill.input_ids[row, prefix])
-                    and torch.equal(prefill.position_ids[:, other, theirs], prefill.position_ids[:, row, prefix])
-                    and torch.equal(prefill.inputs_embeds[other, theirs], prefill.inputs_embeds[row, prefix])
-                    and same_extras(other, theirs, row, prefix)):
+            if (
+                len(theirs) == len(prefix)
+                and torch.equal(prefill.input_ids[other, theirs], prefill.input_ids[row, prefix])
+                and torch.equal(prefill.position_ids[:, other, theirs], prefill.position_ids[:, row, prefix])
+                and torch.equal(prefill.inputs_embeds[other, theirs], prefill.inputs_embeds[row, prefix])
+                and same_extras(other, theirs, row, prefix)
+            ):
                 group.append(index)
                 break
         else:
@@ -233,13 +245,16 @@ def shared_prefixes(prefill, vision_end: int) -> SharedPrefixes | None:
             representatives.append(row)
     if len(representatives) == prefill.batch_size:
         return None
-    return SharedPrefixes(prefixes=[(row, spans[row][0]) for row in representatives],
-                          suffixes=[(row, spans[row][1]) for row in range(prefill.batch_size)],
-                          group=torch.tensor(group, device=prefill.input_ids.device))
+    return SharedPrefixes(
+        prefixes=[(row, spans[row][0]) for row in representatives],
+        suffixes=[(row, spans[row][1]) for row in range(prefill.batch_size)],
+        group=torch.tensor(group, device=prefill.input_ids.device),
+    )
 
 
-def _replicated_prefill(adapter: ModelAdapter, prefill, heads: list[int], layer: int, cache,
-                        share: bool) -> tuple[Tensor, Tensor]:
+def _replicated_prefill(
+    adapter: ModelAdapter, prefill, heads: list[int], layer: int, cache, share: bool
+) -> tuple[Tensor, Tensor]:
     """Prefill every replica of every sample; ([R * B, V] next-token logits, [R * B, W] attention mask)."""
     batch = prefill.batch_size
     replicas = len(heads) + 1
@@ -249,16 +264,25 @@ def _replicated_prefill(adapter: ModelAdapter, prefill, heads: list[int], layer:
     if plan is None:
         mask = prefill.attention_mask.repeat(replicas, 1)
         with ablate_heads(projection, _head_keep(batch, heads, adapter.num_query_heads, device)):
-            hidden = adapter.decode(prefill.inputs_embeds.repeat(replicas, 1, 1),
-                                    prefill.position_ids.repeat(1, replicas, 1), mask, cache,
-                                    _replicated_extras(prefill.extras, replicas))
+            hidden = adapter.decode(
+                prefill.inputs_embeds.repeat(replicas, 1, 1),
+                prefill.position_ids.repeat(1, replicas, 1),
+                mask,
+                cache,
+                _replicated_extras(prefill.extras, replicas),
+            )
         return adapter.logits(hidden[:, -1]).float(), mask
     unique = len(plan.prefixes)
     embeds, positions, prefix_mask = _left_padded(prefill, plan.prefixes)
     prefix_extras = _replicated_extras(_left_padded_extras(prefill.extras, plan.prefixes), replicas)
     with ablate_heads(projection, _head_keep(unique, heads, adapter.num_query_heads, device)):
-        adapter.decode(embeds.repeat(replicas, 1, 1), positions.repeat(1, replicas, 1),
-                       prefix_mask.repeat(replicas, 1), cache, prefix_extras)
+        adapter.decode(
+            embeds.repeat(replicas, 1, 1),
+            positions.repeat(1, replicas, 1),
+            prefix_mask.repeat(replicas, 1),
+            cache,
+            prefix_extras,
+        )
     cache.reorder_cache((torch.arange(replicas, device=device)[:, None] * unique + plan.group[None]).flatten())
     embeds, positions, suffix_mask = _left_padded(prefill, plan.suffixes)
     mask = torch.cat([prefix_mask[plan.group], suffix_mask], dim=1).repeat(replicas, 1)
@@ -267,8 +291,16 @@ def _replicated_prefill(adapter: ModelAdapter, prefill, heads: list[int], layer:
     return adapter.logits(hidden[:, -1]).float(), mask
 
 
-def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int, targets: list[list[int]] | None,
-                    eos_ids: set[int], max_new_tokens: int, share_prefixes: bool = True) -> tuple[Tensor, Tensor]:
+def replicated_pass(
+    adapter: ModelAdapter,
+    prefill,
+    heads: list[int],
+    layer: int,
+    targets: list[list[int]] | None,
+    eos_ids: set[int],
+    max_new_tokens: int,
+    share_prefixes: bool = True,
+) -> tuple[Tensor, Tensor]:
     """One forward of every sample × (unablated, then each head of `heads` ablated).
 
     Returns (score [R, B], tokens [B]) with R = len(heads) + 1 replicas: with `targets`, the teacher-forced
@@ -285,7 +317,7 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
     if targets is not None:
         target = torch.full((batch, steps), adapter.tokens.pad, dtype=torch.long, device=device)
         for row, ids in enumerate(targets):
-            target[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            target[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         lengths = torch.tensor([len(t) for t in targets], device=device)
     eos = torch.tensor(sorted(eos_ids), device=device)
     score = torch.zeros(replicas, batch, dtype=torch.float64, device=device)
@@ -298,8 +330,7 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
     # Teacher-forced targets end where the longest does (`steps`); a step after every row ended adds nothing
     # (inactive rows are masked out of the score), so a late stop is harmless.
     watch = FinishWatch(device) if targets is None else None
-    with ablate_heads(adapter.head_output_projection(layer),
-                      _head_keep(batch, heads, adapter.num_query_heads, device)):
+    with ablate_heads(adapter.head_output_projection(layer), _head_keep(batch, heads, adapter.num_query_heads, device)):
         for t in range(steps):
             logp = logits.log_softmax(-1).view(replicas, batch, -1)
             if targets is not None:
@@ -309,8 +340,9 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
                 following = t + 1 < lengths
             else:
                 base = logp[0]
-                token = torch.where(active, base.argmax(-1), torch.full_like(active, adapter.tokens.pad,
-                                                                             dtype=torch.long))
+                token = torch.where(
+                    active, base.argmax(-1), torch.full_like(active, adapter.tokens.pad, dtype=torch.long)
+                )
                 gained = (base.exp()[None] * (base[None] - logp)).sum(-1)
                 following = active & ~torch.isin(token, eos)
             score += torch.where(active[None], gained.double(), torch.zeros_like(score))
@@ -323,24 +355,41 @@ def replicated_pass(adapter: ModelAdapter, prefill, heads: list[int], layer: int
                     break
             mask_buffer[:, length + t] = 1
             step_positions = (next_position + t).view(1, rows, 1).expand(rope_rows, rows, 1)
-            hidden = adapter.decode(adapter.embed(token.repeat(replicas)[:, None]), step_positions,
-                                    mask_buffer[:, :length + t + 1], cache)
+            hidden = adapter.decode(
+                adapter.embed(token.repeat(replicas)[:, None]), step_positions, mask_buffer[:, : length + t + 1], cache
+            )
             logits = adapter.logits(hidden[:, -1]).float()
             active = following
     return score, measured
 
 
-def sample_drops(adapter: ModelAdapter, prefill, layer: int, method: str, targets: list[list[int]] | None,
-                 eos_ids: set[int], max_new_tokens: int, heads_per_pass: int | None = None,
-                 share_prefixes: bool = True) -> tuple[Tensor, Tensor]:
+def sample_drops(
+    adapter: ModelAdapter,
+    prefill,
+    layer: int,
+    method: str,
+    targets: list[list[int]] | None,
+    eos_ids: set[int],
+    max_new_tokens: int,
+    heads_per_pass: int | None = None,
+    share_prefixes: bool = True,
+) -> tuple[Tensor, Tensor]:
     """([B, H] drop of every head on every sample, [B] unablated score) for one prepared prefill."""
     heads = list(range(adapter.num_query_heads))
     chunk = heads_per_pass or len(heads)
     drops, base = [], None
     for start in range(0, len(heads), chunk):
-        part = heads[start:start + chunk]
-        score, measured = replicated_pass(adapter, prefill, part, layer, targets if method == "ablation" else None,
-                                          eos_ids, max_new_tokens, share_prefixes)
+        part = heads[start : start + chunk]
+        score, measured = replicated_pass(
+            adapter,
+            prefill,
+            part,
+            layer,
+            targets if method == "ablation" else None,
+            eos_ids,
+            max_new_tokens,
+            share_prefixes,
+        )
         if method == "ablation":
             drops.append((score[0][None] - score[1:]).T)
         else:
@@ -404,7 +453,7 @@ class VisionCache:
             pixels = torch.cat([self.processed[k][0] for k in missing]).to(device)
             grids = torch.cat([self.processed[k][1] for k in missing]).to(device)
             encoded = self.adapter.encode_vision(replace(inputs, pixel_values=pixels, image_grid_thw=grids))
-            counts = [int(g.prod()) // self.merge_size ** 2 for g in grids]
+            counts = [int(g.prod()) // self.merge_size**2 for g in grids]
             parts = {name: value.split(counts) for name, value in encoded.items()}
             for index, key in enumerate(missing):
                 self._remember(self.features, key, {name: split[index] for name, split in parts.items()}, self.size)
@@ -417,14 +466,18 @@ def calibration_layer(adapter: ModelAdapter, layer: int | None) -> int:
     attention heads to ablate (a hybrid model's linear-attention layers)."""
     layer = adapter.default_scoring_layer if layer is None else layer
     if not 0 <= layer < adapter.num_layers:
-        raise UsageError(f"must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
-                         f"Use {{layer=}}{adapter.default_scoring_layer} (the layer HAWK scores at)", setting="layer")
+        raise UsageError(
+            f"must be in [0, {adapter.num_layers - 1}] for this model, got {layer}",
+            f"Use {{layer=}}{adapter.default_scoring_layer} (the layer HAWK scores at)",
+            setting="layer",
+        )
     adapter.head_output_projection(layer)
     return layer
 
 
-def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
-              progress: Callable[[int], None] | None = None) -> CalibrationResult:
+def calibrate(
+    session, data: CalibrationData, settings: CalibrationSettings, progress: Callable[[int], None] | None = None
+) -> CalibrationResult:
     """Head importance of `settings.layer` of the session's model on `data`; `progress(n)` after each batch."""
     adapter: ModelAdapter = session.adapter
     layer = calibration_layer(adapter, settings.layer)
@@ -438,14 +491,26 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
     vision = VisionCache(adapter, session.tokenizer, session.loaded.image_processor)
     with torch.inference_mode():
         for start in range(0, len(samples), settings.batch_size):
-            batch: list[CalibrationSample] = samples[start:start + settings.batch_size]
+            batch: list[CalibrationSample] = samples[start : start + settings.batch_size]
             requests = [Request(question=s.question, images=s.images()) for s in batch]
             inputs, features = vision.build(requests, session.loaded.device)
             prefill = adapter.build_prefill(inputs, features)
-            targets = ([answer_tokens(session.tokenizer, s.answer, end_id) for s in batch]
-                       if settings.method == "ablation" else None)
-            drops, base = sample_drops(adapter, prefill, layer, settings.method, targets, session.eos_ids,
-                                       settings.max_new_tokens, settings.heads_per_pass, share)
+            targets = (
+                [answer_tokens(session.tokenizer, s.answer, end_id) for s in batch]
+                if settings.method == "ablation"
+                else None
+            )
+            drops, base = sample_drops(
+                adapter,
+                prefill,
+                layer,
+                settings.method,
+                targets,
+                session.eos_ids,
+                settings.max_new_tokens,
+                settings.heads_per_pass,
+                share,
+            )
             all_drops.append(drops.cpu())
             all_base.append(base.cpu())
             if progress is not None:
@@ -454,8 +519,13 @@ def calibrate(session, data: CalibrationData, settings: CalibrationSettings,
     subsets = list(dict.fromkeys(s.subset for s in samples))
     members = {name: torch.tensor([s.subset == name for s in samples]) for name in subsets}
     subset_drops = torch.stack([drops[members[name]].mean(dim=0) for name in subsets])
-    baseline = ({name: float(base[members[name]].mean()) for name in subsets}
-                if settings.method == "ablation" else {})
-    return CalibrationResult(importance=eq3(subset_drops), subset_drops=subset_drops, subsets=subsets,
-                             counts={name: int(members[name].sum()) for name in subsets}, baseline=baseline,
-                             seconds=time.perf_counter() - started, layer=layer)
+    baseline = {name: float(base[members[name]].mean()) for name in subsets} if settings.method == "ablation" else {}
+    return CalibrationResult(
+        importance=eq3(subset_drops),
+        subset_drops=subset_drops,
+        subsets=subsets,
+        counts={name: int(members[name].sum()) for name in subsets},
+        baseline=baseline,
+        seconds=time.perf_counter() - started,
+        layer=layer,
+    )

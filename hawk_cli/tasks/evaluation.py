@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,10 +52,13 @@ class EvalSettings:
         for ratio in self.ratios:
             validate_ratio(ratio)
             if ratio == 0:
-                raise UsageError("ratio 0 is the unpruned run, which every evaluation already includes",
-                                 "Leave 0 out of the ratios")
+                raise UsageError(
+                    "ratio 0 is the unpruned run, which every evaluation already includes", "Leave 0 out of the ratios"
+                )
         if len(set(self.ratios)) != len(self.ratios):
-            raise UsageError(f"repeats a value: {','.join(map(str, self.ratios))}", "Give each ratio once", setting="ratios")
+            raise UsageError(
+                f"repeats a value: {','.join(map(str, self.ratios))}", "Give each ratio once", setting="ratios"
+            )
         if not self.methods:
             raise UsageError("no methods to evaluate", f"Use e.g. {','.join(DEFAULT_METHODS)}")
         for method in self.methods:
@@ -65,7 +68,9 @@ class EvalSettings:
         if self.n < 1:
             raise UsageError(f"must be at least 1, got {self.n}", "Use e.g. {n=}2000", setting="n")
         if self.batch_size < 1:
-            raise UsageError(f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}16", setting="batch_size")
+            raise UsageError(
+                f"must be at least 1, got {self.batch_size}", "Use e.g. {batch_size=}16", setting="batch_size"
+            )
         if self.seed < 0:
             raise UsageError(f"must be a non-negative integer, got {self.seed}", "Use e.g. {seed=}0", setting="seed")
 
@@ -119,20 +124,32 @@ class MethodResult:
         for kind in QUESTION_KINDS:
             acc, se = proportion(self.tally.correct[kind], self.tally.total[kind])
             kind_base, _ = proportion(self.unpruned.correct[kind], self.unpruned.total[kind])
-            per_kind[kind] = {"questions": self.tally.total[kind], "accuracy": acc, "accuracy_se": se,
-                              "retention": acc / kind_base if acc is not None and kind_base else None,
-                              "target_recall": proportion(self.tally.targets_kept[kind], self.tally.targets[kind])[0]}
+            per_kind[kind] = {
+                "questions": self.tally.total[kind],
+                "accuracy": acc,
+                "accuracy_se": se,
+                "retention": acc / kind_base if acc is not None and kind_base else None,
+                "target_recall": proportion(self.tally.targets_kept[kind], self.tally.targets[kind])[0],
+            }
         return {
-            "method": self.method, "bound": BOUNDS.get(self.method), "ratio": self.ratio,
+            "method": self.method,
+            "bound": BOUNDS.get(self.method),
+            "ratio": self.ratio,
             "keep_fraction": self.tally.visual_kept / self.tally.visual if self.tally.visual else None,
             "visual_tokens_kept_per_image": keep_count(VISUAL_TOKENS_PER_SCENE, self.ratio),
-            "questions": total, "correct": correct, "accuracy": accuracy, "accuracy_se": accuracy_se,
+            "questions": total,
+            "correct": correct,
+            "accuracy": accuracy,
+            "accuracy_se": accuracy_se,
             "retention": accuracy / base if base else None,
             "retention_se": accuracy_se / base if base else None,
-            "target_recall": recall, "per_type": per_kind,
-            "scoring_s": self.tally.scoring_s, "prefill_s": self.tally.prefill_s,
-            "scoring_share_of_unpruned_prefill": (self.tally.scoring_s / self.unpruned.prefill_s
-                                                  if self.unpruned.prefill_s else None),
+            "target_recall": recall,
+            "per_type": per_kind,
+            "scoring_s": self.tally.scoring_s,
+            "prefill_s": self.tally.prefill_s,
+            "scoring_share_of_unpruned_prefill": (
+                self.tally.scoring_s / self.unpruned.prefill_s if self.unpruned.prefill_s else None
+            ),
             **{key: value for key, value in self.scorer.items() if key != "scorer"},
         }
 
@@ -149,11 +166,25 @@ class EvalReport:
     def unpruned_figures(self) -> dict:
         correct, total = sum(self.unpruned.correct.values()), sum(self.unpruned.total.values())
         accuracy, se = proportion(correct, total)
-        per_kind = {kind: dict(zip(("accuracy", "accuracy_se"),
-                                   proportion(self.unpruned.correct[kind], self.unpruned.total[kind])),
-                               questions=self.unpruned.total[kind]) for kind in QUESTION_KINDS}
-        return {"questions": total, "correct": correct, "accuracy": accuracy, "accuracy_se": se,
-                "per_type": per_kind, "prefill_s": self.unpruned.prefill_s}
+        per_kind = {
+            kind: dict(
+                zip(
+                    ("accuracy", "accuracy_se"),
+                    proportion(self.unpruned.correct[kind], self.unpruned.total[kind]),
+                    strict=True,
+                ),
+                questions=self.unpruned.total[kind],
+            )
+            for kind in QUESTION_KINDS
+        }
+        return {
+            "questions": total,
+            "correct": correct,
+            "accuracy": accuracy,
+            "accuracy_se": se,
+            "per_type": per_kind,
+            "prefill_s": self.unpruned.prefill_s,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -173,10 +204,11 @@ def target_masks(visual_mask: Tensor, questions: Sequence[SyntheticQuestion]) ->
         n_visual = int(visual[row].sum())
         grid = np.asarray(question.target_mask, dtype=bool).reshape(-1)
         if n_visual != grid.size:
-            raise InputError(f"this model turns a {question.image.width}x{question.image.height} scene into "
-                             f"{n_visual} visual tokens, not the {grid.size} of the synthetic 16x16 grid",
-                             "Evaluate the built-in model, or a Qwen-VL model whose image processor keeps 448x448 "
-                             "images at 448x448")
+            raise InputError(
+                f"this model turns a {question.image.width}x{question.image.height} scene into "
+                f"{n_visual} visual tokens, not the {grid.size} of the synthetic 16x16 grid",
+                "Evaluate the built-in model, or a Qwen-VL model whose image processor keeps 448x448 images at 448x448",
+            )
         out[row, visual[row]] = torch.from_numpy(grid)
     return out.to(visual_mask.device)
 
@@ -220,8 +252,12 @@ def build_scorers(session, settings: EvalSettings) -> dict[str, Scorer]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def evaluate(session, settings: EvalSettings, progress: Callable[[int], None] | None = None,
-             questions: Sequence[SyntheticQuestion] | None = None) -> EvalReport:
+def evaluate(
+    session,
+    settings: EvalSettings,
+    progress: Callable[[int], None] | None = None,
+    questions: Sequence[SyntheticQuestion] | None = None,
+) -> EvalReport:
     """Run the held-out set (or `questions`) unpruned once and under every method × ratio.
 
     `progress(n)` is called after each batch with the number of questions it held.
@@ -235,19 +271,25 @@ def evaluate(session, settings: EvalSettings, progress: Callable[[int], None] | 
     tallies = {(m, r): Tally() for m in settings.methods for r in settings.ratios}
     device = session.loaded.device
     for start in range(0, len(questions), settings.batch_size):
-        batch = questions[start:start + settings.batch_size]
+        batch = questions[start : start + settings.batch_size]
         keys = tuple(range(start, start + len(batch)))
         requests = [Request(question=q.question, images=(q.image,)) for q in batch]
         inputs = session.build_inputs(requests).to(device)
         visual = token_roles(inputs.input_ids, inputs.attention_mask, session.adapter.tokens).visual
         targets = target_masks(visual, batch)
-        runs = [(unpruned, None, 0.0)] + [(tallies[m, r], for_rows(scorers[m], keys), r)
-                                          for m in settings.methods for r in settings.ratios]
+        runs = [(unpruned, None, 0.0)] + [
+            (tallies[m, r], for_rows(scorers[m], keys), r) for m in settings.methods for r in settings.ratios
+        ]
         for tally, scorer, ratio in runs:
-            result = generate(adapter, inputs, scorer, GenerationSettings(ratio=ratio,
-                                                                          max_new_tokens=settings.max_new_tokens),
-                              session.eos_ids, target_mask=targets if scorer is not None else None,
-                              decode_step=step)
+            result = generate(
+                adapter,
+                inputs,
+                scorer,
+                GenerationSettings(ratio=ratio, max_new_tokens=settings.max_new_tokens),
+                session.eos_ids,
+                target_mask=targets if scorer is not None else None,
+                decode_step=step,
+            )
             tally.scoring_s += result.timings.get("scoring_s", 0.0)
             tally.prefill_s += result.timings.get("prefill_s", 0.0)
             kept = result.keep_mask.to(targets.device) & visual
@@ -255,11 +297,25 @@ def evaluate(session, settings: EvalSettings, progress: Callable[[int], None] | 
                 answer = session.decode(result.tokens[row])
                 tally.visual += int(visual[row].sum())
                 tally.visual_kept += int(kept[row].sum())
-                tally.add(question.kind, normalise_answer(answer) == question.answer,
-                          int(targets[row].sum()), int((kept[row] & targets[row]).sum()), answer)
+                tally.add(
+                    question.kind,
+                    normalise_answer(answer) == question.answer,
+                    int(targets[row].sum()),
+                    int((kept[row] & targets[row]).sum()),
+                    answer,
+                )
         if progress is not None:
             progress(len(batch))
-    results = [MethodResult(method=m, ratio=r, scorer=scorers[m].describe(), tally=tallies[m, r], unpruned=unpruned)
-               for m in settings.methods for r in settings.ratios]
-    return EvalReport(settings=settings, unpruned=unpruned, results=results,
-                      seconds=time.perf_counter() - started, questions=len(questions), model=session.loaded.name)
+    results = [
+        MethodResult(method=m, ratio=r, scorer=scorers[m].describe(), tally=tallies[m, r], unpruned=unpruned)
+        for m in settings.methods
+        for r in settings.ratios
+    ]
+    return EvalReport(
+        settings=settings,
+        unpruned=unpruned,
+        results=results,
+        seconds=time.perf_counter() - started,
+        questions=len(questions),
+        model=session.loaded.name,
+    )

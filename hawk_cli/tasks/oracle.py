@@ -41,7 +41,7 @@ class StepComparison:
 
 def compare_step_logits(ours: list[torch.Tensor], oracle: list[torch.Tensor]) -> StepComparison:
     diffs, equal, compared = [], 0, 0
-    for step, (mine, theirs) in enumerate(zip(ours, oracle)):
+    for step, (mine, theirs) in enumerate(zip(ours, oracle, strict=False)):
         mine, theirs = mine.float().cpu(), theirs.float().cpu()
         diffs.append(float((mine - theirs).abs().max()))
         agree = mine.argmax(-1) == theirs.argmax(-1)
@@ -67,15 +67,21 @@ class OracleReport:
 
     @property
     def passed(self) -> bool:
-        return StepComparison(self.step_max_abs_logit_diff, self.tokens_equal, self.tokens_compared,
-                              self.diverged_at_step, self.divergence_gap).passed(self.tolerance)
+        return StepComparison(
+            self.step_max_abs_logit_diff,
+            self.tokens_equal,
+            self.tokens_compared,
+            self.diverged_at_step,
+            self.divergence_gap,
+        ).passed(self.tolerance)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
 
-def check_against_oracle(adapter: ModelAdapter, inputs, scorer: Scorer, ratio: float, steps: int,
-                         eos_ids: set[int], tolerance: float) -> OracleReport:
+def check_against_oracle(
+    adapter: ModelAdapter, inputs, scorer: Scorer, ratio: float, steps: int, eos_ids: set[int], tolerance: float
+) -> OracleReport:
     """Prune with `scorer` at `ratio`, decode `steps` tokens, and compare every step with the family's oracle."""
     settings = GenerationSettings(ratio=ratio, max_new_tokens=steps, record_logits=True)
     pruned = generate(adapter, inputs, scorer, settings, eos_ids)
@@ -84,8 +90,15 @@ def check_against_oracle(adapter: ModelAdapter, inputs, scorer: Scorer, ratio: f
     comparison = compare_step_logits(pruned.step_logits, oracle)
     visual = sum(row.visual_tokens for row in pruned.rows)
     kept = sum(row.visual_tokens_kept for row in pruned.rows)
-    return OracleReport(step_max_abs_logit_diff=comparison.step_max_abs_logit_diff,
-                        max_abs_logit=float(oracle[0].abs().max()), tokens_equal=comparison.tokens_equal,
-                        tokens_compared=comparison.tokens_compared, tolerance=tolerance, visual_tokens=visual,
-                        visual_tokens_kept=kept, diverged_at_step=comparison.diverged_at_step,
-                        divergence_gap=comparison.divergence_gap, oracle=adapter.oracle_name)
+    return OracleReport(
+        step_max_abs_logit_diff=comparison.step_max_abs_logit_diff,
+        max_abs_logit=float(oracle[0].abs().max()),
+        tokens_equal=comparison.tokens_equal,
+        tokens_compared=comparison.tokens_compared,
+        tolerance=tolerance,
+        visual_tokens=visual,
+        visual_tokens_kept=kept,
+        diverged_at_step=comparison.diverged_at_step,
+        divergence_gap=comparison.divergence_gap,
+        oracle=adapter.oracle_name,
+    )

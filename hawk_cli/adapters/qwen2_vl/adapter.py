@@ -62,8 +62,9 @@ class RopeIndexCache:
             key = (runs, image_grids, video_grids, video_timings)
             ids = self._rows.get(key)
             if ids is None:
-                ids = self._rows[key] = self._one_row(host.input_ids[row][valid], types, image_grids, video_grids,
-                                                      video_timings)
+                ids = self._rows[key] = self._one_row(
+                    host.input_ids[row][valid], types, image_grids, video_grids, video_timings
+                )
                 while len(self._rows) > self.size:
                     self._rows.popitem(last=False)
             self._rows.move_to_end(key)
@@ -75,8 +76,10 @@ class RopeIndexCache:
         return [] if host.video_grid_thw is None else host.video_grid_thw.tolist()
 
     def _one_row(self, input_ids: Tensor, types: Tensor, image_grids, video_grids, video_timings) -> Tensor:
-        args = dict(image_grid_thw=torch.tensor(image_grids, dtype=torch.long) if image_grids else None,
-                    video_grid_thw=torch.tensor(video_grids, dtype=torch.long) if video_grids else None)
+        args = dict(
+            image_grid_thw=torch.tensor(image_grids, dtype=torch.long) if image_grids else None,
+            video_grid_thw=torch.tensor(video_grids, dtype=torch.long) if video_grids else None,
+        )
         if self.takes_second_per_grid:
             args["second_per_grid_ts"] = torch.tensor(video_timings) if video_timings else None
         positions, _ = self.get_rope_index(input_ids[None], types[None], **args)
@@ -118,11 +121,21 @@ class QwenVLAdapter(ModelAdapter):
         return QwenPrompts(tokenizer, image_processor)
 
     def stock_generate_inputs(self, inputs) -> dict:
-        return {name: getattr(inputs, name) for name in ("input_ids", "attention_mask", "mm_token_type_ids",
-                                                         "pixel_values", "image_grid_thw", "pixel_values_videos",
-                                                         "video_grid_thw", "second_per_grid_ts")
-                if getattr(inputs, name) is not None and (name != "second_per_grid_ts"
-                                                          or "second_per_grid_ts" in self._rope_params)}
+        return {
+            name: getattr(inputs, name)
+            for name in (
+                "input_ids",
+                "attention_mask",
+                "mm_token_type_ids",
+                "pixel_values",
+                "image_grid_thw",
+                "pixel_values_videos",
+                "video_grid_thw",
+                "second_per_grid_ts",
+            )
+            if getattr(inputs, name) is not None
+            and (name != "second_per_grid_ts" or "second_per_grid_ts" in self._rope_params)
+        }
 
     def stock_vision(self, inputs) -> None:
         if inputs.pixel_values is not None:
@@ -156,11 +169,11 @@ class QwenVLAdapter(ModelAdapter):
     def encode_vision(self, inputs) -> dict[str, Tensor]:
         features, host = {}, inputs.on_host()
         if inputs.pixel_values is not None:
-            features["image"] = self._features(inputs.pixel_values, host.image_grid_thw,
-                                               self.inner.get_image_features)
+            features["image"] = self._features(inputs.pixel_values, host.image_grid_thw, self.inner.get_image_features)
         if inputs.pixel_values_videos is not None:
-            features["video"] = self._features(inputs.pixel_values_videos, host.video_grid_thw,
-                                               self.inner.get_video_features)
+            features["video"] = self._features(
+                inputs.pixel_values_videos, host.video_grid_thw, self.inner.get_video_features
+            )
         return features
 
     def build_prefill(self, inputs, features: dict[str, Tensor]) -> Prefill:
@@ -168,7 +181,8 @@ class QwenVLAdapter(ModelAdapter):
         embeds = self.embed(input_ids)
         image, video = features.get("image"), features.get("video")
         image_mask, video_mask = self.inner.get_placeholder_mask(
-            input_ids, inputs_embeds=embeds, image_features=image, video_features=video)
+            input_ids, inputs_embeds=embeds, image_features=image, video_features=video
+        )
         if image is not None:
             embeds = embeds.masked_scatter(image_mask, image.to(embeds.device, embeds.dtype))
         if video is not None:
@@ -176,8 +190,9 @@ class QwenVLAdapter(ModelAdapter):
         # Rotary ids from the host copies (the stock routine loops over images with .item() calls, each a
         # device sync when run on the GPU), one row layout at a time, remembered (RopeIndexCache).
         positions = self.rope_index(inputs.on_host()).to(input_ids.device, non_blocking=True)
-        return Prefill(input_ids=input_ids, inputs_embeds=embeds, position_ids=positions,
-                       attention_mask=inputs.attention_mask)
+        return Prefill(
+            input_ids=input_ids, inputs_embeds=embeds, position_ids=positions, attention_mask=inputs.attention_mask
+        )
 
     def query_key(self, hidden: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
         block = self.language_model.layers[layer]
@@ -191,8 +206,14 @@ class QwenVLAdapter(ModelAdapter):
     def head_output_projection(self, layer: int = 0) -> torch.nn.Module:
         return self.language_model.layers[layer].self_attn.o_proj
 
-    def run_layers(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor, n_layers: int,
-                   extras: VisualExtras | None = None) -> Tensor:
+    def run_layers(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        n_layers: int,
+        extras: VisualExtras | None = None,
+    ) -> Tensor:
         if n_layers == 0:
             return embeds
 
@@ -201,8 +222,9 @@ class QwenVLAdapter(ModelAdapter):
 
         handle = self.language_model.layers[n_layers - 1].register_forward_hook(stop)
         try:
-            self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
-                                use_cache=False)
+            self.language_model(
+                inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+            )
         except _StopAfterLayer as stopped:
             return stopped.hidden
         finally:
@@ -212,29 +234,53 @@ class QwenVLAdapter(ModelAdapter):
     def masked_generate(self, inputs, keep: Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[Tensor]:
         # Explicit (4, B, L) ids: row 0 text positions, rows 1-3 the stock mRoPE ids of the UNMASKED prompt;
         # generate then extends them by last + 1 itself, independently of hawk's decode bookkeeping.
-        rope_args = dict(image_grid_thw=inputs.image_grid_thw, video_grid_thw=inputs.video_grid_thw,
-                         attention_mask=inputs.attention_mask)
+        rope_args = dict(
+            image_grid_thw=inputs.image_grid_thw,
+            video_grid_thw=inputs.video_grid_thw,
+            attention_mask=inputs.attention_mask,
+        )
         if "second_per_grid_ts" in self._rope_params:
             rope_args["second_per_grid_ts"] = inputs.second_per_grid_ts
         positions, _ = self.inner.get_rope_index(inputs.input_ids, inputs.mm_token_type_ids, **rope_args)
         text_positions = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        pixels = {name: getattr(inputs, name) for name in
-                  ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
-                  if getattr(inputs, name) is not None}
+        pixels = {
+            name: getattr(inputs, name)
+            for name in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+            if getattr(inputs, name) is not None
+        }
         if "second_per_grid_ts" in self._rope_params and inputs.second_per_grid_ts is not None:
             pixels["second_per_grid_ts"] = inputs.second_per_grid_ts
         output = self.model.generate(
-            input_ids=inputs.input_ids, attention_mask=(inputs.attention_mask.bool() & keep).long(),
-            position_ids=torch.cat([text_positions[None], positions]), mm_token_type_ids=inputs.mm_token_type_ids,
-            max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True,
-            pad_token_id=self.tokens.pad, eos_token_id=sorted(eos_ids), **pixels)
+            input_ids=inputs.input_ids,
+            attention_mask=(inputs.attention_mask.bool() & keep).long(),
+            position_ids=torch.cat([text_positions[None], positions]),
+            mm_token_type_ids=inputs.mm_token_type_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokens.pad,
+            eos_token_id=sorted(eos_ids),
+            **pixels,
+        )
         return [step.float() for step in output.logits]
 
     # --- decoding --------------------------------------------------------------------------------------
-    def decode(self, embeds: Tensor, position_ids: Tensor, attention_mask: Tensor | None, cache,
-               extras: VisualExtras | None = None) -> Tensor:
-        output = self.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
-                                     use_cache=True, **{self._cache_keyword: cache})
+    def decode(
+        self,
+        embeds: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor | None,
+        cache,
+        extras: VisualExtras | None = None,
+    ) -> Tensor:
+        output = self.language_model(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=True,
+            **{self._cache_keyword: cache},
+        )
         return output.last_hidden_state
 
     def logits(self, hidden: Tensor) -> Tensor:

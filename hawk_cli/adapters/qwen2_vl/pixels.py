@@ -39,7 +39,7 @@ class PixelRecipe:
     max_pixels: int
 
     @classmethod
-    def of(cls, image_processor) -> "PixelRecipe | None":
+    def of(cls, image_processor) -> PixelRecipe | None:
         """The recipe of a supported processor with the standard steps switched on, else None."""
         if type(image_processor).__name__ not in SUPPORTED_PROCESSORS:
             return None
@@ -51,17 +51,28 @@ class PixelRecipe:
         min_pixels, max_pixels = _size_value(size, "shortest_edge"), _size_value(size, "longest_edge")
         if not (_three(mean) and _three(std) and min_pixels and max_pixels):
             return None
-        return cls(patch_size=int(image_processor.patch_size),
-                   temporal_patch_size=int(image_processor.temporal_patch_size),
-                   merge_size=int(image_processor.merge_size), rescale_factor=float(image_processor.rescale_factor),
-                   mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-                   resample=int(image_processor.resample), min_pixels=int(min_pixels), max_pixels=int(max_pixels))
+        return cls(
+            patch_size=int(image_processor.patch_size),
+            temporal_patch_size=int(image_processor.temporal_patch_size),
+            merge_size=int(image_processor.merge_size),
+            rescale_factor=float(image_processor.rescale_factor),
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
+            resample=int(image_processor.resample),
+            min_pixels=int(min_pixels),
+            max_pixels=int(max_pixels),
+        )
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the stock processor resizes to; its own `smart_resize`, so errors read the same."""
         smart_resize = importlib.import_module(_PIL_PROCESSOR_MODULE).smart_resize
-        return smart_resize(height, width, factor=self.patch_size * self.merge_size, min_pixels=self.min_pixels,
-                            max_pixels=self.max_pixels)
+        return smart_resize(
+            height,
+            width,
+            factor=self.patch_size * self.merge_size,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+        )
 
     def resize(self, image: Image.Image) -> Tensor:
         """Host half: the RGB image resized as the stock processor resizes it, as uint8 `[H, W, 3]`."""

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from hawk_cli.errors import InputError
+
 from hawk_cli.adapters.qwen2_vl.pixels import PixelRecipe
 from hawk_cli.adapters.qwen2_vl.video import build_video
+from hawk_cli.errors import InputError
 from hawk_cli.io.requests import Request
 
 IMAGE_PAD = "<|image_pad|>"
@@ -41,32 +42,44 @@ class ModelInputs:
     pending_pixels: PendingPixels | None = None
     host: HostCopy | None = None
 
-    INDEX_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw",
-                    "second_per_grid_ts")
+    INDEX_FIELDS = (
+        "input_ids",
+        "attention_mask",
+        "mm_token_type_ids",
+        "image_grid_thw",
+        "video_grid_thw",
+        "second_per_grid_ts",
+    )
 
     def _index_tensors(self) -> tuple:
         return tuple(getattr(self, name) for name in self.INDEX_FIELDS)
 
-    def to(self, device: torch.device | str) -> "ModelInputs":
+    def to(self, device: torch.device | str) -> ModelInputs:
         # Asynchronous only from the host (pageable memory is staged before the call returns); a copy back to
         # the host must complete before its tensor is read.
-        moved = {k: (v.to(device, non_blocking=v.device.type == "cpu") if isinstance(v, torch.Tensor) else v)
-                 for k, v in vars(self).items() if k not in ("pending_pixels", "host")}
+        moved = {
+            k: (v.to(device, non_blocking=v.device.type == "cpu") if isinstance(v, torch.Tensor) else v)
+            for k, v in vars(self).items()
+            if k not in ("pending_pixels", "host")
+        }
         if self.pending_pixels is not None:
             moved["pixel_values"] = self.pending_pixels.patches(device)
         result = ModelInputs(**moved)
         result.host = HostCopy(self.on_host(), result._index_tensors())
         return result
 
-    def on_host(self) -> "ModelInputs":
+    def on_host(self) -> ModelInputs:
         """The index tensors on the CPU (pixels left out): these inputs themselves when they live there, else
         the copy `to()` kept, if it still mirrors these very tensors (a `replace` of one of them drops it)."""
         if self.input_ids.device.type == "cpu":
             return self
-        if self.host is not None and all(a is b for a, b in zip(self.host.mirrors, self._index_tensors())):
+        if self.host is not None and all(
+            a is b for a, b in zip(self.host.mirrors, self._index_tensors(), strict=False)
+        ):
             return self.host.inputs
-        return ModelInputs(**{n: None if getattr(self, n) is None else getattr(self, n).cpu()
-                              for n in self.INDEX_FIELDS})
+        return ModelInputs(
+            **{n: None if getattr(self, n) is None else getattr(self, n).cpu() for n in self.INDEX_FIELDS}
+        )
 
     @property
     def batch_size(self) -> int:
@@ -105,8 +118,9 @@ def chat_text(tokenizer, request: Request) -> str:
     answer, or (a chat ending with an assistant turn) continuing that turn."""
     messages = _messages(request)
     continued = messages[-1].get("role") == "assistant"
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=not continued,
-                                         continue_final_message=continued, tokenize=False)
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=not continued, continue_final_message=continued, tokenize=False
+    )
 
 
 @dataclass(frozen=True)
@@ -148,11 +162,17 @@ def encode_request(tokenizer, image_processor, request: Request, defer_pixels: b
         with _processor_limits(request.video[:1], "video frame"):
             video = build_video(image_processor, request.video, request.fps)
         counts.append(int(video.video_grid_thw.prod()) // merge)
-    return EncodedRequest(text=text, placeholder_tokens=tuple(counts), pixel_values=pixels, image_grid_thw=grids,
-                          pixel_values_videos=None if video is None else video.pixel_values_videos,
-                          video_grid_thw=None if video is None else video.video_grid_thw[None],
-                          second_per_grid_t=None if video is None else video.second_per_grid_t,
-                          images_u8=images_u8, recipe=recipe)
+    return EncodedRequest(
+        text=text,
+        placeholder_tokens=tuple(counts),
+        pixel_values=pixels,
+        image_grid_thw=grids,
+        pixel_values_videos=None if video is None else video.pixel_values_videos,
+        video_grid_thw=None if video is None else video.video_grid_thw[None],
+        second_per_grid_t=None if video is None else video.second_per_grid_t,
+        images_u8=images_u8,
+        recipe=recipe,
+    )
 
 
 @contextmanager
@@ -164,8 +184,10 @@ def _processor_limits(images, what: str):
     except ValueError as error:
         sizes = ", ".join(f"{image.width}x{image.height}" for image in images)
         which = f"the {what}" if len(images) == 1 else f"one of the {what}s"
-        raise InputError(f"the model's image processor refuses {which} ({sizes}): {error}",
-                         "Crop or pad it to a less extreme aspect ratio") from None
+        raise InputError(
+            f"the model's image processor refuses {which} ({sizes}): {error}",
+            "Crop or pad it to a less extreme aspect ratio",
+        ) from None
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | None:
@@ -181,12 +203,14 @@ def _token_ids(tokenizer, rows: list[EncodedRequest]) -> tuple[torch.Tensor, tor
     """
     placeholders = {tokenizer.convert_tokens_to_ids(IMAGE_PAD), tokenizer.convert_tokens_to_ids(VIDEO_PAD)}
     expanded = []
-    for ids, row in zip(tokenizer([row.text for row in rows])["input_ids"], rows):
+    for ids, row in zip(tokenizer([row.text for row in rows])["input_ids"], rows, strict=True):
         slots = [index for index, token in enumerate(ids) if token in placeholders]
         if len(slots) != len(row.placeholder_tokens):
-            raise InputError("a question contains the model's image or video placeholder token",
-                             f"Remove '{IMAGE_PAD}' / '{VIDEO_PAD}' from the question text")
-        counts = dict(zip(slots, row.placeholder_tokens))
+            raise InputError(
+                "a question contains the model's image or video placeholder token",
+                f"Remove '{IMAGE_PAD}' / '{VIDEO_PAD}' from the question text",
+            )
+        counts = dict(zip(slots, row.placeholder_tokens, strict=False))
         out: list[int] = []
         for index, token in enumerate(ids):
             out.extend([token] * counts[index] if index in counts else (token,))
@@ -198,13 +222,16 @@ def _token_ids(tokenizer, rows: list[EncodedRequest]) -> tuple[torch.Tensor, tor
     return input_ids, attention_mask
 
 
-def build_inputs(tokenizer, image_processor, requests: list[Request],
-                 encoded: list[EncodedRequest | None] | None = None) -> ModelInputs:
+def build_inputs(
+    tokenizer, image_processor, requests: list[Request], encoded: list[EncodedRequest | None] | None = None
+) -> ModelInputs:
     """Tokenise and preprocess `requests` into one left-padded batch (`encoded`: rows already encoded)."""
     if not requests:
         raise InputError("no requests to run", "Give at least one image and a question")
-    rows = [done or encode_request(tokenizer, image_processor, request)
-            for request, done in zip(requests, encoded or [None] * len(requests))]
+    rows = [
+        done or encode_request(tokenizer, image_processor, request)
+        for request, done in zip(requests, encoded or [None] * len(requests), strict=True)
+    ]
     input_ids, attention_mask = _token_ids(tokenizer, rows)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
@@ -214,9 +241,17 @@ def build_inputs(tokenizer, image_processor, requests: list[Request],
     pending = None
     if deferred and len(deferred) == sum(row.image_grid_thw is not None for row in rows):
         pending = PendingPixels(tuple(image for row in deferred for image in row.images_u8), deferred[0].recipe)
-    pixel_values = None if pending is not None else _cat(
-        [row.pixel_values if not row.images_u8 else row.recipe.patches(list(row.images_u8), "cpu")
-         for row in rows if row.image_grid_thw is not None])
+    pixel_values = (
+        None
+        if pending is not None
+        else _cat(
+            [
+                row.pixel_values if not row.images_u8 else row.recipe.patches(list(row.images_u8), "cpu")
+                for row in rows
+                if row.image_grid_thw is not None
+            ]
+        )
+    )
     return ModelInputs(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -227,7 +262,8 @@ def build_inputs(tokenizer, image_processor, requests: list[Request],
         video_grid_thw=_cat([row.video_grid_thw for row in videos]),
         # Families that mark time in the text (Qwen3-VL) have no per-video timing.
         second_per_grid_ts=torch.tensor([row.second_per_grid_t for row in videos], dtype=torch.float32)
-        if videos and all(row.second_per_grid_t is not None for row in videos) else None,
+        if videos and all(row.second_per_grid_t is not None for row in videos)
+        else None,
         pending_pixels=pending,
     )
 
@@ -251,13 +287,15 @@ class QwenPrompts:
         hawk's layout: rows re-padded on the left (the processor may pad on the right), the token types derived
         from the placeholder ids, pixels and grids as given."""
         if "input_ids" not in features:
-            raise InputError("the processor output has no input_ids",
-                             "Pass what the model's processor returns for text and images (return_tensors='pt')")
+            raise InputError(
+                "the processor output has no input_ids",
+                "Pass what the model's processor returns for text and images (return_tensors='pt')",
+            )
         input_ids = torch.as_tensor(features["input_ids"])
         input_ids = input_ids[None] if input_ids.dim() == 1 else input_ids
         mask = features.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask).reshape(input_ids.shape)
-        rows = [ids[keep.bool()].tolist() for ids, keep in zip(input_ids, mask)]
+        rows = [ids[keep.bool()].tolist() for ids, keep in zip(input_ids, mask, strict=True)]
         length, pad = max(len(row) for row in rows), self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows], dtype=torch.long)
         attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
@@ -269,11 +307,16 @@ class QwenPrompts:
             value = features.get(name)
             return None if value is None else torch.as_tensor(value, dtype=dtype)
 
-        return ModelInputs(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
-                           pixel_values=tensor("pixel_values"), image_grid_thw=tensor("image_grid_thw", torch.long),
-                           pixel_values_videos=tensor("pixel_values_videos"),
-                           video_grid_thw=tensor("video_grid_thw", torch.long),
-                           second_per_grid_ts=tensor("second_per_grid_ts", torch.float32))
+        return ModelInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=mm_types,
+            pixel_values=tensor("pixel_values"),
+            image_grid_thw=tensor("image_grid_thw", torch.long),
+            pixel_values_videos=tensor("pixel_values_videos"),
+            video_grid_thw=tensor("video_grid_thw", torch.long),
+            second_per_grid_ts=tensor("second_per_grid_ts", torch.float32),
+        )
 
     def visual_tokens(self, image) -> int:
         """Visual tokens the processor makes of one image (merged patches)."""
@@ -289,10 +332,13 @@ class QwenPrompts:
         smart_resize = importlib.import_module(type(self.image_processor).__module__).smart_resize
         factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
         size = self.image_processor.size
-        min_pixels = int((size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", 0))
-                         or factor * factor)
-        height, width = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels,
-                                     max_pixels=visual_tokens * factor * factor)
+        min_pixels = int(
+            (size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", 0))
+            or factor * factor
+        )
+        height, width = smart_resize(
+            image.height, image.width, factor=factor, min_pixels=min_pixels, max_pixels=visual_tokens * factor * factor
+        )
         return image.resize((width, height), Image.BICUBIC)
 
     @staticmethod
@@ -301,5 +347,7 @@ class QwenPrompts:
         host = inputs.on_host()
         images = iter([] if host.image_grid_thw is None else host.image_grid_thw.tolist())
         videos = iter([] if host.video_grid_thw is None else host.video_grid_thw.tolist())
-        return [tuple(tuple(next(images)) for _ in request.images) + ((tuple(next(videos)),) if request.video else ())
-                for request in requests]
+        return [
+            tuple(tuple(next(images)) for _ in request.images) + ((tuple(next(videos)),) if request.video else ())
+            for request in requests
+        ]

@@ -15,16 +15,20 @@ def qwen_id_tokenizer(first_special_id: int = 151643):
 
     from hawk_cli.synthetic import tokenizer as words
 
-    plain = dict.fromkeys((words.UNKNOWN_TOKEN,) + words.VOCABULARY[len(words.QWEN_SPECIAL_TOKENS):])
+    plain = dict.fromkeys((words.UNKNOWN_TOKEN,) + words.VOCABULARY[len(words.QWEN_SPECIAL_TOKENS) :])
     vocab = {word: index for index, word in enumerate(plain)}
     vocab.update({token: first_special_id + index for index, token in enumerate(words.QWEN_SPECIAL_TOKENS)})
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=words.UNKNOWN_TOKEN))
     backend.normalizer, backend.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token=words.UNKNOWN_TOKEN, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        tokenizer_object=backend,
+        unk_token=words.UNKNOWN_TOKEN,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
         additional_special_tokens=[t for t in words.QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
-        padding_side="left")
+        padding_side="left",
+    )
     tokenizer.chat_template = words.QWEN_VL_CHAT_TEMPLATE
     return tokenizer
 

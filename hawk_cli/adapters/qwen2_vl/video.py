@@ -34,8 +34,9 @@ class VideoTensors:
     second_per_grid_t: float  # seconds covered by one temporal patch
 
 
-def build_video(image_processor, frames: list[Image.Image] | tuple[Image.Image, ...],
-                fps: float = DEFAULT_FPS, **processor_kwargs) -> VideoTensors:
+def build_video(
+    image_processor, frames: list[Image.Image] | tuple[Image.Image, ...], fps: float = DEFAULT_FPS, **processor_kwargs
+) -> VideoTensors:
     """The stock video layout for `frames` sampled at `fps` frames per second (`processor_kwargs` go to the
     image processor's call, e.g. `do_resize=False` for frames a family has already sized)."""
     fps = validate_fps(fps)
@@ -58,6 +59,8 @@ def build_video(image_processor, frames: list[Image.Image] | tuple[Image.Image, 
     # [t, tp, hw, C, p, p] -> [t, hw, C, tp, p, p]: frames of a temporal group side by side in each row.
     grouped = slices.view(grid_t, tp, per_frame, channels, patch, patch).permute(0, 2, 3, 1, 4, 5)
     values = grouped.reshape(grid_t * per_frame, channels * tp * patch * patch).contiguous()
-    return VideoTensors(pixel_values_videos=values,
-                        video_grid_thw=torch.tensor([grid_t, grid_h, grid_w], dtype=torch.long),
-                        second_per_grid_t=tp / fps)
+    return VideoTensors(
+        pixel_values_videos=values,
+        video_grid_thw=torch.tensor([grid_t, grid_h, grid_w], dtype=torch.long),
+        second_per_grid_t=tp / fps,
+    )

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +66,9 @@ def build_layout(cu_seqlens: Tensor, device: torch.device) -> SegmentLayout:
     token_len = torch.repeat_interleave(seg_len, seg_len)  # length of the segment each token is in
     gather = torch.cat([(token_len == n).nonzero().squeeze(1) for n in lengths])
     sizes = tuple(int(seg_len.eq(n).sum()) * n for n in lengths)
-    return SegmentLayout(tuple(lengths), sizes, gather.to(device, non_blocking=True),
-                         torch.argsort(gather).to(device, non_blocking=True))
+    return SegmentLayout(
+        tuple(lengths), sizes, gather.to(device, non_blocking=True), torch.argsort(gather).to(device, non_blocking=True)
+    )
 
 
 def _grouped(x: Tensor, layout: SegmentLayout) -> tuple[Tensor, ...]:
@@ -80,7 +81,7 @@ def _grouped(x: Tensor, layout: SegmentLayout) -> tuple[Tensor, ...]:
 def segment_attention(q: Tensor, k: Tensor, v: Tensor, layout: SegmentLayout, scale: float) -> Tensor:
     """Attention within segments: `[S, H, D]` q/k/v -> `[S, H*D]`, one SDPA call per distinct length."""
     outs = []
-    for n, *group in zip(layout.lengths, *(_grouped(t, layout) for t in (q, k, v))):
+    for n, *group in zip(layout.lengths, *(_grouped(t, layout) for t in (q, k, v)), strict=False):
         qs, ks, vs = (t.unflatten(0, (-1, n)).transpose(1, 2) for t in group)  # [B, H, n, D]
         out = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
         outs.append(out.transpose(1, 2).flatten(0, 1).flatten(1))  # [B*n, H*D]
@@ -174,8 +175,7 @@ def plan_tower(visual: nn.Module, grid_thw: Tensor, device: torch.device) -> Tow
         return TowerPlan(cos, sin, full_layout)
     window_index, cu_window = _window_plan(visual, grid_thw, device)
     cos, sin = (_permute(visual, t, window_index) for t in (cos, sin))
-    return TowerPlan(cos, sin, full_layout, window_index, torch.argsort(window_index),
-                     build_layout(cu_window, device))
+    return TowerPlan(cos, sin, full_layout, window_index, torch.argsort(window_index), build_layout(cu_window, device))
 
 
 class TowerPlans:
@@ -196,8 +196,9 @@ class TowerPlans:
         return plan
 
 
-def encode_images_batched(visual: nn.Module, pixel_values: Tensor, grid_thw: Tensor,
-                          plans: TowerPlans | None = None) -> Tensor:
+def encode_images_batched(
+    visual: nn.Module, pixel_values: Tensor, grid_thw: Tensor, plans: TowerPlans | None = None
+) -> Tensor:
     """Merged vision features of all images (or videos: rows of `grid_thw` with t > 1), concatenated in order.
 
     Equals `torch.cat(model.model.get_image_features(pixel_values, grid_thw).pooler_output)` for a
@@ -223,7 +224,8 @@ def encode_images_batched(visual: nn.Module, pixel_values: Tensor, grid_thw: Ten
     return visual.merger(hidden)[plan.restore]
 
 
-def encode_videos_batched(visual: nn.Module, pixel_values_videos: Tensor, video_grid_thw: Tensor,
-                          plans: TowerPlans | None = None) -> Tensor:
+def encode_videos_batched(
+    visual: nn.Module, pixel_values_videos: Tensor, video_grid_thw: Tensor, plans: TowerPlans | None = None
+) -> Tensor:
     """Video counterpart of `encode_images_batched` (the towers treat videos as t-frame grids; same code)."""
     return encode_images_batched(visual, pixel_values_videos, video_grid_thw, plans)
