@@ -85,6 +85,24 @@ CASES = [
         "--device cuda was asked for but no CUDA GPU is available",
     ),
     (
+        "device-and-device-map",
+        ["run", "{image}", "q ?", "-m", "{model}", "--device", "cpu", "--device-map", "auto"],
+        2,
+        "--device and --device-map exclude each other",
+    ),
+    (
+        "gpus-without-input",
+        ["run", "{image}", "q ?", "-m", "{model}", "--gpus", "0,1"],
+        2,
+        "--gpus splits a JSONL file",
+    ),
+    (
+        "gpus-with-device",
+        ["run", "--input", "{bad_jsonl}", "-m", "{model}", "--gpus", "0,1", "--device", "cpu"],
+        2,
+        "--gpus puts one whole model on each GPU; it excludes --device and --device-map",
+    ),
+    (
         "weights-corrupt",
         ["run", "{image}", "q ?", "--weights", "{corrupt}", "-m", "{model}"],
         2,
