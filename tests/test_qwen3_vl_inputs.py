@@ -421,3 +421,43 @@ def test_moe_decode_floor_counts_only_the_chosen_experts():
     experts = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".mlp.experts." in n)
     assert experts > 0
     assert moe.decoder_weight_bytes() == QwenVLAdapter.decoder_weight_bytes(moe) - experts // 2
+
+
+def test_kept_counts_are_per_image_and_per_video_even_with_timestamps_between_frames():
+    """Qwen3-VL writes a text timestamp before each temporal patch of a video, so its visual tokens are not one
+    run: the per-image counts (CLI stats line, JSON, library) still have one entry per image and one for the
+    video, each the number of that visual's pad tokens in the prompt."""
+    from hawk_cli.engine.library import HawkModel
+    from hawk_cli.engine.results import visual_blocks
+    from hawk_cli.io.models import LoadedModel
+
+    loaded = LoadedModel(
+        model=tiny_model("qwen3_vl", device="cpu", dtype=torch.float32),
+        tokenizer=tiny_tokenizer(),
+        image_processor=tiny_image_processor(family="qwen3_vl"),
+    )
+    session = HawkSession(loaded)
+    scorer, _ = session.make_scorer()
+    frames = tuple(random_image(128, 96, seed) for seed in range(4))
+    request = Request("what color is the circle ?", (random_image(256, 256),), video=frames)
+    ids = session.build_inputs([request]).input_ids[0]
+    pads = (int((ids == session.adapter.tokens.image).sum()), int((ids == session.adapter.tokens.video).sum()))
+    answer = session.run([request], scorer, GenerationSettings(ratio=0.5, max_new_tokens=2)).answers[0]
+    assert answer.visual_blocks == pads
+    assert len(answer.kept_per_block()) == 2 and sum(answer.kept_per_block()) == answer.stats.visual_tokens_kept
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": request.images[0]},
+                {"type": "video", "video": list(frames)},
+                {"type": "text", "text": request.question},
+            ],
+        }
+    ]
+    out = HawkModel(session).generate(messages=chat, ratio=0.5, max_new_tokens=2)
+    assert [total for _, total in out.kept_per_image] == list(pads)
+    assert sum(kept for kept, _ in out.kept_per_image) == out.stats.visual_tokens_kept
+    # negative control: counting runs of visual tokens splits this video at its timestamps
+    visual = (ids == session.adapter.tokens.image) | (ids == session.adapter.tokens.video)
+    assert len(visual_blocks(visual)) > 2

@@ -19,7 +19,7 @@ from PIL import Image
 
 from hawk_cli.engine.generation import GenerationSettings
 from hawk_cli.engine.generation import generate as engine_generate
-from hawk_cli.engine.results import RowStats
+from hawk_cli.engine.results import RowStats, grid_blocks, kept_per_block, visual_blocks
 from hawk_cli.engine.sampling import Sampling
 from hawk_cli.engine.session import HawkSession
 from hawk_cli.errors import HawkWarning, InputError, UsageError
@@ -43,8 +43,8 @@ class Generation:
     scorer: dict = field(default_factory=dict)  # the scorer and head weights used (as `hawk run --json` echoes)
     sampling: dict = field(default_factory=dict)  # do_sample, temperature, top_k, top_p, repetition_penalty, seed
     visual_keep: torch.Tensor | None = field(default=None, repr=False)  # [n_visual] bool, prompt order
-    # (kept, visual tokens) per contiguous run of visual tokens: each image; a video is one run (Qwen2-VL family)
-    # or one per frame group (Qwen3-VL, Qwen3.5: each group has its own vision span)
+    # (kept, visual tokens) per image, then the video (one entry however the family interleaves its frames with
+    # timestamps); for a caller's own processor output, per contiguous run of visual tokens
     kept_per_image: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict:
@@ -293,13 +293,23 @@ class HawkModel:
         out: list[Generation | None] = [None] * len(requests)
         for rows, group_settings in groups:
             batch = self.session.build_inputs([requests[i] for i in rows])
-            for row, generation in zip(rows, self._run_inputs(batch, scorer, group_settings, sampling), strict=True):
+            grids = self.session.prompts.row_grids(batch, [requests[i] for i in rows])
+            blocks = [grid_blocks(row_grids, self.session.merge_size) for row_grids in grids]
+            generations = self._run_inputs(batch, scorer, group_settings, sampling, blocks)
+            for row, generation in zip(rows, generations, strict=True):
                 out[row] = generation
         return [generation for generation in out if generation is not None]
 
     def _run_inputs(
-        self, batch: Any, scorer: Scorer | None, settings: GenerationSettings, sampling: Sampling
+        self,
+        batch: Any,
+        scorer: Scorer | None,
+        settings: GenerationSettings,
+        sampling: Sampling,
+        blocks: list[tuple[int, ...]] | None = None,
     ) -> list[Generation]:
+        """`blocks`: each row's visual tokens per image (then video); None when the requests are unknown (a
+        caller's own processor output), then read from the runs of visual tokens in the prompt."""
         session = self.session
         inputs = batch.to(session.loaded.device)
         active = scorer if settings.ratio > 0 else None
@@ -314,23 +324,18 @@ class HawkModel:
                 scorer=described,
                 sampling=sampling.describe(),
                 visual_keep=result.keep_mask[row][result.visual_mask[row]],
-                kept_per_image=_kept_per_image(result.visual_mask[row], result.keep_mask[row]),
+                kept_per_image=_kept_per_image(
+                    result.keep_mask[row][result.visual_mask[row]],
+                    blocks[row] if blocks is not None else visual_blocks(result.visual_mask[row]),
+                ),
             )
             for row, (tokens, stats) in enumerate(zip(result.tokens, result.rows, strict=True))
         ]
 
 
-def _kept_per_image(visual: torch.Tensor, keep: torch.Tensor) -> tuple[tuple[int, int], ...]:
-    """(kept, total) per run of consecutive visual tokens: each image (or video) is one run in the prompt."""
-    flags = visual.tolist()
-    runs, start = [], None
-    for index, flag in enumerate(flags + [False]):
-        if flag and start is None:
-            start = index
-        elif not flag and start is not None:
-            runs.append((int(keep[start:index].sum()), index - start))
-            start = None
-    return tuple(runs)
+def _kept_per_image(visual_keep: torch.Tensor, blocks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """(kept, total) per image (then video) of a row."""
+    return tuple(zip(kept_per_block(visual_keep, blocks), blocks, strict=True))
 
 
 def _unpruned(settings: GenerationSettings) -> GenerationSettings:

@@ -15,7 +15,7 @@ from hawk_cli.adapters import ADAPTERS, adapter_class, adapter_for
 from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
-from hawk_cli.engine.results import GenerationResult, RowStats
+from hawk_cli.engine.results import GenerationResult, RowStats, grid_blocks, kept_per_block
 from hawk_cli.errors import HawkWarning, InputError, ResourceError, UsageError
 from hawk_cli.io.models import LoadedModel, load_model, resolve_device
 from hawk_cli.io.requests import Request
@@ -37,14 +37,7 @@ class Answer:
 
     def kept_per_block(self) -> tuple[int, ...]:
         """Visual tokens kept of each image (then of the video): how the prompt's one budget was spent."""
-        if self.visual_keep is None:
-            return self.visual_blocks
-        flags = self.visual_keep.tolist()
-        counts, start = [], 0
-        for size in self.visual_blocks:
-            counts.append(int(sum(flags[start : start + size])))
-            start += size
-        return tuple(counts)
+        return kept_per_block(self.visual_keep, self.visual_blocks)
 
 
 @dataclass
@@ -277,13 +270,18 @@ class HawkSession:
                 visual_keep=result.keep_mask[row][visual[row]],
                 visual_scores=None if result.scores is None else result.scores[row][visual[row]],
                 visual_grids=grids,
-                visual_blocks=_runs(visual[row]),
+                visual_blocks=grid_blocks(grids, self.merge_size),
             )
             for row, (tokens, stats, grids) in enumerate(
                 zip(result.tokens, result.rows, self.prompts.row_grids(inputs, requests), strict=True)
             )
         ]
         return BatchOutput(answers=answers, result=result)
+
+    @property
+    def merge_size(self) -> int:
+        """Patches merged per side into one visual token."""
+        return int(self.loaded.image_processor.merge_size)
 
     def build_inputs(self, requests: list[Request], encoded: list | None = None) -> Any:
         """One left-padded batch of model inputs on the host (the family's own layout)."""
@@ -356,16 +354,3 @@ def versions() -> dict:
     from hawk_cli import __version__
 
     return {"hawk": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def _runs(flags: torch.Tensor) -> tuple[int, ...]:
-    """Lengths of the runs of True in a [L] bool row: each image's (and the video's) visual tokens are one run,
-    since the prompt puts vision start / end tokens around each."""
-    lengths: list[int] = []
-    previous = None
-    for index in flags.nonzero().flatten().tolist():
-        if previous is None or index != previous + 1:
-            lengths.append(0)
-        lengths[-1] += 1
-        previous = index
-    return tuple(lengths)
