@@ -271,10 +271,12 @@ def test_jsonl_lines_take_keep_and_keep_tokens(capsys, model_dir, images, tmp_pa
 
 
 def test_kept_per_image_splits_the_keep_mask_at_image_boundaries():
-    from hawk_cli.engine.session import Answer, _runs
+    from hawk_cli.engine.results import grid_blocks, visual_blocks
+    from hawk_cli.engine.session import Answer
 
     flags = torch.tensor([0, 1, 1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)  # text, 3 image tokens, 2, then 1
-    assert _runs(flags) == (3, 2, 1)
+    assert visual_blocks(flags) == (3, 2, 1)
+    assert grid_blocks(((1, 2, 6), (2, 2, 4), (1, 2, 2)), merge_size=2) == (3, 4, 1)  # t*h*w / merge^2 per grid
     answer = Answer(
         text="",
         tokens=[],
@@ -283,3 +285,4 @@ def test_kept_per_image_splits_the_keep_mask_at_image_boundaries():
         visual_blocks=(3, 2, 1),
     )
     assert answer.kept_per_block() == (2, 0, 1)
+    assert Answer(text="", tokens=[], stats=None, visual_blocks=(3, 2, 1)).kept_per_block() == (3, 2, 1)  # unpruned
