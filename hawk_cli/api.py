@@ -1,6 +1,6 @@
 """hawk as a library: load a Qwen-VL model, then answer with its visual tokens pruned before the language model.
 
-Two calls make the whole surface, `load` and `HawkModel.generate`:
+Two calls make the surface, `load` and `HawkModel.generate` (and `HawkModel.loglikelihood` for scoring answers):
 
 >>> from hawk_cli import api
 >>> from hawk_cli.synthetic.scenes import heldout_set
@@ -36,12 +36,20 @@ the output of your own processor (`inputs=processor(text=..., images=..., return
 >>> model.generate(messages=chat).text
 'green'
 
+Harnesses score multiple-choice answers by their likelihood: `loglikelihood` gives the log-probability of an
+answer's tokens after the pruned prompt, and whether greedy decoding would write exactly that answer:
+
+>>> right = model.loglikelihood(scene.image, scene.question, "green")
+>>> wrong = model.loglikelihood(scene.image, scene.question, "red")
+>>> right.greedy, wrong.greedy, right.logprob > wrong.logprob
+(True, False, True)
+
 The library never prints, never exits and changes no global state (warnings filters, logging, torch's threads or
 random generator); failures raise `hawk_cli.errors.HawkError` subclasses whose message names the problem and the
 fix. Head weights and scorers are those of `hawk run`: `scorer="hawk"` (the published method), `"random"`, ...;
 `weights=` a head-importance file from `hawk calibrate` or one value per query head.
 """
 
-from hawk_cli.engine.library import Generation, HawkModel, load
+from hawk_cli.engine.library import Generation, HawkModel, Likelihood, load
 
-__all__ = ["Generation", "HawkModel", "load"]
+__all__ = ["Generation", "HawkModel", "Likelihood", "load"]

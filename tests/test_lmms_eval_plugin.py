@@ -19,7 +19,7 @@ import tomllib
 from conftest import SYNTHETIC_BATCH as BATCH
 from conftest import SYNTHETIC_N as N
 
-from hawk_cli.errors import UsageError
+from hawk_cli.errors import InputError, UsageError
 from hawk_cli.integrations.lmms_eval import MODEL_CLASS_PATH, TASKS_DIR
 from hawk_cli.integrations.lmms_eval.runner import Decoding, HarnessRunner, HarnessSettings, hawk_chat
 from hawk_cli.integrations.lmms_eval.synthetic import doc_to_text, doc_to_visual, documents, process_results
@@ -125,6 +125,81 @@ def test_the_entry_point_names_the_manifest_and_the_model_class():
     module, _ = MODEL_CLASS_PATH.rsplit(".", 1)
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
     assert (TASKS_DIR / "hawk_synthetic" / "hawk_synthetic.yaml").is_file()
+
+
+def _stand_in_lmms_eval(monkeypatch):
+    """The few names `model.py` imports from lmms-eval and loguru, as minimal stand-ins (this test only), so the
+    wrapper's request handling runs where lmms-eval is not installed."""
+    import types
+
+    class Lmms:  # lmms_eval.api.model.lmms: rank, cache_hook, task_dict
+        def __init__(self):
+            self._rank, self._world_size = 0, 1
+            self.cache_hook = types.SimpleNamespace(calls=[])
+            self.cache_hook.add_partial = lambda *args: self.cache_hook.calls.append(args)
+
+        @property
+        def rank(self):
+            return self._rank
+
+        def _apply_system_prompt(self, messages, prompt):
+            return [{"role": "system", "content": prompt}, *messages]
+
+        def _resolve_system_prompt(self, prompt):
+            return prompt
+
+    modules = {
+        "lmms_eval": types.ModuleType("lmms_eval"),
+        "lmms_eval.api": types.ModuleType("lmms_eval.api"),
+        "lmms_eval.api.instance": types.SimpleNamespace(
+            GenerationResult=dict, Instance=object, TokenCounts=dict, __name__="lmms_eval.api.instance"
+        ),
+        "lmms_eval.api.model": types.SimpleNamespace(lmms=Lmms, __name__="lmms_eval.api.model"),
+        "loguru": types.SimpleNamespace(logger=types.SimpleNamespace(info=lambda *a, **k: None)),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    import importlib
+
+    name = "hawk_cli.integrations.lmms_eval.model"
+    monkeypatch.setitem(sys.modules, name, None)  # undone after the test: the module as it was (or absent)
+    del sys.modules[name]
+    return importlib.import_module(name)
+
+
+@needs_builtin
+def test_likelihood_requests_score_targets_after_the_pruned_prompt_and_agree_with_hawk_eval(
+    monkeypatch, synthetic_eval_norm
+):
+    """lmms-eval's loglikelihood requests (context, target, doc_to_visual, doc_id, task, split): the target is
+    greedy exactly where `hawk eval`'s answer on the same question starts with it, and the right answer of a
+    question the model gets right scores above a wrong one."""
+    import types
+
+    plugin = _stand_in_lmms_eval(monkeypatch)
+    docs = documents(N)
+    model = plugin.HawkLmms(pretrained="builtin", ratio="0.8", device="cpu", batch_size=str(BATCH))
+    model.task_dict = {"hawk_synthetic": {"test": docs}}
+
+    def request(doc_id, target):
+        return types.SimpleNamespace(
+            args=(doc_to_text(docs[doc_id]), target, doc_to_visual, doc_id, "hawk_synthetic", "test")
+        )
+
+    scored = model.loglikelihood([request(i, doc["answer"]) for i, doc in enumerate(docs)])
+    first_words = [answer.split()[0] if answer.split() else "" for answer in synthetic_eval_norm.answers]
+    assert [greedy for _, greedy in scored] == [
+        word == doc["answer"] for word, doc in zip(first_words, docs, strict=True)
+    ]
+    assert len(model.cache_hook.calls) == N and model.cache_hook.calls[0][0] == "loglikelihood"
+    # a target given as a function of the document (lmms-eval's doc_to_target) is the same request
+    assert model.loglikelihood([request(0, lambda doc: doc["answer"])]) == scored[:1]
+    right = next(i for i, (_, greedy) in enumerate(scored) if greedy)
+    wrong = "purple" if docs[right]["answer"] != "purple" else "red"
+    ((logprob, greedy),) = model.loglikelihood([request(right, wrong)])
+    assert not greedy and logprob < scored[right][0]
+    with pytest.raises(InputError, match="must be text"):
+        model.loglikelihood([request(0, lambda doc: 3)])
 
 
 LMMS_SCRIPT = r"""

@@ -19,6 +19,7 @@ from PIL import Image
 
 from hawk_cli.engine.generation import GenerationSettings
 from hawk_cli.engine.generation import generate as engine_generate
+from hawk_cli.engine.likelihood import score_continuations
 from hawk_cli.engine.results import RowStats, grid_blocks, kept_per_block, visual_blocks
 from hawk_cli.engine.sampling import Sampling
 from hawk_cli.engine.session import HawkSession
@@ -26,6 +27,7 @@ from hawk_cli.errors import HawkWarning, InputError, UsageError
 from hawk_cli.io.images import load_image
 from hawk_cli.io.models import LoadedModel, builtin_dir
 from hawk_cli.io.requests import Request
+from hawk_cli.io.text import refuse_control_tokens
 from hawk_cli.io.weights import HeadWeights, validate_for_model
 from hawk_cli.scorers import HawkScorer, Scorer, get_scorer_class
 
@@ -56,6 +58,28 @@ class Generation:
             "kept_per_image": [list(pair) for pair in self.kept_per_image],
             "scorer": dict(self.scorer),
             "sampling": dict(self.sampling),
+        }
+
+
+@dataclass
+class Likelihood:
+    """How likely one continuation is after its prompt (the prompt's visual tokens pruned as `generate` prunes)."""
+
+    logprob: float  # the sum of the continuation tokens' log-probabilities (natural log)
+    greedy: bool  # whether greedy decoding from the prompt produces exactly these tokens
+    tokens: list[int]  # the continuation's token ids
+    stats: RowStats  # the pruned prompt's token accounting, as for `Generation`
+    ratio: float
+    scorer: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "logprob": self.logprob,
+            "greedy": self.greedy,
+            "tokens": list(self.tokens),
+            "ratio": self.ratio,
+            **self.stats.to_dict(),
+            "scorer": dict(self.scorer),
         }
 
 
@@ -276,6 +300,58 @@ class HawkModel:
             results.extend(self._run_requests(requests[start : start + step], chosen, settings, sampling))
         return results[0] if single else results
 
+    def loglikelihood(
+        self,
+        images: ImageLike | Sequence | None = None,
+        prompt: str | Sequence[str] | None = None,
+        continuation: str | Sequence[str] | None = None,
+        *,
+        messages: Sequence | None = None,
+        ratio: float = 0.8,
+        scorer: str | Scorer | None = None,
+        weights: Any = None,
+        layer: int | None = None,
+        batch_size: int | None = None,
+    ) -> Likelihood | list[Likelihood]:
+        """How likely `continuation` (the answer's text, as the assistant would write it) is after the prompt, the
+        prompt's visual tokens pruned as `generate` prunes them: for scoring multiple-choice answers.
+
+        The prompt is given as for `generate` (`images` + `prompt`, or `messages`); one prompt takes one
+        continuation and returns a `Likelihood`, a batch takes a list of continuations (one per prompt) and
+        returns a list, in order. To compare several answers to one question, repeat the prompt.
+        """
+        if (prompt is None) == (messages is None):
+            raise UsageError(
+                "give exactly one of prompt or messages", "e.g. loglikelihood(image, 'what is it?', 'a cat')"
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise UsageError(
+                f"must be a positive integer, got {batch_size!r}", "Use e.g. {batch_size=}8", setting="batch_size"
+            )
+        GenerationSettings(ratio=ratio, max_new_tokens=1)  # validates the ratio
+        requests, single = _requests(images, prompt, messages)
+        texts = [continuation] if single else continuation
+        if not isinstance(texts, (list, tuple)) or len(texts) != len(requests):
+            raise InputError(
+                f"{len(requests)} prompt(s) need as many continuations",
+                "Give one continuation string per prompt (a list for a batch)",
+            )
+        answers = [text for text in texts if isinstance(text, str) and text]
+        if len(answers) != len(texts):
+            raise InputError("a continuation must be non-empty text", "Give each answer to score as a string")
+        refuse_control_tokens(self.session.tokenizer, answers, ["the continuation"] * len(answers))
+        token_ids = [list(ids) for ids in self.session.tokenizer(answers, add_special_tokens=False)["input_ids"]]
+        chosen = self.scorer(scorer, weights, layer) if ratio > 0 else None
+        step = batch_size or len(requests)
+        results: list[Likelihood] = []
+        for start in range(0, len(requests), step):
+            results.extend(
+                self._score_requests(requests[start : start + step], token_ids[start : start + step], chosen, ratio)
+            )
+        return results[0] if single else results
+
     # --- internals -------------------------------------------------------------------------------------------
     def _run_requests(
         self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings, sampling: Sampling
@@ -299,6 +375,37 @@ class HawkModel:
             for row, generation in zip(rows, generations, strict=True):
                 out[row] = generation
         return [generation for generation in out if generation is not None]
+
+    def _score_requests(
+        self, requests: list[Request], token_ids: list[list[int]], scorer: Scorer | None, ratio: float
+    ) -> list[Likelihood]:
+        """Rows with an image at `ratio`, rows without one unpruned (nothing to prune), merged in order."""
+        session = self.session
+        visual = [bool(r.images or r.video) for r in requests]
+        out: list[Likelihood | None] = [None] * len(requests)
+        for rows, row_ratio in (
+            ([i for i, v in enumerate(visual) if v], ratio),
+            ([i for i, v in enumerate(visual) if not v], 0.0),
+        ):
+            if not rows:
+                continue
+            batch = session.build_inputs([requests[i] for i in rows])
+            session.check_fits_context(batch, [len(token_ids[i]) for i in rows])
+            active = scorer if row_ratio > 0 else None
+            scores, stats = score_continuations(
+                session.adapter, batch.to(session.loaded.device), active, [token_ids[i] for i in rows], row_ratio
+            )
+            described = active.describe() if active is not None else {"scorer": None}
+            for row, score, row_stats in zip(rows, scores, stats, strict=True):
+                out[row] = Likelihood(
+                    logprob=score.logprob,
+                    greedy=score.greedy,
+                    tokens=token_ids[row],
+                    stats=row_stats,
+                    ratio=row_ratio,
+                    scorer=described,
+                )
+        return [likelihood for likelihood in out if likelihood is not None]
 
     def _run_inputs(
         self,

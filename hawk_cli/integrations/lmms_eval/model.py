@@ -5,7 +5,8 @@
 Model arguments: see `runner.HarnessSettings` (pretrained, ratio, scorer, weights, layer, device, dtype,
 attn_implementation, batch_size, min_pixels, max_pixels, max_new_tokens, seed, system_prompt). The harness's
 `--batch_size` sets the batch. Each answer reports the pruned prompt's length as its input tokens (lmms-eval's
-per-sample token accounting), and each batch logs the kept visual tokens of every image.
+per-sample token accounting), and each batch logs the kept visual tokens of every image. Likelihood requests
+(multiple-choice tasks) score each target after the same pruned prompt (`HawkModel.loglikelihood`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loguru import logger as eval_logger
 from tqdm import tqdm
 
 from hawk_cli.engine.library import Generation
+from hawk_cli.errors import InputError
 from hawk_cli.integrations.lmms_eval.runner import HarnessRunner, HarnessSettings
 
 
@@ -95,11 +97,30 @@ class HawkLmms(lmms):
             chats = following
         return rounds
 
-    def loglikelihood(self, requests: list[Instance]):
-        raise NotImplementedError(
-            "the hawk model generates answers; it does not score log-likelihoods (lmms-eval "
-            "runs chat models on generation tasks only). Use a generation task."
-        )
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """(log-probability of the target after the pruned prompt, whether greedy decoding writes exactly it) per
+        request, as lmms-eval's multiple-choice and likelihood tasks score answers. The request carries the
+        context text, the target (text, or a function of the document) and the document's visuals."""
+        items = []
+        for request in requests:
+            context, target, doc_to_visual, *_ = request.args
+            doc = self._doc(request)
+            continuation = target if isinstance(target, str) else target(doc)
+            if not isinstance(continuation, str):
+                raise InputError(
+                    f"a loglikelihood target must be text, got {type(continuation).__name__}",
+                    "Make the task's doc_to_target return the answer's text",
+                )
+            visuals = doc_to_visual(doc) if callable(doc_to_visual) else doc_to_visual
+            content = [{"type": "image", "url": image} for image in _flat(visuals or []) if image is not None]
+            chat = [{"role": "user", "content": [*content, {"type": "text", "text": context}]}]
+            items.append((self._chat(request, chat), continuation))
+        results = []
+        for request, (_, continuation), scored in zip(requests, items, self.runner.loglikelihood(items), strict=True):
+            result = (scored.logprob, scored.greedy)
+            self.cache_hook.add_partial("loglikelihood", (request.args[0], continuation), result)
+            results.append(result)
+        return results
 
     # --- helpers ---------------------------------------------------------------------------------------------------
     def _doc(self, request: Instance) -> dict:
@@ -132,3 +153,10 @@ def _result(text: str, output: Generation) -> GenerationResult:
         text=text,
         token_counts=TokenCounts(input_tokens=output.stats.prompt_tokens_kept, output_tokens=len(output.tokens)),
     )
+
+
+def _flat(visuals) -> list:
+    """A document's visuals as one list (lmms-eval's doc_to_visual may nest them per image)."""
+    if not isinstance(visuals, (list, tuple)):
+        return [visuals]
+    return [item for entry in visuals for item in _flat(entry)]

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
-from hawk_cli.engine.library import Generation, HawkModel, load
+from hawk_cli.engine.library import Generation, HawkModel, Likelihood, load
 from hawk_cli.errors import InputError, UsageError
 from hawk_cli.io.frames import read_frames
 
@@ -188,6 +188,23 @@ class HarnessRunner:
                 if on_batch is not None:
                     on_batch(outputs)
         return [result for result in results if result is not None]
+
+    def loglikelihood(self, items: list[tuple[list[dict], str]]) -> list[Likelihood]:
+        """`items`: (chat ending where the answer starts, the answer to score); batches of `batch_size`, in order."""
+        results: list[Likelihood] = []
+        for start in range(0, len(items), self.settings.batch_size):
+            batch = items[start : start + self.settings.batch_size]
+            results.extend(
+                self.model.loglikelihood(
+                    messages=[hawk_chat(chat) for chat, _ in batch],
+                    continuation=[continuation for _, continuation in batch],
+                    ratio=self.settings.ratio,
+                    scorer=self.settings.scorer,
+                    weights=self.settings.weights,
+                    layer=self.settings.layer,
+                )
+            )
+        return results
 
 
 def hawk_chat(messages: Iterable[dict]) -> list[dict]:
