@@ -94,6 +94,43 @@ def test_fast_logits_equal_stock_forward(setup):
     assert (ours - stock).abs().max() < 1e-4
 
 
+def test_hidden_visual_tokens_give_the_logits_of_the_pruned_sequence(setup):
+    """Fine-tuning with simulated pruning hides dropped visual tokens from attention at their original positions;
+    that must equal running the stock decoder on the kept tokens alone (what hawk feeds the model)."""
+    model, layout, questions = setup
+    images = torch.from_numpy(np.stack([np.asarray(q.image) for q in questions[:1]]))
+    row, answer_pos = layout.encode(questions[0].question, questions[0].answer)
+    ids, apos = torch.from_numpy(row[None]), torch.tensor([answer_pos])
+    keep = torch.zeros(1, T.N_VISUAL, dtype=torch.bool)
+    keep[0, torch.randperm(T.N_VISUAL, generator=torch.Generator().manual_seed(0))[:52]] = True
+    lm = model.model.language_model
+    with torch.no_grad():
+        feats = T.FastVision(model.model.visual, torch.device("cpu"))(images)
+        ours = T.lm_logits(model, layout, ids, layout.positions(), feats, apos, 1, visual_keep=keep)[:, 0]
+        unpruned = T.lm_logits(model, layout, ids, layout.positions(), feats, apos, 1)[:, 0]
+        emb = lm.embed_tokens(ids)
+        emb = torch.cat([emb[:, : layout.image_start], feats.to(emb.dtype), emb[:, layout.text_start :]], dim=1)
+        kept = torch.ones(ids.shape[1], dtype=torch.bool)
+        kept[layout.image_start : layout.text_start] = keep[0]
+        positions = layout.positions()[:, kept]
+        hidden = lm(inputs_embeds=emb[:, kept], position_ids=positions[:, None, :].expand(3, 1, -1)).last_hidden_state
+        pruned = model.lm_head(hidden[:, int(kept[: answer_pos + 1].sum()) - 1])
+    assert (ours - pruned).abs().max() < 1e-4
+    assert (unpruned - pruned).abs().max() > 1e-3  # negative control: the hidden tokens did matter
+
+
+def test_simulated_pruning_keeps_all_or_drops_a_share_within_the_range():
+    features = torch.randn(8, T.N_VISUAL, 16)
+    keep = T.sample_visual_keep(features, 4, 0.9, torch.Generator().manual_seed(0), norm_share=1.0)
+    kept = keep.sum(dim=1)
+    assert keep.shape == (32, T.N_VISUAL)
+    assert all(k == T.N_VISUAL or 26 <= k <= 180 for k in kept.tolist())  # ratio 0, or 0.3-0.9 removed
+    assert (kept == T.N_VISUAL).any() and (kept < T.N_VISUAL).any()
+    row = int((kept < T.N_VISUAL).nonzero()[0])
+    norms = features.norm(dim=-1)[row // 4]
+    assert norms[keep[row]].min() >= norms[~keep[row]].max()  # norm_share 1: the lowest norms are the ones dropped
+
+
 def test_smoke_training_run(tmp_path):
     out = tmp_path / "smoke"
     proc = subprocess.run(

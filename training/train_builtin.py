@@ -270,18 +270,53 @@ def lm_logits(
     features: torch.Tensor,
     answer_pos: torch.Tensor,
     per_image: int,
+    visual_keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits at the answer position and the next one: (N, 2, vocab). `features` is (B, 256, hidden)."""
+    """Logits at the answer position and the next one: (N, 2, vocab). `features` is (B, 256, hidden).
+
+    `visual_keep` (N, 256) bool hides the dropped visual tokens from attention. With the original positions kept,
+    that is what pruning them does: no later token sees them, and the answer positions never depend on their rows.
+    """
     lm = model.model.language_model
     emb = lm.embed_tokens(ids)
     feats = features.to(emb.dtype).repeat_interleave(per_image, dim=0)
     emb = torch.cat([emb[:, : layout.image_start], feats, emb[:, layout.text_start :]], dim=1)
     n = ids.shape[0]
-    out = lm(inputs_embeds=emb, position_ids=positions[:, None, :].expand(3, n, -1), use_cache=False)
+    mask = None
+    if visual_keep is not None:
+        mask = torch.ones(ids.shape, dtype=torch.long, device=ids.device)
+        mask[:, layout.image_start : layout.text_start] = visual_keep.long()
+    out = lm(
+        inputs_embeds=emb, position_ids=positions[:, None, :].expand(3, n, -1), attention_mask=mask, use_cache=False
+    )
     hidden = out.last_hidden_state
     idx = torch.stack([answer_pos, answer_pos + 1], dim=1)
     picked = hidden.gather(1, idx[:, :, None].expand(-1, -1, hidden.shape[-1]))
     return model.lm_head(picked)
+
+
+def sample_visual_keep(
+    features: torch.Tensor,
+    per_image: int,
+    max_ratio: float,
+    generator: torch.Generator,
+    norm_share: float = 0.5,
+) -> torch.Tensor:
+    """Per question row, which visual tokens survive a simulated pruning: a quarter of the rows keep all, the rest
+    drop a fraction drawn uniformly from [0.3, max_ratio], chosen at random or (a `norm_share` of the time) the
+    lowest feature norms, as hawk's `norm` scorer would. Teaches the model to answer (and count) from what pruning
+    leaves."""
+    rows = features.shape[0] * per_image
+    norms = features.detach().float().norm(dim=-1).repeat_interleave(per_image, dim=0).cpu()  # (rows, 256)
+    noise = torch.rand(rows, N_VISUAL, generator=generator)
+    by_norm = torch.rand(rows, generator=generator) < norm_share
+    order = torch.where(by_norm[:, None], norms, noise).argsort(dim=1, descending=True)
+    ratio = 0.3 + (max_ratio - 0.3) * torch.rand(rows, generator=generator)
+    ratio[torch.rand(rows, generator=generator) < 0.25] = 0.0
+    kept = torch.clamp(torch.ceil(N_VISUAL * (1 - ratio)), min=1).long()
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(N_VISUAL).expand(rows, -1).contiguous())
+    return (rank < kept[:, None]).to(features.device)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -412,8 +447,12 @@ def prepare_eval(layout: Layout, questions):
 
 
 @torch.no_grad()
-def evaluate_fast(model, layout: Layout, questions, device, batch_images: int = 64, autocast: bool = False):
-    """Greedy one-word answers at the answer position (plus <|im_end|> next) through the fast paths."""
+def evaluate_fast(
+    model, layout: Layout, questions, device, batch_images: int = 64, autocast: bool = False, norm_ratio: float = 0.0
+):
+    """Greedy one-word answers at the answer position (plus <|im_end|> next) through the fast paths; with
+    `norm_ratio`, after removing that fraction of each image's visual tokens, the lowest feature norms first (the
+    built-in model's recommended pruning, ceil(256 * (1 - ratio)) kept)."""
     model.eval()
     fast = FastVision(model.model.visual, device)
     positions = layout.positions().to(device)
@@ -438,7 +477,13 @@ def evaluate_fast(model, layout: Layout, questions, device, batch_images: int = 
         apos = torch.tensor(pos_list, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             feats = fast(images.to(device))
-            logits = lm_logits(model, layout, ids, positions, feats, apos, per_image).float()
+            keep = None
+            if norm_ratio > 0:
+                kept = max(1, math.ceil(N_VISUAL * (1 - norm_ratio)))
+                top = feats.float().norm(dim=-1).topk(kept, dim=1).indices
+                keep = torch.zeros(feats.shape[:2], dtype=torch.bool, device=device).scatter_(1, top, True)
+                keep = keep.repeat_interleave(per_image, dim=0)
+            logits = lm_logits(model, layout, ids, positions, feats, apos, per_image, keep).float()
         first = logits[:, 0].argmax(-1).cpu().numpy()
         second = logits[:, 1].argmax(-1).cpu().numpy()
         for r, qi in enumerate(index):
@@ -542,6 +587,26 @@ def main(argv=None) -> int:
     ap.add_argument("--generate-check", type=int, default=200, help="held-out questions also run by stock generate")
     ap.add_argument("--max-skips", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 3 steps, 2 images x 4 questions")
+    ap.add_argument("--init", type=Path, help="start from a saved model folder (fine-tuning) instead of a new model")
+    ap.add_argument(
+        "--token-drop",
+        type=float,
+        default=0.0,
+        help="largest fraction of visual tokens hidden per question row (simulated pruning, see sample_visual_keep); "
+        "0 = off",
+    )
+    ap.add_argument(
+        "--norm-share",
+        type=float,
+        default=0.5,
+        help="share of the pruned rows whose hidden tokens are the lowest feature norms (the rest: random)",
+    )
+    ap.add_argument(
+        "--freeze-vision",
+        action="store_true",
+        help="train the language model only (the vision tower and its features fixed; no probe loss)",
+    )
+    ap.add_argument("--eval-ratio", type=float, default=0.8, help="also evaluate after norm pruning at this ratio")
     args = ap.parse_args(argv)
     if args.smoke:
         args.steps, args.images, args.workers, args.warmup = 3, 2, 1, 2
@@ -560,14 +625,24 @@ def main(argv=None) -> int:
     sub = min(SUB_BATCH, args.images)
     pipe = DataPipe(args.workers, sub, args.questions)
 
-    model = build_model(args.seed).to(device)
+    if args.init:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            args.init, dtype=torch.float32, attn_implementation="sdpa"
+        ).to(device)
+    else:
+        model = build_model(args.seed).to(device)
+    drop_generator = torch.Generator().manual_seed(args.seed + 1)
+    if args.freeze_vision:
+        model.model.visual.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     probe = torch.nn.Linear(model.config.text_config.hidden_size, sum(N_PROBE)).to(device)
     opt_kwargs = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(param_groups(model, probe, 0.05), lr=args.lr, betas=(0.9, 0.98), eps=1e-8, **opt_kwargs)
     fast = FastVision(model.model.visual, device)
     positions = layout.positions().to(device)
-    params = list(model.parameters()) + list(probe.parameters())
+    params = [p for p in list(model.parameters()) + list(probe.parameters()) if p.requires_grad]
     pipe.start_prefetch(max(1, args.images // sub), pin=device.type == "cuda")
     log(f"model {n_params:,} params; layout length {layout.length}; {args.workers} data workers; device {device}")
 
@@ -590,8 +665,12 @@ def main(argv=None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            feats = fast(images)
-            logits = lm_logits(model, layout, ids, positions, feats, apos, args.questions).float()
+            with torch.set_grad_enabled(not args.freeze_vision):
+                feats = fast(images)
+            keep = None
+            if args.token_drop:
+                keep = sample_visual_keep(feats, args.questions, args.token_drop, drop_generator, args.norm_share)
+            logits = lm_logits(model, layout, ids, positions, feats, apos, args.questions, keep).float()
             targets = ids.gather(1, (apos + 1)[:, None])[:, 0]
             loss_ans = F.cross_entropy(logits[:, 0], targets)
             loss_end = F.cross_entropy(logits[:, 1], torch.full_like(targets, layout.im_end))
@@ -604,7 +683,7 @@ def main(argv=None) -> int:
                     probe_out[..., b:].reshape(-1, N_PROBE[2]), labels[:, 2].reshape(-1), ignore_index=-100
                 )
             )
-            loss = loss_ans + 0.2 * loss_end + args.aux * aux
+            loss = loss_ans + 0.2 * loss_end + (0.0 if args.freeze_vision else args.aux) * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -651,8 +730,11 @@ def main(argv=None) -> int:
         if args.eval_every and step % args.eval_every == 0 and step < total_steps:
             _, ok = evaluate_fast(model, layout, quick, device, autocast=amp)
             summary = summarize(quick, ok)
-            history.append({"step": step, "train_s": round(elapsed, 1), **summary})
+            _, ok = evaluate_fast(model, layout, quick, device, autocast=amp, norm_ratio=args.eval_ratio)
+            pruned = summarize(quick, ok)
+            history.append({"step": step, "train_s": round(elapsed, 1), **summary, "pruned": pruned})
             log(f"eval@{step} (first {len(quick)} held-out, training weights): {summary}")
+            log(f"  pruned (norm, ratio {args.eval_ratio}): {pruned}")
     train_s = time.time() - t_train
     pipe.close()
     log(f"training done: {step} steps in {train_s:.1f}s, {skips} skipped, data wait {pipe.step_wait_s:.1f}s")
@@ -671,6 +753,9 @@ def main(argv=None) -> int:
     preds, ok = evaluate_fast(shipped, layout, heldout, device, autocast=False)
     final = summarize(heldout, ok)
     log(f"held-out (bf16 weights, fp32 eval, {len(heldout)} questions): {final}  [{time.time() - t_eval:.1f}s]")
+    _, ok = evaluate_fast(shipped, layout, heldout, device, autocast=False, norm_ratio=args.eval_ratio)
+    final_pruned = summarize(heldout, ok)
+    log(f"held-out after norm pruning at ratio {args.eval_ratio}: {final_pruned}")
     gen_n = min(args.generate_check, len(heldout))
     t_gen = time.time()
     gen = evaluate_generate(shipped, heldout[:gen_n], device)
@@ -704,7 +789,11 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "init": str(args.init) if args.init else None,
+        "token_drop": args.token_drop,
+        "norm_share": args.norm_share,
         "heldout": final,
+        f"heldout_norm_ratio_{args.eval_ratio}": final_pruned,
         "history": history,
         "generate_check": {"n": gen_n, "right": gen_ok, "agree_with_fast_path": agree},
         "safetensors_bytes": (model_dir / "model.safetensors").stat().st_size,
