@@ -124,7 +124,8 @@ def test_sample_questions_all_right_unpruned(stock):
 
 
 def test_sample_questions_at_default_pruning(tmp_path):
-    """`hawk run` at its defaults (the model's recommended pruning, keep 20 %) answers at least 3 in 4 samples."""
+    """`hawk run` at its defaults (the model's recommended pruning, keep 20 %) answers every sample question right
+    (counts included: the shipped weights were fine-tuned with visual tokens removed)."""
     rows = [json.loads(line) for line in (SAMPLES / "questions.jsonl").read_text().splitlines() if line.strip()]
     requests = tmp_path / "requests.jsonl"
     requests.write_text(
@@ -145,4 +146,5 @@ def test_sample_questions_at_default_pruning(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     answers = {int(r["id"]): r.get("answer", "").strip() for r in map(json.loads, proc.stdout.splitlines())}
     right = sum(answers.get(i) == r["answer"] for i, r in enumerate(rows))
-    assert right >= 0.75 * len(rows), (right, len(rows))
+    wrong = [(r["question"], r["answer"], answers.get(i)) for i, r in enumerate(rows) if answers.get(i) != r["answer"]]
+    assert right == len(rows), wrong
