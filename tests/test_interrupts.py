@@ -16,6 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after_start(
     argv: list[str], marker: str, timeout: float = 240.0, extra_env: dict | None = None, signum: int = signal.SIGINT
 ) -> subprocess.CompletedProcess:
@@ -28,6 +32,9 @@ def _interrupt_after_start(
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # as from a terminal: a test run started in the background by a non-interactive shell has SIGINT ignored,
+        # the child would inherit that (and rightly keep it), so Ctrl-C could not be tested
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     seen, deadline = "", time.monotonic() + timeout
     while marker not in seen and time.monotonic() < deadline and process.poll() is None:
