@@ -4,8 +4,7 @@ Two kinds. `PhaseTimer` waits for the device at every phase boundary: exact host
 `hawk bench` needs to read a memory peak per phase. `EventTimer` records CUDA events instead and waits once, when
 the times are read: each phase's span on the device's timeline, without stalling the host between phases. In
 JSONL mode a batch has five phases, and every wait also hands the interpreter lock to the preparation threads,
-which keep it for up to a switch interval (5 ms) when they are busy (benchmarks/jsonl_throughput.py --trace on
-the H200 host).
+which keep it for up to Python's switch interval when they are busy (traces: docs/run-workloads.md#throughput).
 """
 
 from __future__ import annotations

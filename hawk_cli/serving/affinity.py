@@ -3,16 +3,15 @@
 
 Why: with a small model on a GPU the main thread is bound by the host: it launches hundreds of small kernels
 per batch, and when busy preparation threads or processes (PNG decoding, resizing) share its CPU, every
-operator it dispatches gets slower. On the H200 host (16 CPUs, one hardware thread per core) operators took
-1.5-1.8x longer at batch 8 than at batch 1, whose preparation is eight times lighter (median `aten::mul`
-13.2 -> 19.8 us, `aten::linear` 40.6 -> 72.3 us; Chrome traces of benchmarks/jsonl_throughput.py --trace).
+operator it dispatches gets slower: traced operators took markedly longer at batch 8 than at batch 1, whose
+preparation is eight times lighter (figures, machine and command: docs/run-workloads.md#throughput).
 
-How: for the length of a stream the helpers (the reader thread, and the threads or processes it starts,
-which inherit its CPUs) run on every allowed CPU but one physical core. The main thread itself is NOT pinned:
-pinned to one core, its later CPU work (torch's intra-op threads it starts, NumPy) was confined there too, and
-the 7B config's 1008-pixel vision phase ran 4x slower (benchmarks/jsonl_throughput.py --config qwen2.5-vl-7b
---size 1008, H200). The scheduler puts it on the free core. Nothing happens with fewer than four allowed CPUs,
-off Linux, or when the topology cannot be read.
+How: for the length of a stream the helpers (the reader thread, and the threads or processes it starts, which
+inherit its CPUs) run on every allowed CPU but one physical core. The main thread itself is NOT pinned: pinned to
+one core, its later CPU work (torch's intra-op threads it starts, NumPy) was confined there too, and the 7B
+config's 1008-pixel vision phase ran several times slower (docs/run-workloads.md#throughput). The scheduler puts it
+on the free core. Nothing happens with fewer than four allowed CPUs, off Linux, or when the topology cannot be
+read.
 """
 
 from __future__ import annotations

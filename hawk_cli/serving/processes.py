@@ -1,8 +1,9 @@
 """Request preparation in forked worker processes (experimental, opt-in: `HAWK_PREPARE=processes`).
 
 Why: on a GPU the main thread is bound by Python (launching small kernels for a small model), and preparation
-threads spend about 1 ms per request in Python too (Pillow's file parsing, the chat template), holding the
-interpreter lock the main thread needs. In processes that work runs truly beside the model.
+threads spend time per request in Python too (Pillow's file parsing, the chat template), holding the
+interpreter lock the main thread needs (docs/run-workloads.md#throughput). In processes that work runs truly
+beside the model.
 
 How: a `fork` pool (Linux), like torch's DataLoader workers: the children inherit the loaded tokenizer and
 image processor without pickling, and never touch the GPU. Results come back as NumPy arrays (plain pickling,

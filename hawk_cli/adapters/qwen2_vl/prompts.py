@@ -197,9 +197,9 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | None:
 def _token_ids(tokenizer, rows: list[EncodedRequest]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and mask, each placeholder expanded to its token count in id space.
 
-    Equal to tokenising the text with every placeholder written out (tests/test_prompts.py), which costs the
-    tokenizer about 1.4 us per visual token (8 rows of 256: 3.5 ms against 0.55 ms for the short texts, CI
-    machine); here it is one short text per row and list repeats.
+    Equal to tokenising the text with every placeholder written out (tests/test_prompts.py), which makes the
+    tokenizer walk every visual token (several times the cost of the short texts: docs/run-workloads.md#throughput);
+    here it is one short text per row and list repeats.
     """
     placeholders = {tokenizer.convert_tokens_to_ids(IMAGE_PAD), tokenizer.convert_tokens_to_ids(VIDEO_PAD)}
     expanded = []
