@@ -357,15 +357,8 @@ class HawkModel:
         self, requests: list[Request], scorer: Scorer | None, settings: GenerationSettings, sampling: Sampling
     ) -> list[Generation]:
         """Rows with an image at `settings.ratio`, rows without one unpruned (nothing to prune), merged in order."""
-        visual = [bool(r.images or r.video) for r in requests]
-        groups = [
-            (rows, settings)
-            for rows, settings in (
-                ([i for i, v in enumerate(visual) if v], settings),
-                ([i for i, v in enumerate(visual) if not v], _unpruned(settings)),
-            )
-            if rows
-        ]
+        with_image, without = _rows_by_image(requests)
+        groups = [(rows, group) for rows, group in ((with_image, settings), (without, _unpruned(settings))) if rows]
         out: list[Generation | None] = [None] * len(requests)
         for rows, group_settings in groups:
             batch = self.session.build_inputs([requests[i] for i in rows])
@@ -381,12 +374,9 @@ class HawkModel:
     ) -> list[Likelihood]:
         """Rows with an image at `ratio`, rows without one unpruned (nothing to prune), merged in order."""
         session = self.session
-        visual = [bool(r.images or r.video) for r in requests]
+        with_image, without = _rows_by_image(requests)
         out: list[Likelihood | None] = [None] * len(requests)
-        for rows, row_ratio in (
-            ([i for i, v in enumerate(visual) if v], ratio),
-            ([i for i, v in enumerate(visual) if not v], 0.0),
-        ):
+        for rows, row_ratio in ((with_image, ratio), (without, 0.0)):
             if not rows:
                 continue
             batch = session.build_inputs([requests[i] for i in rows])
@@ -443,6 +433,12 @@ class HawkModel:
 def _kept_per_image(visual_keep: torch.Tensor, blocks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """(kept, total) per image (then video) of a row."""
     return tuple(zip(kept_per_block(visual_keep, blocks), blocks, strict=True))
+
+
+def _rows_by_image(requests: list[Request]) -> tuple[list[int], list[int]]:
+    """Indices of the requests with an image or video (pruned) and of those without (nothing to prune)."""
+    visual = [bool(r.images or r.video) for r in requests]
+    return [i for i, v in enumerate(visual) if v], [i for i, v in enumerate(visual) if not v]
 
 
 def _unpruned(settings: GenerationSettings) -> GenerationSettings:

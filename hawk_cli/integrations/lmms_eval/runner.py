@@ -191,20 +191,18 @@ class HarnessRunner:
 
     def loglikelihood(self, items: list[tuple[list[dict], str]]) -> list[Likelihood]:
         """`items`: (chat ending where the answer starts, the answer to score); batches of `batch_size`, in order."""
-        results: list[Likelihood] = []
-        for start in range(0, len(items), self.settings.batch_size):
-            batch = items[start : start + self.settings.batch_size]
-            results.extend(
-                self.model.loglikelihood(
-                    messages=[hawk_chat(chat) for chat, _ in batch],
-                    continuation=[continuation for _, continuation in batch],
-                    ratio=self.settings.ratio,
-                    scorer=self.settings.scorer,
-                    weights=self.settings.weights,
-                    layer=self.settings.layer,
-                )
-            )
-        return results
+        if not items:
+            return []
+        scored = self.model.loglikelihood(
+            messages=[hawk_chat(chat) for chat, _ in items],
+            continuation=[continuation for _, continuation in items],
+            ratio=self.settings.ratio,
+            scorer=self.settings.scorer,
+            weights=self.settings.weights,
+            layer=self.settings.layer,
+            batch_size=self.settings.batch_size,
+        )
+        return scored if isinstance(scored, list) else [scored]
 
 
 def hawk_chat(messages: Iterable[dict]) -> list[dict]:
