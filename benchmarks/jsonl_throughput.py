@@ -11,7 +11,10 @@ to a temporary folder first (`--distinct` different images, cycled), so decoding
 user's files would be. Each batch size first answers `--warmup` requests untimed (compilation, allocator,
 kernel selection), then the timed requests. One JSON line per batch size on stdout, then a summary line.
 `--rounds N` times the whole list of batch sizes N times in turn (the host's speed drifts between runs) and
-summarises with medians.
+summarises with medians. `--stock` also times the baseline a user has without hawk: the model's own `generate`
+called once per request (image opened and prepared by the same processor-free builder hawk uses, so only the
+engine differs; greedy, exactly --max-new-tokens new tokens), and the summary gives each batch size's speedup
+over it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +133,36 @@ def timed_stream(session, method, lines: list[str], batch: int, args) -> dict:
     }
 
 
+def stock_stream(session, lines: list[str], args) -> dict:
+    """Stock `generate`, one request at a time, as a user without hawk calls it."""
+    from hawk_cli.io.images import load_images
+    from hawk_cli.io.requests import Request
+
+    model, adapter = session.model, session.adapter
+    started = time.perf_counter()
+    for line in lines:
+        item = json.loads(line)
+        request = Request(question=item["question"], images=tuple(load_images([item["image"]])))
+        inputs = session.build_inputs([request]).to(session.loaded.device)
+        with torch.inference_mode():
+            model.generate(
+                **adapter.stock_generate_inputs(inputs),
+                max_new_tokens=args.max_new_tokens,
+                min_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                pad_token_id=adapter.tokens.pad,
+            )
+    if session.loaded.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {
+        "batch_size": "stock",
+        "requests": len(lines),
+        "seconds": round(seconds, 3),
+        "requests_per_s": round(len(lines) / seconds, 2),
+    }
+
+
 def _kept_free(session, workers: int, args) -> list[int]:
     """The CPUs the stream keeps preparation off (engine/affinity.py), as it decides them."""
     from hawk_cli.serving.affinity import HelperCpus
@@ -165,6 +199,9 @@ def main() -> None:
     parser.add_argument(
         "--no-pin", action="store_true", help="leave the CPU affinity alone (HAWK_PREPARE_PIN=0; engine/affinity.py)"
     )
+    parser.add_argument(
+        "--stock", action="store_true", help="also time stock generate called once per request (the baseline)"
+    )
     parser.add_argument("--trace", help="write a Chrome trace of four steady-state windows to TRACE.b<N>.json")
     parser.add_argument(
         "--switch-interval",
@@ -189,6 +226,11 @@ def main() -> None:
             method, _ = session.make_scorer()
             lines = builtin_lines(args.requests + args.warmup)
         results = []
+        stock = None
+        if args.stock:
+            stock_stream(session, lines[: min(4, args.warmup)], args)  # warm-up: kernels, allocator
+            stock = stock_stream(session, lines[args.warmup :], args)
+            print(json.dumps(stock | {"max_new_tokens": args.max_new_tokens, "model": session.loaded.name}), flush=True)
         for round_index in range(args.rounds):
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 timed_stream(session, method, lines[: args.warmup], batch, args)
@@ -210,7 +252,15 @@ def main() -> None:
                     ),
                     flush=True,
                 )
-    print(json.dumps({"summary": summarise(results), "requests": args.requests, "rounds": args.rounds}), flush=True)
+    summary = summarise(results)
+    if stock is not None:
+        summary["stock_requests_per_s"] = stock["requests_per_s"]
+        summary |= {
+            key.replace("median_", "speedup_") + "_vs_stock": round(value / stock["requests_per_s"], 2)
+            for key, value in list(summary.items())
+            if key.startswith("median_b")
+        }
+    print(json.dumps({"summary": summary, "requests": args.requests, "rounds": args.rounds}), flush=True)
 
 
 def summarise(results: list[dict]) -> dict:

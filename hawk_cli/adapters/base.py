@@ -6,8 +6,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from hawk_cli.adapters.graphs import GraphCache
 from hawk_cli.io.placement import input_device, is_dispatched, model_devices, module_device
 
 
@@ -78,6 +80,9 @@ class ModelAdapter(ABC):
         self.dispatched = is_dispatched(model)
         self.devices = model_devices(model)
         self.input_device = input_device(model)
+        # Set by the session where decode steps are captured: a family whose tower is a function of device tensors
+        # and host grids replays it from these graphs (one per grid list); None: the tower runs eagerly.
+        self.vision_graphs: GraphCache | None = None
 
     # --- shape -----------------------------------------------------------------------------------------
     @property
@@ -253,11 +258,28 @@ class ModelAdapter(ABC):
         per step (a view of `valid` for sdpa); otherwise the 2-D 0/1 mask the model builds its own from."""
         if not self.decode_capturable:
             return valid.long()
-        prepared = valid[:, None, None, :]
+        return self._prepared_mask(valid[:, None, None, :])
+
+    def prefill_mask(self, prompt_mask: Tensor, capacity: int) -> Tensor:
+        """The prepared 4-D mask [B, 1, L, capacity] of a prefill of the left-padded `prompt_mask` [B, L] into
+        slots 0..L-1 of a static cache (only for a backend that takes one: `decode_capturable`).
+
+        A real token attends the real tokens up to itself, as the mask the model would build; a padding column
+        attends itself alone (its output is never read, and no row is fully masked, which some kernels turn
+        into NaN). Prepared once per prefill, so a recorded prefill builds no mask from host values."""
+        length = prompt_mask.shape[1]
+        query = torch.arange(length, device=prompt_mask.device)[:, None]
+        key = torch.arange(capacity, device=prompt_mask.device)[None, :]
+        real_keys = F.pad(prompt_mask.bool(), (0, capacity - length))  # [B, S]
+        allowed = ((key <= query)[None] & real_keys[:, None, :]) | (key == query)[None]
+        return self._prepared_mask(allowed[:, None])
+
+    def _prepared_mask(self, allowed: Tensor) -> Tensor:
+        """A 4-D bool mask (True: attend) in the form the backend takes as is: bool for sdpa, additive for eager."""
         if self._attention_backend() == "sdpa":
-            return prepared
+            return allowed
         dtype = self.embed_dtype
-        return torch.zeros((), dtype=dtype, device=valid.device).masked_fill(~prepared, torch.finfo(dtype).min)
+        return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     @property
     def embed_dtype(self) -> torch.dtype:

@@ -28,3 +28,14 @@ def capacity_bucket(needed: int, minimum: int = MINIMUM_SLOTS, steps_per_doublin
     below = 1 << ((needed - 1).bit_length() - 1)  # the largest power of two strictly below `needed`
     step = max(minimum, below // steps_per_doubling)
     return -(-needed // step) * step
+
+
+PREFILL_MINIMUM_STEP = 32
+PREFILL_STEPS_PER_DOUBLING = 8
+
+
+def prefill_bucket(length: int) -> int:
+    """The padded length a captured prefill of `length` prompt columns runs at: a multiple of 32 up to 256, then
+    eight even steps per doubling (288, 320, ..., 512, 576, ..., 1024, 1152, ...), so padding adds under an eighth
+    of the prompt's work while a stream of prompts of similar lengths reuses a few graphs."""
+    return capacity_bucket(length, PREFILL_MINIMUM_STEP, PREFILL_STEPS_PER_DOUBLING)

@@ -26,13 +26,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter
-from hawk_cli.engine.buckets import capacity_bucket
+from hawk_cli.adapters.graphs import CudaGraphCapture, GraphCache, GraphCapture
+from hawk_cli.engine.buckets import capacity_bucket, prefill_bucket
 
 DECODE_MODES = ("eager", "graphs", "compile")
 DEFAULT_POOL_SIZE = 4
@@ -40,6 +41,11 @@ DEFAULT_POOL_SIZE = 4
 # they are real decode steps, whose results are used.
 WARMUP_STEPS = 1
 NO_EOS = -1  # stands for "no end-of-sequence id": token ids are never negative
+# A prefill is captured (padded on the left to a length bucket) while batch x padded length stays within this
+# many tokens: below it the eager prefill is bound by kernel launches, above it by arithmetic, which padding
+# would only add to (docs/benchmarks.md, "Launch-free prefill").
+PREFILL_GRAPH_TOKENS = 4096
+PREFILL_GRAPHS_PER_CACHE = 4
 
 
 @dataclass(frozen=True)
@@ -77,33 +83,13 @@ class DecodeState:
         self.eos.copy_(torch.tensor(ids, dtype=torch.long), non_blocking=True)
 
 
-class GraphRunner(Protocol):
-    """Records `step` once and returns a function replaying it (returning the recorded outputs, refreshed)."""
-
-    def capture(self, step: Callable[[], tuple[Tensor, Tensor]]) -> Callable[[], tuple[Tensor, Tensor]]: ...
-
-
-class CudaGraphRunner:
-    """`torch.cuda.CUDAGraph` capture; each graph has its own memory pool, freed with the graph."""
-
-    def capture(self, step: Callable[[], tuple[Tensor, Tensor]]) -> Callable[[], tuple[Tensor, Tensor]]:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = step()
-
-        def replay() -> tuple[Tensor, Tensor]:
-            graph.replay()
-            return outputs
-
-        return replay
-
-
 @dataclass
 class _Pooled:
     """What one (batch, bucket) keeps between decodings: the addresses its graph was captured on."""
 
     cache: Any  # the adapter's static cache (transformers' StaticCache)
     state: DecodeState
+    prefills: GraphCache  # prefill graphs writing into `cache`, one per padded prompt length
     replay: Callable[[], tuple[Tensor, Tensor]] | None = None
     eager_steps: int = 0
 
@@ -121,13 +107,21 @@ class DecodeStep:
         adapter: ModelAdapter,
         mode: str = "eager",
         pool_size: int = DEFAULT_POOL_SIZE,
-        runner: GraphRunner | None = None,
+        runner: GraphCapture | None = None,
         warmup_steps: int = WARMUP_STEPS,
+        prefill_runner: GraphCapture | None = None,
+        prefill_graph_tokens: int = PREFILL_GRAPH_TOKENS,
     ) -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"unknown decode mode '{mode}'; expected one of {', '.join(DECODE_MODES)}")
         self.adapter, self.mode, self.pool_size, self.warmup_steps = adapter, mode, pool_size, warmup_steps
-        self.runner = runner if runner is not None else (CudaGraphRunner() if mode == "graphs" else None)
+        graphs = mode == "graphs"
+        self.runner = runner if runner is not None else (CudaGraphCapture() if graphs else None)
+        # prefill graphs of every cache share one pool: each prefill's logits are cloned out before the next
+        if prefill_runner is None and graphs and runner is None:
+            prefill_runner = CudaGraphCapture(shared_pool=True)
+        self.prefill_runner = prefill_runner
+        self.prefill_graph_tokens = prefill_graph_tokens
         self._pool: OrderedDict[tuple, _Pooled] = OrderedDict()
         self.captures = 0  # graphs captured so far (each costs a capture once)
         self._forward = (
@@ -187,6 +181,7 @@ class DecodeStep:
             entry = self._pool[key] = _Pooled(
                 self.adapter.new_cache("static", capacity),
                 DecodeState.allocate(batch, capacity, rope_rows, eos_count, device),
+                GraphCache(PREFILL_GRAPHS_PER_CACHE, self.prefill_runner),
             )
             while len(self._pool) > self.pool_size:
                 self._pool.popitem(last=False)
@@ -194,6 +189,16 @@ class DecodeStep:
             entry.cache.reset()  # in place: the graph's addresses stay valid
         self._pool.move_to_end(key)
         return Decoding(self, entry.cache, entry.state, length, entry, static=True)
+
+    def captured_prefill_length(self, batch: int, length: int, has_extras: bool) -> int | None:
+        """The length (a bucket, `buckets.prefill_bucket`) a prefill of `length` columns is padded to on the left
+        and captured at, or None: it runs eagerly at its own length. Captured where decode steps are, for a
+        decoder fed embeddings alone (no per-visual-token extras), while batch x bucket stays within
+        `prefill_graph_tokens`."""
+        if not self.captured or has_extras:
+            return None
+        bucket = prefill_bucket(length)
+        return bucket if batch * bucket <= self.prefill_graph_tokens else None
 
     @property
     def pooled_keys(self) -> list[tuple]:
@@ -264,6 +269,27 @@ class Decoding:
     def cache_slots(self) -> int:
         """Positions a static cache holds (0 for a dynamic cache, which grows)."""
         return self.capacity if self.static else 0
+
+    def prefill(
+        self, embeds: Tensor, positions: Tensor, mask: Tensor, extras: Any = None, captured: bool = False
+    ) -> Tensor:
+        """Run the prompt (`embeds` [B, L, D], rotary ids [P, B, L], left-padded `mask` [B, L]) into the cache;
+        returns the last column's next-token logits [B, V] float32.
+
+        `captured` (a length from `DecodeStep.captured_prefill_length`, on a pooled cache): through a graph per
+        prompt length (`entry.prefills`: eager the first time a length is seen, recorded the second, replayed
+        after) with a prepared mask over the cache's slots, so the recorded prefill reads nothing from the host.
+        Otherwise the decoder runs eagerly and builds its own mask."""
+        adapter, entry = self.step.adapter, self.entry
+        if captured and entry is not None and extras is None:
+            cache = self.cache
+
+            def run(embeds: Tensor, positions: Tensor, prepared: Tensor) -> Tensor:
+                return adapter.logits(adapter.decode(embeds, positions, prepared, cache)[:, -1]).float()
+
+            return entry.prefills("prefill", run, embeds, positions, adapter.prefill_mask(mask, self.capacity))
+        hidden = adapter.decode(embeds, positions, mask, self.cache, extras)
+        return adapter.logits(hidden[:, -1]).float()
 
     def advance(self, t: int) -> tuple[Tensor, Tensor]:
         """Decode step `t` (feeding the token chosen `t` steps after the prefill)."""

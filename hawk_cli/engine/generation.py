@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter
@@ -164,6 +165,10 @@ def generate(
         batch, length = mask.shape
         next_position = adapter.next_positions(pruned.prefill.position_ids, pruned.prefill.attention_mask)
         with timer.phase("prefill_s"):
+            captured_length = step.captured_prefill_length(batch, length, extras is not None)
+            if captured_length is not None:
+                embeds, positions, mask = pad_left(embeds, positions, mask, captured_length)
+                length = captured_length
             decoding = step.start(
                 batch,
                 length,
@@ -174,8 +179,7 @@ def generate(
                 device,
                 padded=pruned.compaction.padded,
             )
-            hidden = adapter.decode(embeds, positions, mask, decoding.cache, extras)
-            logits = adapter.logits(hidden[:, -1]).float()
+            logits = decoding.prefill(embeds, positions, mask, extras, captured=captured_length is not None)
         kv_bytes, state_bytes = cache_bytes(decoding.cache), fixed_state_bytes(decoding.cache)
         # the unpruned run's position of the first new token, on every rotary axis: [P, B, 1]
         decoding.state.load(mask, next_position.view(1, batch, 1).expand(positions.shape[0], batch, 1), sorted(eos_ids))
@@ -195,6 +199,17 @@ def generate(
         kv_cache_slots=decoding.cache_slots,
         cache_state_bytes=state_bytes,
     )
+
+
+def pad_left(embeds: Tensor, positions: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A left-padded prompt (`embeds` [B, L, D], rotary ids [P, B, L], `mask` [B, L]) padded further on the left
+    to `length` columns: zero embeddings and ids, mask 0. The real tokens keep their ids and what they attend."""
+    extra = length - mask.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad a prompt of {mask.shape[1]} columns to {length}")
+    if extra == 0:
+        return embeds, positions, mask
+    return F.pad(embeds, (0, 0, extra, 0)), F.pad(positions, (extra, 0)), F.pad(mask, (extra, 0))
 
 
 def _greedy_loop(

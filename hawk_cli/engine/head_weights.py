@@ -1,5 +1,5 @@
 """Which head weights a run uses: a user file, the built-in model's calibrated file, the authors' 7B vector,
-or uniform weights (with a note that `hawk calibrate` makes better ones)."""
+or uniform weights (with a note that calibrated ones score better)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def resolve_head_weights(
         weights = HeadWeights(values=torch.full((shape["num_heads"],), 1.0 / shape["num_heads"]), source="uniform")
         notices.append(
             f"no head weights for layer {layer}: using uniform weights; "
-            f"'hawk calibrate --layer {layer}' makes better ones"
+            f"weights calibrated on this model for layer {layer} score better (docs/calibration.md)"
         )
     elif is_builtin and model_dir and (Path(model_dir) / BUILTIN_WEIGHTS_FILE).is_file():
         weights = load_head_weights(Path(model_dir) / BUILTIN_WEIGHTS_FILE)
@@ -53,6 +53,9 @@ def resolve_head_weights(
         weights = published_qwen2_5_vl_7b()
     else:
         weights = HeadWeights(values=torch.full((shape["num_heads"],), 1.0 / shape["num_heads"]), source="uniform")
-        notices.append("no head weights for this model: using uniform weights; 'hawk calibrate' makes better ones")
+        notices.append(
+            "no head weights for this model: using uniform weights; weights calibrated on it score better "
+            "(docs/calibration.md)"
+        )
     validate_for_model(weights, shape["model_type"], shape["num_heads"], layer)
     return weights, notices

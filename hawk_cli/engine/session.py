@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hawk_cli.adapters import ADAPTERS, adapter_class, adapter_for
+from hawk_cli.adapters.graphs import CudaGraphCapture, GraphCache
 from hawk_cli.engine.decode_step import DecodeStep
 from hawk_cli.engine.generation import GenerationSettings, generate
 from hawk_cli.engine.head_weights import resolve_head_weights
@@ -48,6 +49,9 @@ class BatchOutput:
 
 
 DECODE_CHOICES = ("auto", "eager", "graphs", "compile")
+# Vision-tower graphs kept (one per list of image grids; a stream of same-sized images reuses one). They share one
+# memory pool, so more graphs cost little memory beyond their outputs.
+TOWER_GRAPHS = 4
 
 
 def resolve_decode_mode(requested: str, device: torch.device) -> str:
@@ -84,6 +88,8 @@ class HawkSession:
                 "Decode eagerly, or load the model on one GPU",
             )
         self._decode_step: DecodeStep | None = None
+        if self.decode_mode == "graphs" and not self.adapter.dispatched:
+            self.adapter.vision_graphs = GraphCache(TOWER_GRAPHS, CudaGraphCapture(shared_pool=True))
 
     @classmethod
     def open(
@@ -342,7 +348,8 @@ def warn_if_untested_transformers() -> None:
     if not (5, 17) <= installed <= (5, 25):
         warnings.warn(
             f"transformers {transformers.__version__} is outside hawk's tested range "
-            f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check results with 'hawk bench --check'",
+            f"{TESTED_TRANSFORMERS[0]}-{TESTED_TRANSFORMERS[1]}.x; check its results against the model's own "
+            "generate before trusting them (the oracle check: docs/benchmarks.md)",
             HawkWarning,
             stacklevel=2,
         )

@@ -161,7 +161,14 @@ class QwenVLAdapter(ModelAdapter):
         """`grid` on the host: the batched tower plans windows and rotary ids there, without device syncs."""
         pixels = pixels.to(self._tower_device, self.inner.visual.dtype)
         if self.fast_vision and self._tower_on_one_device():
-            return encode_images_batched(self.inner.visual, pixels, grid, self.tower_plans)  # videos: t > 1
+            visual, plans = self.inner.visual, self.tower_plans
+
+            def tower(pixels: Tensor) -> Tensor:
+                return encode_images_batched(visual, pixels, grid, plans)  # videos: t > 1
+
+            if self.vision_graphs is not None:  # the grids are all the tower reads from the host
+                return self.vision_graphs(("tower", tuple(map(tuple, grid.tolist()))), tower, pixels)
+            return tower(pixels)
         output = stock(pixels, grid.to(pixels.device))
         pooled = output.pooler_output if hasattr(output, "pooler_output") else output[0]
         return torch.cat(list(pooled)) if isinstance(pooled, (tuple, list)) else pooled
