@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 16's GPU work in two device-tool calls (each under its 10-minute limit); results land in $OUT:
 #   bash benchmarks/h200_issue16.sh checks   # where time before the first token goes (phase_profile.py), then the
-#                                            # CUDA tests of captured prefill / tower / decode, bf16 and fp32
+#                                            # CUDA tests of captured prefill / tower / decode, bf16 and fp32,
+#                                            # and `hawk run --compile`'s printed cost with a cold and a warm cache
 #   bash benchmarks/h200_issue16.sh speed    # `hawk bench --no-compile` (run path, stock generate) at the 7B shape,
 #                                            # JSONL throughput against stock generate per request, the 32B shape
 set -o pipefail
@@ -28,6 +29,13 @@ if [ "$PART" = checks ]; then
   HAWK_TEST_DEVICE=cuda HAWK_TEST_DTYPE=float32 timeout 100 python3 -m pytest -q -p no:cacheprovider -rfs --tb=short \
     $TESTS > "$OUT/tests_cuda_fp32.log" 2>&1
   stamp "tests fp32: $(tail -1 "$OUT/tests_cuda_fp32.log")" $?
+  # --compile's cost, cold then with torch's on-disk cache warm (two processes, one cache folder)
+  export TORCHINDUCTOR_CACHE_DIR=/tmp/hawk-inductor-cache
+  for start in cold warm; do
+    timeout 120 python3 -m hawk_cli run sample_images/scene_1.png "how many squares are there ?" --compile \
+      --max-new-tokens 24 > "$OUT/compile_$start.txt" 2>&1
+    stamp "hawk run --compile ($start cache): $(grep -h 'compiling' "$OUT/compile_$start.txt")" $?
+  done
 else
   BENCH="python3 -m hawk_cli bench --random-weights --dtype bfloat16 --attn sdpa --size 1008 --ratio 0.8 --max-new-tokens 64 --no-compile --json"
   timeout 200 $BENCH --config qwen2.5-vl-7b --batch 8,1 --warmup 1 --repeats 3 > "$OUT/bench_7b.jsonl" 2> "$OUT/bench_7b.log"

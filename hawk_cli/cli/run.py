@@ -43,6 +43,7 @@ from hawk_cli.cli.output import Output
 from hawk_cli.cli.run_shared import (
     SessionChoice,
     builtin_notes,
+    compile_note,
     open_session,
     open_sink,
     overlay_picture,
@@ -331,4 +332,7 @@ def _run_one(
             sink.text(answer.text)
     if not json_output:
         out.info(stats_line(answer, ratio, timings["total_s"], keep_tokens))
+    note = compile_note(session)
+    if note:
+        out.note(note)
     return 0

@@ -15,6 +15,7 @@ from hawk_cli.cli.output import Output
 from hawk_cli.cli.run_shared import (
     SessionChoice,
     builtin_notes,
+    compile_note,
     open_session,
     open_sink,
     overlay_picture,
@@ -171,6 +172,9 @@ def run_jsonl(
     if first_batch_end is not None and steady > 0:  # the first batch carries the device's warm-up
         summary += f"; after the first batch: {steady / max(ended - first_batch_end, 1e-9):.2f} requests/s"
     out.info(summary + ")")
+    note = compile_note(session)
+    if note:
+        out.note(note)
     return 1 if counts["failed"] else 0
 
 

@@ -82,6 +82,18 @@ def settings_origin(session, choice: SessionChoice) -> dict:
     return {"settings_from": "model recommendation" if session.recommended_settings() else "default"}
 
 
+def compile_note(session) -> str | None:
+    """What `--compile` cost this run: torch compiles per shape, and keeps its kernels in an on-disk cache
+    (TORCHINDUCTOR_CACHE_DIR), so a later run on this machine pays mostly the tracing again."""
+    seconds = session.compile_seconds
+    if session.decode_mode != "compile" or not seconds:
+        return None
+    return (
+        f"compiling the decode step took {seconds:.1f} s of this run; torch's on-disk cache of compiled kernels "
+        "makes later runs on this machine faster to start"
+    )
+
+
 def builtin_notes(session, request) -> list[str]:
     """The built-in model answers only its synthetic world: say so when a question or picture is outside it."""
     if not session.loaded.is_builtin:

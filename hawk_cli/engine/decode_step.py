@@ -23,6 +23,7 @@ the least recently used dropped past `pool_size`: a graph cannot outlive the ten
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ NO_EOS = -1  # stands for "no end-of-sequence id": token ids are never negative
 # would only add to (docs/benchmarks.md, "Launch-free prefill").
 PREFILL_GRAPH_TOKENS = 4096
 PREFILL_GRAPHS_PER_CACHE = 4
+# Calls of a compiled step per batch size that compile or record ("reduce-overhead" records CUDA graphs on its
+# second and third calls); their host time is the compilation's cost.
+COMPILE_WARMUP_CALLS = 3
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,28 @@ class DecodeStep:
         self.prefill_graph_tokens = prefill_graph_tokens
         self._pool: OrderedDict[tuple, _Pooled] = OrderedDict()
         self.captures = 0  # graphs captured so far (each costs a capture once)
-        self._forward = (
-            torch.compile(self._forward_eager, mode="reduce-overhead", dynamic=True)
-            if mode == "compile"
-            else self._forward_eager
-        )
+        self._forward = self._forward_eager
+        self.compile_seconds = 0.0  # host time of compiled steps' first calls per shape (compilation, mostly)
+        if mode == "compile":
+            compiled = torch.compile(self._forward_eager, mode="reduce-overhead", dynamic=True)
+            self._forward = self._timed_first_calls(compiled)
+
+    def _timed_first_calls(self, forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """`forward`, adding to `compile_seconds` the host time of the first few calls per batch size (torch
+        compiles on a new shape and records its graphs over the next calls; later calls only launch)."""
+        calls: dict[int, int] = {}
+
+        def timed(token: Tensor, positions: Tensor, mask: Tensor | None, cache: Any) -> Tensor:
+            seen = calls.get(token.shape[0], 0)
+            if seen >= COMPILE_WARMUP_CALLS:
+                return forward(token, positions, mask, cache)
+            calls[token.shape[0]] = seen + 1
+            started = time.perf_counter()
+            logits = forward(token, positions, mask, cache)
+            self.compile_seconds += time.perf_counter() - started
+            return logits
+
+        return timed
 
     @property
     def compiled(self) -> bool:

@@ -129,6 +129,11 @@ class HawkSession:
         return self._decode_step
 
     @property
+    def compile_seconds(self) -> float:
+        """Host time compiled decode steps have spent compiling so far (0 unless decode steps are compiled)."""
+        return self._decode_step.compile_seconds if self._decode_step is not None else 0.0
+
+    @property
     def decode_label(self) -> str:
         """How decode steps actually run: "cuda-graphs", "compiled" or "eager" (graphs asked for but the
         attention backend builds its mask per step: eager)."""
