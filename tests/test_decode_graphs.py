@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from tiny_models import DEVICE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import DEVICE, DTYPE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
 from hawk_cli.adapters.qwen2_vl.prompts import build_inputs
@@ -86,7 +86,7 @@ def test_graph_orchestration_equals_the_eager_step_across_prompts_and_batches():
                 GenerationSettings(ratio=ratio, max_new_tokens=6, cache="static", record_logits=True),
                 EOS,
             )
-            _assert_same(captured, eager, 1e-5)
+            _assert_same(captured, eager, 1e-5 if DTYPE is torch.float32 else 5e-2)  # bf16: other kernels
             decode_steps += len(captured.step_logits) - 1
             assert captured.kv_cache_slots == capacity_bucket(max(r.prompt_tokens_kept for r in captured.rows) + 6)
     assert runner.captures == 2  # batch 1 and batch 2: every prompt here falls in the smallest bucket

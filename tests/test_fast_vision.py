@@ -211,3 +211,46 @@ def test_cached_tower_plans_give_the_uncached_features_and_follow_the_grids(mode
     wrong = plans.get(model.visual, make_images(MIXED_SIZES)[1], pixels.device)
     right = plans.get(model.visual, grid, pixels.device)
     assert wrong.cos.shape != right.cos.shape  # negative control: a plan is tied to its grids
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_REL_TOL)])
+def test_mlps_padded_to_an_aligned_width_match_stock(dtype: torch.dtype, tolerance: float) -> None:
+    """The tiny tower's MLP width (64) padded to 96 (alignment 48), as 3420 is padded to 3456 on a GPU: the padded
+    hidden units are zero and add nothing, so features equal stock up to summation order."""
+    model = tiny_qwen25().to(dtype)
+    pixels, grid = make_images(MIXED_SIZES)
+    mlps = qwen_vision.AlignedMlps(alignment=48)
+    with torch.no_grad():
+        ref = stock_images(model, pixels, grid)
+        padded = encode_images_batched(model.visual, pixels, grid, mlps=mlps)
+    kept = mlps.get(model.visual.blocks[0])
+    assert isinstance(kept, qwen_vision.AlignedMlp)
+    assert kept.gate_up_weight.shape == (192, 32) and kept.down_weight.shape == (32, 96)
+    assert mlps.extra_bytes == 4 * dtype.itemsize * (192 * 32 + 192 + 32 * 96 + 32)  # 4 blocks
+    error = max_diff(padded, ref) if dtype == torch.float32 else rel_err(padded, ref)
+    assert error <= tolerance
+
+
+def test_padding_that_is_not_zero_is_detected() -> None:
+    """Negative control: padded hidden units that are not zero (a bias of 1 on the padded gate and up rows) change
+    the features far beyond the tolerance."""
+    model = tiny_qwen25()
+    pixels, grid = make_images(MIXED_SIZES)
+    mlps = qwen_vision.AlignedMlps(alignment=48)
+    for block in model.visual.blocks:
+        mlp = mlps.get(block)
+        mlp.gate_up_bias[64:96] = 1.0
+        mlp.gate_up_bias[160:] = 1.0
+        mlp.down_weight[:, 64:] = 0.5
+    with torch.no_grad():
+        assert (
+            max_diff(encode_images_batched(model.visual, pixels, grid, mlps=mlps), stock_images(model, pixels, grid))
+            > 1e-2
+        )
+
+
+def test_towers_without_a_misaligned_gated_mlp_keep_their_own() -> None:
+    aligned, plain = tiny_qwen25(), tiny_qwen2()
+    mlps = qwen_vision.AlignedMlps()  # 64 is already a multiple of 64; Qwen2-VL's MLP has no gate
+    assert mlps.get(aligned.visual.blocks[0]) is aligned.visual.blocks[0].mlp
+    assert mlps.get(plain.visual.blocks[0]) is plain.visual.blocks[0].mlp and mlps.extra_bytes == 0

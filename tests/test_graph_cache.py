@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import random_image, tiny_image_processor, tiny_model, tiny_tokenizer
+from tiny_models import DEVICE, DTYPE, random_image, tiny_image_processor, tiny_model, tiny_tokenizer
 
 from hawk_cli.adapters import adapter_for
 from hawk_cli.adapters.graphs import CudaGraphCapture, GraphCache
@@ -22,6 +22,9 @@ from hawk_cli.io.requests import Request
 from hawk_cli.scorers import HawkScorer
 
 EOS = {2}
+# fp32: padding changes nothing but the reduction order of larger matrix products; bf16 (HAWK_TEST_DTYPE on CUDA):
+# the padded prefill runs other kernels, which round differently
+TOLERANCE = 1e-5 if DTYPE is torch.float32 else 5e-2
 
 
 class Recorder:
@@ -131,14 +134,14 @@ def test_a_captured_prefill_padded_to_its_bucket_equals_the_eager_prefill():
     step = DecodeStep(adapter, "graphs", runner=Recorder(), prefill_runner=prefills)
     padding = []
     for rows in (REQUESTS[:1], REQUESTS, REQUESTS[:1], REQUESTS, REQUESTS[:1]):
-        inputs = build_inputs(tokenizer, tiny_image_processor(), rows)
+        inputs = build_inputs(tokenizer, tiny_image_processor(), rows).to(DEVICE)
         captured = _generate(adapter, inputs, step)
         eager = _generate(adapter, inputs, DecodeStep(adapter, "eager"))
         longest = max(row.prompt_tokens_kept for row in captured.rows)
         padding.append(prefill_bucket(longest) - longest)
         assert captured.tokens == eager.tokens
         for a, b in zip(captured.step_logits, eager.step_logits, strict=True):
-            assert (a - b).abs().max() <= 1e-5
+            assert (a - b).abs().max() <= TOLERANCE
     assert min(padding) > 0  # every prompt was padded (the equality is not that of an unchanged prompt)
     assert (prefills.captures, prefills.replays) == (2, 3)  # batch 1 and batch 2 recorded on second sight
 
@@ -147,7 +150,7 @@ def test_a_prefill_mask_that_lets_tokens_see_ahead_is_caught():
     """Negative control: the same comparison fails when the prepared prefill mask drops causality."""
     model, tokenizer = tiny_model(), tiny_tokenizer()
     adapter = adapter_for(model, tokenizer)
-    inputs = build_inputs(tokenizer, tiny_image_processor(), REQUESTS)
+    inputs = build_inputs(tokenizer, tiny_image_processor(), REQUESTS).to(DEVICE)
     eager = _generate(adapter, inputs, DecodeStep(adapter, "eager"))
 
     def sees_ahead(mask, capacity):  # every real key, earlier or later
@@ -184,7 +187,7 @@ def test_padding_on_the_left_keeps_tokens_ids_and_mask():
 
 # --- the vision tower ----------------------------------------------------------------------------------------
 def _tower_features(adapter, tokenizer, images):
-    inputs = build_inputs(tokenizer, tiny_image_processor(), [Request("what is it ?", tuple(images))])
+    inputs = build_inputs(tokenizer, tiny_image_processor(), [Request("what is it ?", tuple(images))]).to(DEVICE)
     return adapter.encode_vision(inputs)["image"]
 
 

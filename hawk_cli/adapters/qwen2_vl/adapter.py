@@ -16,7 +16,7 @@ from torch import Tensor
 
 from hawk_cli.adapters.base import ModelAdapter, Prefill, VisualExtras
 from hawk_cli.adapters.qwen2_vl.prompts import QwenPrompts
-from hawk_cli.adapters.qwen2_vl.vision import TowerPlans, encode_images_batched
+from hawk_cli.adapters.qwen2_vl.vision import AlignedMlps, TowerPlans, encode_images_batched
 from hawk_cli.io.placement import module_device
 
 
@@ -101,6 +101,8 @@ class QwenVLAdapter(ModelAdapter):
         # One attention call per window size instead of one per window: equal to stock, several times faster.
         self.fast_vision = True
         self.tower_plans = TowerPlans()
+        # On a GPU the tower's MLPs run from copies padded to an aligned width (3B/7B towers: 3420 -> 3456).
+        self.tower_mlps = AlignedMlps()
         self.rope_index = RopeIndexCache(self.inner.get_rope_index, "second_per_grid_ts" in self._rope_params)
 
     @property
@@ -162,9 +164,10 @@ class QwenVLAdapter(ModelAdapter):
         pixels = pixels.to(self._tower_device, self.inner.visual.dtype)
         if self.fast_vision and self._tower_on_one_device():
             visual, plans = self.inner.visual, self.tower_plans
+            mlps = self.tower_mlps if pixels.is_cuda else None  # CPUs have no misaligned-kernel penalty
 
             def tower(pixels: Tensor) -> Tensor:
-                return encode_images_batched(visual, pixels, grid, plans)  # videos: t > 1
+                return encode_images_batched(visual, pixels, grid, plans, mlps)  # videos: t > 1
 
             if self.vision_graphs is not None:  # the grids are all the tower reads from the host
                 return self.vision_graphs(("tower", tuple(map(tuple, grid.tolist()))), tower, pixels)

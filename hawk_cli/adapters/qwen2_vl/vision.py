@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-__all__ = ["TowerPlans", "encode_images_batched", "encode_videos_batched", "is_windowed_tower"]
+__all__ = ["AlignedMlps", "TowerPlans", "encode_images_batched", "encode_videos_batched", "is_windowed_tower"]
 
 RopeFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -119,12 +119,93 @@ def batched_attention(
     return attn.proj(segment_attention(q, k, v, layout, attn.scaling))
 
 
+# Width the gated MLP's hidden size is padded to (a multiple of it) in `AlignedMlps`.
+MLP_ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class AlignedMlp:
+    """A gated MLP (`down(act(gate(x)) * up(x))`) with its hidden size padded to a multiple of `MLP_ALIGNMENT`
+    and gate and up joined into one matrix.
+
+    Why: Qwen2.5-VL-3B/7B towers have an MLP hidden size of 3420, which is not a multiple of 8, so every
+    product with it as a row length runs cuBLAS's slow 2-element-aligned kernels; the tower's MLP products
+    dominate its time. The padded rows of gate and up (and their biases) are zero, so the padded hidden units are
+    act(0) * 0 = 0, and the matching zero columns of down add nothing: the same arithmetic up to the order in
+    which the products are summed. A copy of three matrices per block (the model's own stay as they are)."""
+
+    gate_up_weight: Tensor  # [2P, D]: gate rows, then up rows, each padded to P
+    gate_up_bias: Tensor | None
+    down_weight: Tensor  # [D_out, P]
+    down_bias: Tensor | None
+    act: Callable[[Tensor], Tensor]
+
+    @classmethod
+    def of(cls, mlp: nn.Module, alignment: int = MLP_ALIGNMENT) -> AlignedMlp | None:
+        """The padded copy of `mlp`, or None when it is no gated MLP or already aligned."""
+        parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+        if any(not isinstance(part, nn.Linear) for part in parts) or not hasattr(mlp, "act_fn"):
+            return None
+        gate, up, down = parts
+        hidden = gate.out_features
+        padded = -(-hidden // alignment) * alignment
+        if padded == hidden:
+            return None
+        extra = padded - hidden
+
+        def rows(t: Tensor | None) -> Tensor | None:
+            return None if t is None else F.pad(t, (0, 0, 0, extra) if t.dim() == 2 else (0, extra))
+
+        with torch.no_grad():
+            weight = torch.cat([rows(gate.weight), rows(up.weight)])
+            bias = None if gate.bias is None else torch.cat([rows(gate.bias), rows(up.bias)])
+            down_weight = F.pad(down.weight, (0, extra)).contiguous()
+            down_bias = None if down.bias is None else down.bias.detach().clone()
+        return cls(weight, bias, down_weight, down_bias, mlp.act_fn)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
+        return F.linear(self.act(gate) * up, self.down_weight, self.down_bias)
+
+
+class AlignedMlps:
+    """The aligned MLPs of a tower's blocks, made on first use and kept (the tower's weights are assumed fixed
+    while the adapter lives). Blocks whose MLP needs no padding run their own module."""
+
+    def __init__(self, alignment: int = MLP_ALIGNMENT) -> None:
+        self.alignment = alignment
+        self._mlps: dict[int, tuple[nn.Module, AlignedMlp | None]] = {}
+
+    def get(self, block: nn.Module) -> Callable[[Tensor], Tensor]:
+        kept = self._mlps.get(id(block))
+        if kept is None or kept[0] is not block:
+            kept = self._mlps[id(block)] = (block, AlignedMlp.of(block.mlp, self.alignment))
+        return kept[1] or block.mlp
+
+    @property
+    def extra_bytes(self) -> int:
+        """Memory the padded copies take."""
+        return sum(
+            t.numel() * t.element_size()
+            for _, mlp in self._mlps.values()
+            if mlp is not None
+            for t in (mlp.gate_up_weight, mlp.gate_up_bias, mlp.down_weight, mlp.down_bias)
+            if t is not None
+        )
+
+
 def run_block(
-    block: nn.Module, hidden: Tensor, rope: tuple[Tensor, Tensor], layout: SegmentLayout, rope_fn: RopeFn
+    block: nn.Module,
+    hidden: Tensor,
+    rope: tuple[Tensor, Tensor],
+    layout: SegmentLayout,
+    rope_fn: RopeFn,
+    mlps: AlignedMlps | None = None,
 ) -> Tensor:
     """One vision block: pre-norm attention and pre-norm MLP, each with its residual, as in stock."""
     hidden = hidden + batched_attention(block.attn, block.norm1(hidden), rope, layout, rope_fn)
-    return hidden + block.mlp(block.norm2(hidden))
+    mlp = block.mlp if mlps is None else mlps.get(block)
+    return hidden + mlp(block.norm2(hidden))
 
 
 def is_windowed_tower(visual: nn.Module) -> bool:
@@ -197,7 +278,11 @@ class TowerPlans:
 
 
 def encode_images_batched(
-    visual: nn.Module, pixel_values: Tensor, grid_thw: Tensor, plans: TowerPlans | None = None
+    visual: nn.Module,
+    pixel_values: Tensor,
+    grid_thw: Tensor,
+    plans: TowerPlans | None = None,
+    mlps: AlignedMlps | None = None,
 ) -> Tensor:
     """Merged vision features of all images (or videos: rows of `grid_thw` with t > 1), concatenated in order.
 
@@ -205,7 +290,8 @@ def encode_images_batched(
     Qwen2-VL or Qwen2.5-VL tower `visual` (`model.model.visual`); bitwise equal in fp32 and bf16 in
     the CPU tests and on an H200 (7B-sized random towers, SDPA backend). Device and dtype follow
     `visual`'s weights; `grid_thw` may live on any device (the CPU saves a copy). `plans` reuses the
-    plans of recently seen grid lists. Autograd-safe (no in-place ops).
+    plans of recently seen grid lists; `mlps` runs the blocks' MLPs from padded copies (`AlignedMlp`: equal up to
+    the summation order, so bitwise equality then holds only without it). Autograd-safe (no in-place ops).
     """
     hidden = visual.patch_embed(pixel_values.to(visual.patch_embed.proj.weight.dtype))
     device = hidden.device
@@ -214,18 +300,22 @@ def encode_images_batched(
     rope_fn = rope_function(visual.blocks[0].attn)
     if plan.window_index is None:
         for block in visual.blocks:
-            hidden = run_block(block, hidden, rope, plan.full_layout, rope_fn)
+            hidden = run_block(block, hidden, rope, plan.full_layout, rope_fn, mlps)
         return visual.merger(hidden)
     hidden = _permute(visual, hidden, plan.window_index)
     full_blocks = set(visual.fullatt_block_indexes)
     for i, block in enumerate(visual.blocks):
         layout = plan.full_layout if i in full_blocks else plan.window_layout
-        hidden = run_block(block, hidden, rope, layout, rope_fn)
+        hidden = run_block(block, hidden, rope, layout, rope_fn, mlps)
     return visual.merger(hidden)[plan.restore]
 
 
 def encode_videos_batched(
-    visual: nn.Module, pixel_values_videos: Tensor, video_grid_thw: Tensor, plans: TowerPlans | None = None
+    visual: nn.Module,
+    pixel_values_videos: Tensor,
+    video_grid_thw: Tensor,
+    plans: TowerPlans | None = None,
+    mlps: AlignedMlps | None = None,
 ) -> Tensor:
     """Video counterpart of `encode_images_batched` (the towers treat videos as t-frame grids; same code)."""
-    return encode_images_batched(visual, pixel_values_videos, video_grid_thw, plans)
+    return encode_images_batched(visual, pixel_values_videos, video_grid_thw, plans, mlps)
