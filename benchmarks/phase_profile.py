@@ -147,12 +147,18 @@ def compiled_tower(visual, pixels, grid, plans, fns):
     return visual.merger(hidden)[plan.restore]
 
 
-def main() -> None:
+def shape_parser(repeats: int = 5) -> argparse.ArgumentParser:
+    """The options every device benchmark here shares: which published shape, which batches, image side, repeats."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="qwen2.5-vl-7b")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--size", type=int, default=1008)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def main() -> None:
+    parser = shape_parser()
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     session = random_weight_session(args.config, "cuda", "bfloat16", "sdpa")

@@ -9,7 +9,6 @@ synchronised around each timed call, medians of --repeats after two warm-up call
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.phase_profile import capture, kernel_kinds, matmul_rate, timed  # noqa: E402
+from benchmarks.phase_profile import capture, kernel_kinds, matmul_rate, shape_parser, timed  # noqa: E402
 from hawk_cli.adapters.qwen2_vl.vision import AlignedMlps, TowerPlans, encode_images_batched  # noqa: E402
 from hawk_cli.tasks.benchmark import batch_inputs, random_weight_session, synthetic_image  # noqa: E402
 
@@ -29,12 +28,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="qwen2.5-vl-7b")
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--size", type=int, default=1008)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = shape_parser().parse_args()
     session = random_weight_session(args.config, "cuda", "bfloat16", "sdpa")
     adapter = session.adapter
     visual = adapter.inner.visual
