@@ -42,7 +42,7 @@ class Generation:
     tokens: list[int]
     stats: RowStats  # visual_tokens, visual_tokens_kept, prompt_tokens, prompt_tokens_kept, query_tokens, ...
     ratio: float
-    scorer: dict = field(default_factory=dict)  # the scorer and head weights used (as `hawk run --json` echoes)
+    scorer: dict = field(default_factory=dict)  # the scorer and head weights used (echoed in the JSON record of a run)
     sampling: dict = field(default_factory=dict)  # do_sample, temperature, top_k, top_p, repetition_penalty, seed
     visual_keep: torch.Tensor | None = field(default=None, repr=False)  # [n_visual] bool, prompt order
     # (kept, visual tokens) per image, then the video (one entry however the family interleaves its frames with
@@ -193,7 +193,7 @@ class HawkModel:
         return self.session.loaded.name
 
     def describe(self) -> dict:
-        """Model, device, dtype, attention and model type (what `hawk run --json` echoes)."""
+        """Model, device, dtype, attention and model type (echoed in the JSON record of a run)."""
         return self.session.describe()
 
     def scorer(self, scorer: str | Scorer | None = None, weights: Any = None, layer: int | None = None) -> Scorer:

@@ -1,4 +1,4 @@
-"""Scorer registry: `--scorer` choices come from here. A new method is one file and one line."""
+"""Scorer registry: the scorer names every face offers come from here. A new method is one file and one line."""
 
 from __future__ import annotations
 

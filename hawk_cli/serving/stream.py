@@ -43,9 +43,8 @@ PREPARE_MODES = ("threads", "processes")
 def prepare_in_processes(mode: str = "threads") -> bool:
     """Whether the workers are forked processes (engine/prepare_processes.py) rather than threads (default).
 
-    Processes are opt-in: on the H200 they beat threads only while the main thread was pinned to its own core
-    (batch 8: 309.5 against 267.5 requests/s), and lost with the shipped affinity (184.8 against 201.1;
-    docs/run-workloads.md#throughput)."""
+    Processes are opt-in: measured, they beat threads only while the main thread was pinned to its own core,
+    and lost with the shipped affinity (docs/run-workloads.md#throughput)."""
     if mode not in PREPARE_MODES:
         raise UsageError(f"unknown preparation mode '{mode}'", "Set HAWK_PREPARE to threads or processes")
     return mode == "processes"

@@ -1,11 +1,11 @@
 """Image patches finished on the model's device: the stock Qwen2-VL PIL image processor's steps, split in two.
 
 Why: in JSONL mode the PIL image processor (a float64 rescale, a float32 normalisation and a patch reshuffle in
-NumPy) cost about 10 ms per 448x448 image on the 2-core CI machine (timed in a loop over the processor call), and its
-float32 patches are 8x the bytes of the uint8 image they come from. Here the host only resizes (with Pillow, as
-the stock processor does) and keeps uint8 pixels; the device does the arithmetic with the stock operations in
-the stock dtypes (uint8 -> float64 * rescale_factor -> float32, then (x - mean) / std in float32, then the same
-patch layout), so the patches are bitwise the stock processor's (tests/test_prompts.py, CPU and CUDA).
+NumPy) is a large share of host time per request (docs/run-workloads.md), and its float32 patches are 8x the bytes
+of the uint8 image they come from. Here the host only resizes (with Pillow, as the stock processor does) and keeps
+uint8 pixels; the device does the arithmetic with the stock operations in the stock dtypes (uint8 -> float64 *
+rescale_factor -> float32, then (x - mean) / std in float32, then the same patch layout), so the patches are bitwise
+the stock processor's (tests/test_prompts.py, CPU and CUDA).
 
 Only the processor hawk loads (`Qwen2VLImageProcessorPil` with resize, rescale, normalise and RGB conversion
 on) is reproduced; `PixelRecipe.of` returns None for anything else and callers fall back to the stock call.
@@ -122,9 +122,9 @@ _PIL_PROCESSOR_MODULE = "transformers.models.qwen2_vl.image_processing_pil_qwen2
 def _stack_on_host(images: list[np.ndarray], pinned: bool) -> Tensor:
     """Images of one size as one host tensor, ready for one copy to the device.
 
-    Stacked by NumPy (one thread): torch's host-side stack is a parallel CPU op, which stalled for 33 ms on 8
-    images while preparation threads kept the cores busy, and one copy per image waits on the device and hands
-    the interpreter lock to those threads each time (H200 host, benchmarks/jsonl_throughput.py --trace). For a
+    Stacked by NumPy (one thread): torch's host-side stack is a parallel CPU op, which stalls while preparation
+    threads keep the cores busy, and one copy per image waits on the device and hands the interpreter lock to
+    those threads each time (seen in traces of benchmarks/jsonl_throughput.py --trace; docs/run-workloads.md). For a
     CUDA device the stack is written into page-locked memory (torch's caching host allocator, so reused from
     batch to batch), which makes the copy truly asynchronous: from pageable memory the driver stages it first,
     with the host waiting.

@@ -9,14 +9,13 @@ permutation) and replaces only the loop: segments (windows, or frames for full a
 length are stacked into one `[n_segments, n_heads, length, head_dim]` batch and attended by one
 mask-free `scaled_dot_product_attention` call. There is one call per distinct segment length per
 block (1 when all windows are full, a handful for edge windows or mixed image sizes), never one per
-window. Padding to the longest segment with a key mask was tried first: exact in fp32, but on an
-H200 it forces the masked (non-flash) kernel, which was 2x slower than stock for mixed-size
-full-attention batches and rounded differently from the stock path in bf16.
+window. Padding to the longest segment with a key mask was tried first: exact in fp32, but on a GPU
+it forces the masked (non-flash) kernel, which was slower than stock for mixed-size full-attention
+batches and rounded differently from the stock path in bf16.
 
-Measured on one H200 (torch 2.11, transformers 5.17, random 7B-sized towers, bf16, median of 10):
-Qwen2.5-VL 1008x1008 batch 1: 159 -> 48 ms; batch 8: 992 -> 320 ms; 8 mixed sizes: 393 -> 158 ms.
-Qwen2-VL is unchanged (41/287/121 ms stock vs 38/282/120 ms): its loop was per image only. What is
-left is the tower's own work: GEMMs ~53% of GPU time, fp32 RMSNorm/rotary elementwise ops ~30%.
+Qwen2.5-VL gains the most (one attention call per window before); Qwen2-VL's stock loop was per image
+only, so it gains little. What is left is the tower's own work: matrix products and fp32 RMSNorm /
+rotary elementwise ops. Timings: docs/benchmarks.md ("Batched vision tower").
 
 Nothing in transformers is patched or modified; the stock path stays available and is the
 reference the tests compare against.
@@ -288,7 +287,7 @@ def encode_images_batched(
 
     Equals `torch.cat(model.model.get_image_features(pixel_values, grid_thw).pooler_output)` for a
     Qwen2-VL or Qwen2.5-VL tower `visual` (`model.model.visual`); bitwise equal in fp32 and bf16 in
-    the CPU tests and on an H200 (7B-sized random towers, SDPA backend). Device and dtype follow
+    the CPU tests and on CUDA (7B-sized random towers, SDPA backend). Device and dtype follow
     `visual`'s weights; `grid_thw` may live on any device (the CPU saves a copy). `plans` reuses the
     plans of recently seen grid lists; `mlps` runs the blocks' MLPs from padded copies (`AlignedMlp`: equal up to
     the summation order, so bitwise equality then holds only without it). Autograd-safe (no in-place ops).
